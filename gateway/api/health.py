@@ -1,0 +1,55 @@
+"""Liveness, readiness, Prometheus metrics, and the signed image URLs the gateway serves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.exceptions
+from fastapi import APIRouter, Query
+from fastapi.responses import FileResponse, JSONResponse, Response
+
+from gateway.api.deps import State
+from gateway.errors import NotFoundError, PermissionDeniedError
+from gateway.storage import CONTENT_TYPES
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/ready")
+async def ready(state: State) -> JSONResponse:
+    try:
+        redis_ok = bool(await state.redis.ping())
+    except (redis.exceptions.RedisError, OSError):
+        redis_ok = False
+    snapshot = await state.health.snapshot()
+    routes: dict[str, Any] = {
+        model: {p: {"healthy": h.healthy, "detail": h.detail} for p, h in by_provider.items()}
+        for model, by_provider in snapshot.items()
+    }
+    any_route = any(h.healthy for by_provider in snapshot.values() for h in by_provider.values())
+    ok = redis_ok and any_route
+    body = {"ready": ok, "redis": redis_ok, "pricing_loaded": True, "routes": routes}
+    return JSONResponse(body, status_code=200 if ok else 503)
+
+
+@router.get("/metrics")
+async def metrics(state: State) -> Response:
+    return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+@router.get("/v1/files/images/{name}")
+async def image_file(
+    name: str, state: State, expires: int = Query(...), sig: str = Query(..., max_length=128)
+) -> FileResponse:
+    if not state.store.verify(name, expires, sig):
+        raise PermissionDeniedError("This image URL is invalid or has expired.", code="url_expired")
+    path = state.store.path_of(name)
+    if path is None:
+        raise NotFoundError("No such image.", code="not_found")
+    ext = name.rsplit(".", 1)[-1]
+    return FileResponse(path, media_type=CONTENT_TYPES[ext], headers={"cache-control": "private, max-age=3600"})

@@ -1,0 +1,142 @@
+"""POST /v1/images/generations (JSON) and /v1/images/edits (multipart, as the OpenAI SDK sends it)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
+
+from gateway.api.deps import State, Team
+from gateway.errors import (
+    InvalidRequestError,
+    MissingParameterError,
+    PayloadTooLargeError,
+    UnsupportedMediaError,
+)
+from gateway.service import ImagesResponse
+from gateway.validation import Params, check_edit_inputs, decode_upload, validate_generation
+from providers.base import InputImage
+
+router = APIRouter()
+
+IMAGE_FIELDS = ("image", "image[]")
+
+
+@router.post("/v1/images/generations")
+async def generations(request: Request, state: State, principal: Team) -> JSONResponse:
+    _require_content_type(request, "application/json")
+    raw = await _read_limited(request, 1024 * 1024)
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InvalidRequestError(
+            "We could not parse the JSON body of your request.", code="invalid_json"
+        ) from None
+    if not isinstance(body, dict):
+        raise InvalidRequestError("The request body must be a JSON object.", code="invalid_json")
+    valid = validate_generation(state.catalog, Params(body, form=False))
+    result = await _until_disconnect(
+        request, state.service.generate(principal, valid, request.state.request_id)
+    )
+    return JSONResponse(result.body, headers=result.headers)
+
+
+@router.post("/v1/images/edits")
+async def edits(request: Request, state: State, principal: Team) -> JSONResponse:
+    _require_content_type(request, "multipart/form-data")
+    settings = state.settings
+    limit = settings.max_upload_bytes
+    declared = request.headers.get("content-length")
+    # Everything but a few fields is images; refuse an oversized body before reading it.
+    if declared and declared.isdigit() and int(declared) > limit * 2 + 1024 * 1024:
+        raise PayloadTooLargeError(f"The request body is larger than {limit * 2} bytes.", param="image")
+    try:
+        form = await request.form(max_files=8, max_fields=64, max_part_size=1024 * 1024)
+    except MultiPartException as exc:
+        raise InvalidRequestError(f"Malformed multipart body: {exc.message}", code="invalid_multipart") from None
+    try:
+        fields: dict[str, object] = {}
+        uploads: list[UploadFile] = []
+        mask_upload: UploadFile | None = None
+        for name, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if name in IMAGE_FIELDS:
+                    uploads.append(value)
+                elif name == "mask":
+                    mask_upload = value
+                else:
+                    raise InvalidRequestError(f"Unexpected file part '{name}'.", param=name)
+            elif name in IMAGE_FIELDS or name == "mask":
+                raise InvalidRequestError(f"'{name}' must be sent as a file.", param="image" if name != "mask" else name)
+            else:
+                fields[name] = value
+        if not uploads:
+            raise MissingParameterError("Missing required parameter: 'image'.", param="image")
+        params = Params(fields, form=True)
+        check_edit_inputs(state.catalog, params, len(uploads), has_mask=mask_upload is not None)
+        images = tuple([await _decode(u, "image", limit, settings.max_upload_pixels) for u in uploads])
+        mask = await _decode(mask_upload, "mask", limit, settings.max_upload_pixels) if mask_upload else None
+        valid = validate_generation(state.catalog, params, images=images, mask=mask)
+    finally:
+        await form.close()
+    result = await _until_disconnect(
+        request, state.service.generate(principal, valid, request.state.request_id)
+    )
+    return JSONResponse(result.body, headers=result.headers)
+
+
+async def _decode(upload: UploadFile, param: str, limit: int, max_pixels: int) -> InputImage:
+    data = await upload.read(limit + 1)
+    if len(data) > limit:
+        raise PayloadTooLargeError(f"'{param}' is larger than {limit} bytes.", param=param)
+    if not data:
+        raise InvalidRequestError(f"'{param}' is empty.", param=param, code="invalid_image")
+    return await asyncio.to_thread(decode_upload, data, param=param, max_pixels=max_pixels)
+
+
+def _require_content_type(request: Request, expected: str) -> None:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != expected:
+        raise UnsupportedMediaError(
+            f"Content-Type must be {expected}; got '{content_type or 'none'}'.", param=None
+        )
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"The JSON body is larger than {limit} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _until_disconnect(request: Request, work: Awaitable[ImagesResponse]) -> ImagesResponse:
+    """Run the pipeline, cancelling it if the caller goes away (so the upstream job is cancelled
+    and the request settles as cancelled, charged nothing)."""
+    task: asyncio.Task[ImagesResponse] = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task not in done:
+            task.cancel()
+        return await task
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+
+
+async def _wait_disconnect(request: Request) -> Any:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return message

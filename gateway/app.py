@@ -1,0 +1,107 @@
+"""create_app(settings) and the lifespan that builds everything a request needs: the catalog,
+Redis (embedded when no URL is set), the provider adapters, storage and metrics."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from redis.asyncio import Redis
+
+from gateway.api import admin, errors, health, images, models
+from gateway.api.request_id import RequestIdMiddleware
+from gateway.catalog import load_catalog
+from gateway.embedded_redis import EmbeddedRedis
+from gateway.health import HealthBoard
+from gateway.keys import KeyStore
+from gateway.metering import Meter
+from gateway.metrics import Metrics
+from gateway.service import ImageService
+from gateway.settings import Settings
+from gateway.state import AppState
+from gateway.storage import ImageStore
+from providers.base import ImageProvider
+from providers.registry import ProviderFactory, default_registry
+
+log = logging.getLogger("gateway")
+
+SIGNING_KEY = "gw:config:url_signing_key"
+
+
+def build_providers(settings: Settings, registry: Mapping[str, ProviderFactory], wanted: set[str]) -> dict[str, ImageProvider]:
+    providers: dict[str, ImageProvider] = {}
+    for name in sorted(wanted):
+        provider = registry[name](settings)
+        if provider is None:
+            log.info("provider %s is not configured; its routes are skipped", name)
+        else:
+            providers[name] = provider
+    return providers
+
+
+async def _signing_key(redis: Redis, settings: Settings) -> bytes:
+    if settings.url_signing_key:
+        return settings.url_signing_key.encode()
+    # Made once and shared through Redis, so every replica signs and verifies alike.
+    await redis.set(SIGNING_KEY, secrets.token_hex(32), nx=True)
+    value = await redis.get(SIGNING_KEY)
+    assert value is not None
+    return bytes(value)
+
+
+def create_app(settings: Settings | None = None, registry: Mapping[str, ProviderFactory] | None = None) -> FastAPI:
+    settings = settings or Settings()
+    registry = registry or default_registry()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        catalog = load_catalog(settings.pricing_file, registry.keys())
+        embedded: EmbeddedRedis | None = None
+        url = settings.redis_url
+        if url is None:
+            embedded = EmbeddedRedis(settings.data_dir)
+            embedded.start()
+            url = embedded.url
+        redis = Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=10)
+        providers = build_providers(settings, registry, catalog.providers())
+        try:
+            store = ImageStore(
+                settings.data_dir / "images", settings.public_url, await _signing_key(redis, settings),
+                settings.image_url_ttl_s,
+            )
+            metrics = Metrics()
+            service = ImageService(providers, Meter(redis), store, metrics, deadline_s=settings.request_deadline_s)
+            app.state.gateway = AppState(
+                settings=settings,
+                catalog=catalog,
+                redis=redis,
+                keys=KeyStore(redis),
+                store=store,
+                metrics=metrics,
+                service=service,
+                health=HealthBoard(catalog, providers),
+            )
+            yield
+        finally:
+            for provider in providers.values():
+                await provider.aclose()
+            await redis.aclose()
+            if embedded is not None:
+                embedded.stop()
+
+    app = FastAPI(title="Image gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    errors.install(app)
+    for router in (images.router, models.router, admin.router, health.router):
+        app.include_router(router)
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """The uvicorn factory for `gateway serve` (every worker process builds its own app)."""
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    return create_app(settings)

@@ -1,0 +1,312 @@
+"""pricing.yaml: the catalog of public models, what teams are billed, provider routes and what
+each costs the organisation, and parameter ranges. Validated at start-up; a bad file stops the
+boot with a message naming the file, the line and the field.
+
+Money is kept in integer micro-dollars (1 USD = 1_000_000) so that sums agree to the cent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from providers.base import RouteTarget
+
+MICROS = 1_000_000
+
+
+def usd_to_micros(usd: float) -> int:
+    return round(usd * MICROS)
+
+
+def micros_to_usd(micros: int) -> float:
+    return micros / MICROS
+
+
+class CatalogError(Exception):
+    """pricing.yaml is missing, malformed or inconsistent."""
+
+
+# --- the file's schema (pydantic, strict about unknown keys) --------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _IntRange(_Strict):
+    min: int
+    max: int
+    default: int
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if not self.min <= self.default <= self.max:
+            raise ValueError(f"need min <= default <= max, got {self.min} <= {self.default} <= {self.max}")
+        return self
+
+
+class _FloatRange(_Strict):
+    min: float
+    max: float
+    default: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if not self.min <= self.default <= self.max:
+            raise ValueError(f"need min <= default <= max, got {self.min} <= {self.default} <= {self.max}")
+        return self
+
+
+class _Edits(_Strict):
+    max_images: int = Field(ge=1)
+    strength: _FloatRange
+    mask: bool = False
+
+
+class _Route(_Strict):
+    provider: str
+    upstream_model: str
+    edit_model: str | None = None
+    cost_per_image_usd: float | None = Field(default=None, ge=0)
+    cost_per_megapixel_usd: float | None = Field(default=None, ge=0)
+    max_n: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _one_cost(self) -> Self:
+        if (self.cost_per_image_usd is None) == (self.cost_per_megapixel_usd is None):
+            raise ValueError("a route needs exactly one of cost_per_image_usd, cost_per_megapixel_usd")
+        return self
+
+
+class _Model(_Strict):
+    display_name: str
+    created: int
+    price_per_image_usd: float = Field(ge=0)
+    price_by_size_usd: dict[str, float] = Field(default_factory=dict)
+    prompt_max_chars: int = Field(ge=1)
+    n: _IntRange
+    sizes: list[str] = Field(min_length=1)
+    default_size: str
+    num_inference_steps: _IntRange
+    guidance_scale: _FloatRange | None = None
+    edits: _Edits | None = None
+    routes: list[_Route] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        for size in self.sizes:
+            parse_size(size)
+        if self.default_size not in self.sizes:
+            raise ValueError(f"default_size {self.default_size!r} is not one of sizes")
+        unknown = set(self.price_by_size_usd) - set(self.sizes)
+        if unknown:
+            raise ValueError(f"price_by_size_usd names sizes not in sizes: {sorted(unknown)}")
+        if self.edits is not None and not any(r.edit_model for r in self.routes):
+            raise ValueError("edits are declared but no route has an edit_model")
+        return self
+
+
+class _File(_Strict):
+    version: int
+    models: dict[str, _Model] = Field(min_length=1)
+
+
+# --- what the rest of the gateway uses (frozen dataclasses) ---------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class IntRange:
+    min: int
+    max: int
+    default: int
+
+
+@dataclass(frozen=True, slots=True)
+class FloatRange:
+    min: float
+    max: float
+    default: float
+
+
+@dataclass(frozen=True, slots=True)
+class EditSpec:
+    max_images: int
+    strength: FloatRange
+    mask: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    provider: str
+    model: str
+    upstream_model: str
+    edit_model: str | None
+    cost_per_image_micros: int | None
+    cost_per_megapixel_micros: int | None
+    max_n: int
+
+    @property
+    def target(self) -> RouteTarget:
+        return RouteTarget(
+            provider=self.provider,
+            model=self.model,
+            upstream_model=self.upstream_model,
+            edit_model=self.edit_model,
+            max_n=self.max_n,
+        )
+
+    def cost_micros(self, width: int, height: int, n: int) -> int:
+        """What this route costs the organisation for n images of width x height."""
+        if self.cost_per_image_micros is not None:
+            return self.cost_per_image_micros * n
+        assert self.cost_per_megapixel_micros is not None
+        return round(self.cost_per_megapixel_micros * width * height / 1_000_000) * n
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    id: str
+    display_name: str
+    created: int
+    price_per_image_micros: int
+    price_by_size_micros: Mapping[str, int]
+    prompt_max_chars: int
+    n: IntRange
+    sizes: tuple[str, ...]
+    default_size: str
+    num_inference_steps: IntRange
+    guidance_scale: FloatRange | None
+    edits: EditSpec | None
+    routes: tuple[Route, ...]
+
+    def price_micros(self, size: str, n: int) -> int:
+        """What a team is billed for n images of this size, whichever route serves them."""
+        return self.price_by_size_micros.get(size, self.price_per_image_micros) * n
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    models: Mapping[str, ModelSpec]
+
+    def get(self, model_id: str) -> ModelSpec | None:
+        return self.models.get(model_id)
+
+    def providers(self) -> set[str]:
+        return {r.provider for m in self.models.values() for r in m.routes}
+
+
+def parse_size(size: str) -> tuple[int, int]:
+    """'1024x768' -> (1024, 768); ValueError for anything else."""
+    w, sep, h = size.partition("x")
+    if not sep or not w.isdigit() or not h.isdigit() or int(w) <= 0 or int(h) <= 0:
+        raise ValueError(f"size {size!r} is not of the form WIDTHxHEIGHT")
+    return int(w), int(h)
+
+
+def load_catalog(path: Path, known_providers: Iterable[str] | None = None) -> Catalog:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CatalogError(f"{path}: cannot read the pricing file: {exc.strerror or exc}") from exc
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise CatalogError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+    try:
+        parsed = _File.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = tuple(first["loc"])
+        field = ".".join(str(p) for p in loc) or "(top level)"
+        raise CatalogError(f"{path}:{_line_of(root, loc)}: {field}: {first['msg']}") from exc
+    catalog = _build(parsed)
+    if known_providers is not None:
+        known = set(known_providers)
+        for model in catalog.models.values():
+            for i, route in enumerate(model.routes):
+                if route.provider not in known:
+                    line = _line_of(root, ("models", model.id, "routes", i, "provider"))
+                    raise CatalogError(
+                        f"{path}:{line}: models.{model.id}.routes.{i}.provider: unknown provider "
+                        f"{route.provider!r} (known: {', '.join(sorted(known))})"
+                    )
+    return catalog
+
+
+def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int:
+    """The 1-based line of the deepest node along loc that exists in the YAML tree."""
+    node = root
+    line = 1 if root is None else root.start_mark.line + 1
+    for part in loc:
+        child = None
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if key.value == str(part):
+                    child = value
+                    line = key.start_mark.line + 1
+                    break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            child = node.value[part]
+            line = child.start_mark.line + 1
+        if child is None:
+            break
+        node = child
+    return line
+
+
+def _build(parsed: _File) -> Catalog:
+    models: dict[str, ModelSpec] = {}
+    for model_id, m in parsed.models.items():
+        routes = tuple(
+            Route(
+                provider=r.provider,
+                model=model_id,
+                upstream_model=r.upstream_model,
+                edit_model=r.edit_model,
+                cost_per_image_micros=None if r.cost_per_image_usd is None else usd_to_micros(r.cost_per_image_usd),
+                cost_per_megapixel_micros=(
+                    None if r.cost_per_megapixel_usd is None else usd_to_micros(r.cost_per_megapixel_usd)
+                ),
+                max_n=r.max_n,
+            )
+            for r in m.routes
+        )
+        models[model_id] = ModelSpec(
+            id=model_id,
+            display_name=m.display_name,
+            created=m.created,
+            price_per_image_micros=usd_to_micros(m.price_per_image_usd),
+            price_by_size_micros={s: usd_to_micros(p) for s, p in m.price_by_size_usd.items()},
+            prompt_max_chars=m.prompt_max_chars,
+            n=IntRange(m.n.min, m.n.max, m.n.default),
+            sizes=tuple(m.sizes),
+            default_size=m.default_size,
+            num_inference_steps=IntRange(
+                m.num_inference_steps.min, m.num_inference_steps.max, m.num_inference_steps.default
+            ),
+            guidance_scale=(
+                None
+                if m.guidance_scale is None
+                else FloatRange(m.guidance_scale.min, m.guidance_scale.max, m.guidance_scale.default)
+            ),
+            edits=(
+                None
+                if m.edits is None
+                else EditSpec(
+                    m.edits.max_images,
+                    FloatRange(m.edits.strength.min, m.edits.strength.max, m.edits.strength.default),
+                    m.edits.mask,
+                )
+            ),
+            routes=routes,
+        )
+    return Catalog(models=models)

@@ -1,0 +1,199 @@
+"""Teams and their API keys in Redis. Keys are stored only as SHA-256 hashes (they are 240-bit
+random tokens, so a fast hash is enough); the plain key is returned once, at creation.
+
+Every key of one team carries the hash tag {t:<team id>} so that admission and settlement
+scripts touch one cluster slot. The key-hash index is the one global lookup.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from gateway.catalog import micros_to_usd, usd_to_micros
+
+KEY_PREFIX = "sk-gw-"
+TEAMS_SET = "gw:teams"
+
+
+def team_prefix(team_id: str) -> str:
+    return f"gw:{{t:{team_id}}}:"
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class TeamLimits:
+    requests_per_minute: int
+    images_per_minute: int
+    max_in_flight: int
+
+
+@dataclass(frozen=True, slots=True)
+class Team:
+    id: str
+    name: str
+    monthly_budget_usd: float
+    limits: TeamLimits
+    created: int
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: str
+    team_id: str
+    prefix: str
+    name: str
+    created: int
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: resolved from a bearer key."""
+
+    team_id: str
+    key_id: str
+
+
+class TeamNotFoundError(Exception):
+    pass
+
+
+class KeyStore:
+    def __init__(self, redis: Redis) -> None:
+        self._r = redis
+
+    # --- teams ------------------------------------------------------------------------------
+
+    async def create_team(self, name: str, budget_usd: float, limits: TeamLimits) -> Team:
+        team = Team(
+            id="team_" + secrets.token_hex(8),
+            name=name,
+            monthly_budget_usd=budget_usd,
+            limits=limits,
+            created=int(time.time()),
+        )
+        async with self._r.pipeline(transaction=False) as pipe:
+            pipe.hset(team_prefix(team.id) + "team", mapping=_team_fields(team))
+            pipe.sadd(TEAMS_SET, team.id)
+            await pipe.execute()
+        return team
+
+    async def get_team(self, team_id: str) -> Team:
+        raw = await self._r.hgetall(team_prefix(team_id) + "team")
+        if not raw:
+            raise TeamNotFoundError(team_id)
+        return _team_from(team_id, raw)
+
+    async def list_teams(self) -> list[Team]:
+        ids = sorted(m.decode() for m in await self._r.smembers(TEAMS_SET))
+        teams = []
+        for team_id in ids:
+            try:
+                teams.append(await self.get_team(team_id))
+            except TeamNotFoundError:
+                continue
+        return teams
+
+    async def update_team(
+        self, team_id: str, *, name: str | None, budget_usd: float | None, limits: TeamLimits | None
+    ) -> Team:
+        team = await self.get_team(team_id)
+        updated = Team(
+            id=team.id,
+            name=name if name is not None else team.name,
+            monthly_budget_usd=budget_usd if budget_usd is not None else team.monthly_budget_usd,
+            limits=limits or team.limits,
+            created=team.created,
+        )
+        await self._r.hset(team_prefix(team_id) + "team", mapping=_team_fields(updated))
+        return updated
+
+    # --- keys -------------------------------------------------------------------------------
+
+    async def create_key(self, team_id: str, name: str = "") -> tuple[ApiKey, str]:
+        await self.get_team(team_id)
+        plain = KEY_PREFIX + secrets.token_urlsafe(30)
+        key = ApiKey(
+            id="key_" + secrets.token_hex(8),
+            team_id=team_id,
+            prefix=plain[: len(KEY_PREFIX) + 6],
+            name=name,
+            created=int(time.time()),
+        )
+        digest = hash_key(plain)
+        fields = {"id": key.id, "team_id": team_id, "prefix": key.prefix, "name": name, "created": key.created}
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.hset(f"gw:key:{digest}", mapping=fields)
+            pipe.hset(f"gw:keyid:{key.id}", mapping={**fields, "hash": digest})
+            pipe.sadd(team_prefix(team_id) + "keys", key.id)
+            await pipe.execute()
+        return key, plain
+
+    async def list_keys(self, team_id: str) -> list[ApiKey]:
+        await self.get_team(team_id)
+        ids = sorted(m.decode() for m in await self._r.smembers(team_prefix(team_id) + "keys"))
+        keys = []
+        for key_id in ids:
+            raw = await self._r.hgetall(f"gw:keyid:{key_id}")
+            if raw:
+                keys.append(_key_from(raw))
+        return keys
+
+    async def revoke_key(self, key_id: str) -> bool:
+        raw = await self._r.hgetall(f"gw:keyid:{key_id}")
+        if not raw:
+            return False
+        key = _key_from(raw)
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.delete(f"gw:key:{raw[b'hash'].decode()}")
+            pipe.delete(f"gw:keyid:{key_id}")
+            pipe.srem(team_prefix(key.team_id) + "keys", key_id)
+            await pipe.execute()
+        return True
+
+    async def authenticate(self, plain: str) -> Principal | None:
+        """One Redis read per request; revocation deletes the record, so it is seen at once."""
+        if not plain.startswith(KEY_PREFIX):
+            return None
+        team_id, key_id = await self._r.hmget(f"gw:key:{hash_key(plain)}", ["team_id", "id"])
+        if team_id is None or key_id is None:
+            return None
+        return Principal(team_id=team_id.decode(), key_id=key_id.decode())
+
+
+def _team_fields(team: Team) -> dict[str, str | int]:
+    return {
+        "name": team.name,
+        "budget_micros": usd_to_micros(team.monthly_budget_usd),
+        "rpm": team.limits.requests_per_minute,
+        "ipm": team.limits.images_per_minute,
+        "max_in_flight": team.limits.max_in_flight,
+        "created": team.created,
+    }
+
+
+def _team_from(team_id: str, raw: dict[bytes, bytes]) -> Team:
+    return Team(
+        id=team_id,
+        name=raw[b"name"].decode(),
+        monthly_budget_usd=micros_to_usd(int(raw[b"budget_micros"])),
+        limits=TeamLimits(int(raw[b"rpm"]), int(raw[b"ipm"]), int(raw[b"max_in_flight"])),
+        created=int(raw[b"created"]),
+    )
+
+
+def _key_from(raw: dict[bytes, bytes]) -> ApiKey:
+    return ApiKey(
+        id=raw[b"id"].decode(),
+        team_id=raw[b"team_id"].decode(),
+        prefix=raw[b"prefix"].decode(),
+        name=raw.get(b"name", b"").decode(),
+        created=int(raw[b"created"]),
+    )

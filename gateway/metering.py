@@ -1,0 +1,162 @@
+"""Admission and settlement: the two atomic Redis scripts every request goes through.
+
+Admission checks the team's limits and reserves the quoted price; settlement charges what was
+served (or nothing), releases the reservation and appends the usage event to the ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from importlib import resources
+
+import redis.exceptions
+from redis.asyncio import Redis
+
+from gateway.errors import (
+    InvalidRequestError,
+    QuotaExceededError,
+    RateLimitError,
+    ServiceUnavailableError,
+)
+from gateway.keys import team_prefix
+
+log = logging.getLogger(__name__)
+
+REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+
+def _script(name: str) -> str:
+    return resources.files("gateway").joinpath("scripts", name).read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitState:
+    """What x-ratelimit-* headers report after a decision."""
+
+    requests_limit: int
+    requests_remaining: int
+    requests_reset_ms: int
+    images_limit: int
+    images_remaining: int
+    images_reset_ms: int
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "x-ratelimit-limit-requests": str(self.requests_limit),
+            "x-ratelimit-remaining-requests": str(self.requests_remaining),
+            "x-ratelimit-reset-requests": _duration(self.requests_reset_ms),
+            "x-ratelimit-limit-images": str(self.images_limit),
+            "x-ratelimit-remaining-images": str(self.images_remaining),
+            "x-ratelimit-reset-images": _duration(self.images_reset_ms),
+        }
+
+
+def _duration(ms: int) -> str:
+    """OpenAI's Go-style durations: 12ms, 1s, 17.28s, 1m0s."""
+    if ms < 1000:
+        return f"{ms}ms"
+    seconds = ms / 1000
+    if seconds < 60:
+        return f"{seconds:g}s"
+    return f"{int(seconds // 60)}m{seconds % 60:g}s"
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    request_id: str
+    team_id: str
+    quote_micros: int
+    limits: RateLimitState
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    status: str  # succeeded | failed | cancelled | timeout
+    images: int
+    charge_micros: int
+    provider_cost_micros: int
+    model: str
+    fields: tuple[tuple[str, str], ...] = ()
+
+
+class Meter:
+    def __init__(self, redis: Redis, *, settle_attempts: int = 5) -> None:
+        self._r = redis
+        self._admit = redis.register_script(_script("admit.lua"))
+        self._settle = redis.register_script(_script("settle.lua"))
+        self._settle_attempts = settle_attempts
+
+    async def admit(self, team_id: str, request_id: str, images: int, quote_micros: int, hold_s: float) -> Admission:
+        p = team_prefix(team_id)
+        try:
+            out = await self._admit(
+                keys=[p + "team", p + "win:req", p + "win:img", p + "res"],
+                args=[p, request_id, images, quote_micros, int(hold_s * 1000)],
+            )
+        except REDIS_ERRORS as exc:
+            raise ServiceUnavailableError(
+                "The gateway cannot reach its accounting store; no request is admitted unmetered.",
+                headers={"retry-after": "2"},
+            ) from exc
+        code = out[0].decode()
+        if code == "no_team":
+            raise ServiceUnavailableError("The team for this key no longer exists.")
+        if code == "duplicate":
+            raise InvalidRequestError("A request with this id is already in flight.", param="request_id")
+        state = RateLimitState(*(int(v) for v in out[1:7]))
+        headers = state.headers()
+        if code == "ok":
+            return Admission(request_id, team_id, quote_micros, state)
+        if code == "images_over_limit":
+            raise InvalidRequestError(
+                f"n={images} is more than this team's images-per-minute limit ({state.images_limit}).",
+                param="n",
+            )
+        if code == "budget":
+            raise QuotaExceededError(
+                "You exceeded your team's monthly budget; ask your gateway admin to raise it.",
+                headers=headers,
+            )
+        reset_ms = state.requests_reset_ms if code == "rpm" else state.images_reset_ms
+        if code == "in_flight":
+            reset_ms = 1000
+        headers["retry-after"] = str(max(1, -(-reset_ms // 1000)))
+        what = {"rpm": "requests per minute", "ipm": "images per minute", "in_flight": "images in flight"}[code]
+        raise RateLimitError(f"Rate limit exceeded for {what}.", headers=headers)
+
+    async def settle(self, admission: Admission, outcome: Settlement) -> int | None:
+        """Charge (or refund) exactly once; returns the amount charged in micro-USD.
+
+        Redis faults are retried with backoff; if Redis stays away the reservation is left to
+        expire, which releases it uncharged (never a double charge).
+        """
+        p = team_prefix(admission.team_id)
+        args: list[str | int] = [
+            p,
+            admission.request_id,
+            outcome.status,
+            outcome.images,
+            outcome.charge_micros,
+            outcome.provider_cost_micros,
+            outcome.model,
+        ]
+        for name, value in outcome.fields:
+            args += [name, value]
+        delay = 0.1
+        for attempt in range(self._settle_attempts):
+            try:
+                out = await self._settle(keys=[p + "res", p + "ledger"], args=args)
+            except REDIS_ERRORS:
+                if attempt == self._settle_attempts - 1:
+                    log.error("settlement of %s failed: Redis unreachable", admission.request_id)
+                    return None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            if out[0] == b"ok":
+                return int(out[1])
+            log.warning("settlement of %s found no reservation (already settled)", admission.request_id)
+            return None
+        return None

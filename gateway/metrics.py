@@ -1,0 +1,49 @@
+"""Prometheus metrics, on a registry built per app (no global registry). Labels come from a closed
+set: team id, model, provider, status, error kind, route reason; never a key, prompt or request id."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "gateway_requests", "Image requests settled", ["team", "model", "provider", "status"], registry=r
+        )
+        self.images = Counter("gateway_images", "Images served", ["team", "model", "provider"], registry=r)
+        self.spend = Counter(
+            "gateway_spend_usd", "Amount billed to teams (USD)", ["team", "model", "provider"], registry=r
+        )
+        self.provider_cost = Counter(
+            "gateway_provider_cost_usd", "What providers cost the organisation (USD)", ["team", "model", "provider"],
+            registry=r,
+        )
+        self.rejections = Counter(
+            "gateway_rejections", "Requests refused before any provider call", ["team", "kind"], registry=r
+        )
+        self.upstream_errors = Counter(
+            "gateway_upstream_errors", "Failed provider attempts", ["provider", "model", "kind"], registry=r
+        )
+        self.fallbacks = Counter(
+            "gateway_fallbacks", "Attempts moved to the next route after a failure", ["model", "from_provider"],
+            registry=r,
+        )
+        self.routed = Counter(
+            "gateway_route_decisions", "Routing decisions by reason", ["model", "provider", "reason"], registry=r
+        )
+        self.duration = Histogram(
+            "gateway_request_duration_seconds", "Time from admission to response", ["model", "status"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "gateway_upstream_duration_seconds", "Time of one provider attempt", ["provider", "model", "outcome"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

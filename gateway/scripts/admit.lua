@@ -1,0 +1,97 @@
+-- Admission: one atomic decision per request. Checks the team's requests/minute and
+-- images/minute sliding windows, its in-flight limit and its monthly budget (spent + reserved +
+-- this quote), then records the request in both windows and reserves the quoted price.
+-- Expired reservations (a gateway that died mid-request) are released first.
+-- Every key shares the team's hash tag, so this runs unchanged on Redis Cluster.
+--
+-- KEYS[1] team hash   KEYS[2] request window (zset)   KEYS[3] image window (zset)
+-- KEYS[4] reservations (hash: request_id -> "micros|images|month|deadline_ms")
+-- ARGV[1] key prefix "gw:{t:<id>}:"   ARGV[2] request id   ARGV[3] images   ARGV[4] quote (micro-USD)
+-- ARGV[5] how long the reservation holds (ms)
+
+local function civil(days)
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local y = yoe + era * 400
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  if m <= 2 then y = y + 1 end
+  return y, m, d
+end
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local y, m = civil(math.floor(tonumber(t[1]) / 86400))
+local month = string.format('%04d-%02d', y, m)
+local prefix, rid = ARGV[1], ARGV[2]
+local images, quote, hold = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+
+local team = redis.call('HMGET', KEYS[1], 'rpm', 'ipm', 'max_in_flight', 'budget_micros')
+if not team[1] then return {'no_team'} end
+local rpm, ipm, max_in_flight, budget = tonumber(team[1]), tonumber(team[2]), tonumber(team[3]), tonumber(team[4])
+
+-- release reservations whose holder died
+local res = redis.call('HGETALL', KEYS[4])
+for i = 1, #res, 2 do
+  local micros, n, rmonth, deadline = string.match(res[i + 1], '^(%d+)|(%d+)|([%d-]+)|(%d+)$')
+  if tonumber(deadline) < now then
+    redis.call('HDEL', KEYS[4], res[i])
+    redis.call('HINCRBY', prefix .. 'usage:' .. rmonth, 'reserved_micros', -tonumber(micros))
+    redis.call('XADD', prefix .. 'ledger', '*', 'request_id', res[i], 'status', 'expired',
+      'images', '0', 'charged_micros', '0', 'provider_cost_micros', '0', 'ts_ms', tostring(now))
+  end
+end
+
+if redis.call('HEXISTS', KEYS[4], rid) == 1 then return {'duplicate'} end
+
+local window = 60000
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - window)
+local req_used = redis.call('ZCARD', KEYS[2])
+local img_used = redis.call('ZCARD', KEYS[3])
+
+local function reset_after(key, nth)
+  -- ms until the nth-oldest entry (0-based) leaves the window
+  local e = redis.call('ZRANGE', key, nth, nth, 'WITHSCORES')
+  if #e == 0 then return 0 end
+  return math.max(0, tonumber(e[2]) + window - now)
+end
+
+local function verdict(code)
+  local req_reset = req_used > 0 and reset_after(KEYS[2], 0) or 0
+  local img_reset = img_used > 0 and reset_after(KEYS[3], 0) or 0
+  return {code, rpm, math.max(0, rpm - req_used), req_reset, ipm, math.max(0, ipm - img_used), img_reset, month}
+end
+
+if images > ipm then return verdict('images_over_limit') end
+if req_used + 1 > rpm then return verdict('rpm') end
+if img_used + images > ipm then
+  local v = verdict('ipm')
+  v[7] = reset_after(KEYS[3], img_used + images - ipm - 1)
+  return v
+end
+if redis.call('HLEN', KEYS[4]) + 1 > max_in_flight then return verdict('in_flight') end
+
+local usage = prefix .. 'usage:' .. month
+local u = redis.call('HMGET', usage, 'spent_micros', 'reserved_micros')
+local spent, reserved = tonumber(u[1]) or 0, tonumber(u[2]) or 0
+if spent + reserved + quote > budget then
+  local v = verdict('budget')
+  v[9] = spent
+  v[10] = budget
+  return v
+end
+
+redis.call('ZADD', KEYS[2], now, rid)
+for i = 1, images do redis.call('ZADD', KEYS[3], now, rid .. ':' .. i) end
+redis.call('PEXPIRE', KEYS[2], window * 2)
+redis.call('PEXPIRE', KEYS[3], window * 2)
+redis.call('HSET', KEYS[4], rid, quote .. '|' .. images .. '|' .. month .. '|' .. (now + hold))
+redis.call('HINCRBY', usage, 'reserved_micros', quote)
+req_used = req_used + 1
+img_used = img_used + images
+return verdict('ok')

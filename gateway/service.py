@@ -1,0 +1,256 @@
+"""The request pipeline, as plain code: admit, route, call with fallbacks, store, settle.
+
+Every admitted request is settled exactly once (success, failure, timeout or a caller that went
+away), and a failed request is charged nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.catalog import Route, micros_to_usd
+from gateway.errors import (
+    GatewayError,
+    ServiceUnavailableError,
+    UpstreamTimeoutError,
+    from_provider_error,
+)
+from gateway.keys import Principal
+from gateway.metering import Admission, Meter, Settlement
+from gateway.metrics import Metrics
+from gateway.storage import ImageStore
+from gateway.validation import ValidRequest
+from providers.base import (
+    GeneratedImage,
+    ImageProvider,
+    ImageRequest,
+    ImageResult,
+    ProviderBadResponseError,
+    ProviderError,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ImagesResponse:
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempted:
+    route: Route
+    result: ImageResult
+    reason: str
+    upstream_s: float
+
+
+class ImageService:
+    def __init__(
+        self,
+        providers: Mapping[str, ImageProvider],
+        meter: Meter,
+        store: ImageStore,
+        metrics: Metrics,
+        *,
+        deadline_s: float,
+    ) -> None:
+        self._providers = providers
+        self._meter = meter
+        self._store = store
+        self._metrics = metrics
+        self._deadline_s = deadline_s
+
+    def candidates(self, valid: ValidRequest) -> list[Route]:
+        """Routes that are configured and able to serve this request, in catalog order."""
+        return [
+            r
+            for r in valid.model.routes
+            if r.provider in self._providers
+            and valid.n <= r.max_n
+            and (not valid.images or r.edit_model is not None)
+        ]
+
+    async def generate(self, principal: Principal, valid: ValidRequest, request_id: str) -> ImagesResponse:
+        spec = valid.model
+        quote = spec.price_micros(valid.size, valid.n)
+        try:
+            admission = await self._meter.admit(
+                principal.team_id, request_id, valid.n, quote, hold_s=self._deadline_s + 60
+            )
+        except GatewayError as exc:
+            self._metrics.rejections.labels(principal.team_id, exc.kind).inc()
+            raise
+        started = time.monotonic()
+        outcome = Settlement("failed", 0, 0, 0, spec.id, _fields(principal, valid, None, 0.0, "internal"))
+        status = "failed"
+        try:
+            attempt = await self._call_with_fallbacks(valid, request_id, started)
+            data = await self._render(valid, attempt.result.images)
+            latency = time.monotonic() - started
+            outcome = Settlement(
+                "succeeded",
+                valid.n,
+                quote,
+                attempt.route.cost_micros(valid.width, valid.height, valid.n),
+                spec.id,
+                _fields(principal, valid, attempt.route.provider, latency, ""),
+            )
+            status = "succeeded"
+            headers = {
+                "x-gateway-provider": attempt.route.provider,
+                "x-gateway-route-reason": attempt.reason,
+                "x-gateway-charged-usd": f"{micros_to_usd(quote):.6f}",
+                **admission.limits.headers(),
+            }
+            body: dict[str, Any] = {"created": int(time.time()), "data": data}
+            if attempt.result.seed is not None:
+                body["seed"] = attempt.result.seed
+            return ImagesResponse(body, headers)
+        except asyncio.CancelledError:
+            status = "cancelled"
+            outcome = Settlement(
+                "cancelled", 0, 0, 0, spec.id, _fields(principal, valid, None, time.monotonic() - started, "cancelled")
+            )
+            raise
+        except GatewayError as exc:
+            status = "timeout" if isinstance(exc, UpstreamTimeoutError) else "failed"
+            outcome = Settlement(
+                status, 0, 0, 0, spec.id, _fields(principal, valid, None, time.monotonic() - started, exc.kind)
+            )
+            raise
+        finally:
+            await self._settle(admission, outcome, principal, status, time.monotonic() - started)
+
+    async def _settle(
+        self, admission: Admission, outcome: Settlement, principal: Principal, status: str, elapsed: float
+    ) -> None:
+        # Shielded: a caller that went away must not stop its request from being settled.
+        task = asyncio.ensure_future(self._meter.settle(admission, outcome))
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            await task
+            raise
+        provider = dict(outcome.fields).get("provider", "") or "none"
+        m = self._metrics
+        m.requests.labels(principal.team_id, outcome.model, provider, status).inc()
+        m.duration.labels(outcome.model, status).observe(elapsed)
+        if status == "succeeded":
+            m.images.labels(principal.team_id, outcome.model, provider).inc(outcome.images)
+            m.spend.labels(principal.team_id, outcome.model, provider).inc(micros_to_usd(outcome.charge_micros))
+            m.provider_cost.labels(principal.team_id, outcome.model, provider).inc(
+                micros_to_usd(outcome.provider_cost_micros)
+            )
+
+    async def _call_with_fallbacks(self, valid: ValidRequest, request_id: str, started: float) -> Attempted:
+        routes = self.candidates(valid)
+        if not routes:
+            raise ServiceUnavailableError(
+                f"No provider is configured that can serve this request for {valid.model.id}.",
+                headers={"retry-after": "30"},
+            )
+        deadline = started + self._deadline_s
+        last: ProviderError | None = None
+        for i, route in enumerate(routes):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            reason = "priority_order" if i == 0 else "fallback_after_error"
+            provider = self._providers[route.provider]
+            t0 = time.monotonic()
+            try:
+                result = await provider.generate(route.target, _provider_request(valid, request_id, remaining))
+                _check_result(route, valid, result)
+            except ProviderError as err:
+                elapsed = time.monotonic() - t0
+                self._metrics.upstream_errors.labels(route.provider, route.model, err.kind.value).inc()
+                self._metrics.upstream_duration.labels(route.provider, route.model, "error").observe(elapsed)
+                log.info("route %s for %s failed: %s (%s)", route.provider, route.model, err.kind.value, err.message)
+                if not err.retryable:
+                    raise from_provider_error(err) from err
+                last = err
+                if i + 1 < len(routes):
+                    self._metrics.fallbacks.labels(route.model, route.provider).inc()
+                continue
+            elapsed = time.monotonic() - t0
+            self._metrics.upstream_duration.labels(route.provider, route.model, "ok").observe(elapsed)
+            self._metrics.routed.labels(route.model, route.provider, reason).inc()
+            return Attempted(route, result, reason, elapsed)
+        if last is None:
+            raise UpstreamTimeoutError("The request ran out of time before any provider answered.")
+        raise from_provider_error(last) from last
+
+    async def _render(self, valid: ValidRequest, images: tuple[GeneratedImage, ...]) -> list[dict[str, str]]:
+        out: list[dict[str, str]] = []
+        for img in images:
+            item: dict[str, str] = {"revised_prompt": valid.prompt}
+            if valid.response_format == "b64_json":
+                assert img.data is not None  # _check_result guarantees bytes for b64_json
+                item["b64_json"] = base64.b64encode(img.data).decode("ascii")
+            elif img.data is not None:
+                stored = await self._store.put(img.data, img.content_type)
+                item["url"] = self._store.signed_url(stored.name)
+            else:
+                assert img.url is not None
+                item["url"] = img.url
+            out.append(item)
+        return out
+
+
+def _provider_request(valid: ValidRequest, request_id: str, remaining_s: float) -> ImageRequest:
+    return ImageRequest(
+        request_id=request_id,
+        model=valid.model.id,
+        prompt=valid.prompt,
+        n=valid.n,
+        width=valid.width,
+        height=valid.height,
+        response_format=valid.response_format,
+        num_inference_steps=valid.num_inference_steps,
+        guidance_scale=valid.guidance_scale,
+        negative_prompt=valid.negative_prompt,
+        seed=valid.seed,
+        images=valid.images,
+        mask=valid.mask,
+        strength=valid.strength,
+        timeout_s=remaining_s,
+    )
+
+
+def _check_result(route: Route, valid: ValidRequest, result: ImageResult) -> None:
+    """A provider that answers with the wrong number or shape of images has failed."""
+    if len(result.images) != valid.n:
+        raise ProviderBadResponseError(
+            f"asked for {valid.n} images, got {len(result.images)}", provider=route.provider
+        )
+    for img in result.images:
+        if (img.width, img.height) != (valid.width, valid.height):
+            raise ProviderBadResponseError(
+                f"asked for {valid.size}, got {img.width}x{img.height}", provider=route.provider
+            )
+        if img.data is None and (img.url is None or valid.response_format == "b64_json"):
+            raise ProviderBadResponseError("an image came without bytes", provider=route.provider)
+
+
+def _fields(
+    principal: Principal, valid: ValidRequest, provider: str | None, latency_s: float, error_kind: str
+) -> tuple[tuple[str, str], ...]:
+    return (
+        ("team_id", principal.team_id),
+        ("key_id", principal.key_id),
+        ("provider", provider or ""),
+        ("size", valid.size),
+        ("requested_images", str(valid.n)),
+        ("kind", "edit" if valid.images else "generation"),
+        ("latency_ms", str(round(latency_s * 1000))),
+        ("error_kind", error_kind),
+    )
+

@@ -1,0 +1,61 @@
+"""The one settings class. Nothing else in the gateway or the provider adapters reads os.environ."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", populate_by_name=True)
+
+    # Unset: the gateway starts its own redis-server under data_dir (the embedded default).
+    redis_url: str | None = None
+    admin_key: str | None = None
+    # fal's own FAL_KEY is accepted as well as GATEWAY_FAL_KEY.
+    fal_key: str | None = Field(default=None, validation_alias=AliasChoices("GATEWAY_FAL_KEY", "FAL_KEY"))
+    fal_queue_url: str = "https://queue.fal.run"
+    local_gpu_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    public_url: str = "http://127.0.0.1:8000"
+    pricing_file: Path = Path("pricing.yaml")
+    data_dir: Path = Path("data")
+
+    # Signed image URLs: lifetime, and the HMAC key (unset: one is made once and kept in Redis,
+    # so every replica signs alike).
+    image_url_ttl_s: int = 3600
+    url_signing_key: str | None = None
+
+    # Uploads (edits): bytes per image and decoded pixels per image (decompression-bomb guard).
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_upload_pixels: int = 40_000_000
+
+    # Time a request may take end to end, across fallbacks, and per-upstream connect timeout.
+    request_deadline_s: float = 300.0
+    upstream_connect_timeout_s: float = 5.0
+    # fal status polling: first interval, growth factor and cap (seconds).
+    fal_poll_initial_s: float = 0.25
+    fal_poll_factor: float = 1.5
+    fal_poll_max_s: float = 2.0
+
+    # Default per-team limits, used when a team is created without them.
+    default_requests_per_minute: int = 60
+    default_images_per_minute: int = 120
+    default_max_in_flight: int = 8
+    default_monthly_budget_usd: float = 100.0
+
+    log_level: str = "info"
+
+    @field_validator("local_gpu_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [u.strip().rstrip("/") for u in value.split(",") if u.strip()]
+        return value
+
+    @field_validator("fal_queue_url", "public_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")

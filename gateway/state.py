@@ -1,0 +1,27 @@
+"""What the lifespan builds and every route handler reads: one object on app.state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from gateway.catalog import Catalog
+from gateway.health import HealthBoard
+from gateway.keys import KeyStore
+from gateway.metrics import Metrics
+from gateway.service import ImageService
+from gateway.settings import Settings
+from gateway.storage import ImageStore
+
+
+@dataclass(frozen=True, slots=True)
+class AppState:
+    settings: Settings
+    catalog: Catalog
+    redis: Redis
+    keys: KeyStore
+    store: ImageStore
+    metrics: Metrics
+    service: ImageService
+    health: HealthBoard

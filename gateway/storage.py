@@ -1,0 +1,66 @@
+"""Generated images the gateway serves itself: bytes kept under the data dir, reachable through
+URLs signed with an HMAC and an expiry, so a URL works without an API key until it expires."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlencode
+
+EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+CONTENT_TYPES = {v: k for k, v in EXTENSIONS.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class StoredImage:
+    name: str  # "<random>.<ext>"
+    path: Path
+
+
+class ImageStore:
+    def __init__(self, root: Path, public_url: str, signing_key: bytes, ttl_s: int) -> None:
+        self.root = root
+        self.public_url = public_url
+        self._key = signing_key
+        self.ttl_s = ttl_s
+        root.mkdir(parents=True, exist_ok=True)
+
+    async def put(self, data: bytes, content_type: str) -> StoredImage:
+        name = f"{secrets.token_urlsafe(18)}.{EXTENSIONS.get(content_type, 'bin')}"
+        path = self.root / name
+        await asyncio.to_thread(_write_atomic, path, data)
+        return StoredImage(name, path)
+
+    def signed_url(self, name: str, now: float | None = None) -> str:
+        expires = int((now if now is not None else time.time()) + self.ttl_s)
+        query = urlencode({"expires": expires, "sig": self._sign(name, expires)})
+        return f"{self.public_url}/v1/files/images/{name}?{query}"
+
+    def verify(self, name: str, expires: int, sig: str, now: float | None = None) -> bool:
+        if expires < (now if now is not None else time.time()):
+            return False
+        return hmac.compare_digest(self._sign(name, expires), sig)
+
+    def path_of(self, name: str) -> Path | None:
+        """The file for a name, or None when the name is not one we could have made."""
+        stem, dot, ext = name.partition(".")
+        if not dot or ext not in CONTENT_TYPES or not stem.replace("-", "").replace("_", "").isalnum():
+            return None
+        path = self.root / name
+        return path if path.is_file() else None
+
+    def _sign(self, name: str, expires: int) -> str:
+        return hmac.new(self._key, f"{name}:{expires}".encode(), hashlib.sha256).hexdigest()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)

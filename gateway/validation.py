@@ -1,0 +1,247 @@
+"""Turns what a caller sent (a JSON body, or multipart form fields where numbers arrive as
+strings) into a validated ImageRequest for one model, or an InvalidRequestError naming the
+parameter. Values outside the model's ranges are rejected, never clamped."""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from PIL import Image, UnidentifiedImageError
+
+from gateway.catalog import Catalog, EditSpec, FloatRange, IntRange, ModelSpec, parse_size
+from gateway.errors import InvalidRequestError, MissingParameterError, ModelNotFoundError
+from providers.base import InputImage, ResponseFormat, sniff_content_type
+
+MAX_SEED = 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class ValidRequest:
+    """Everything of an ImageRequest but the ids and timing the pipeline adds."""
+
+    model: ModelSpec
+    prompt: str
+    n: int
+    width: int
+    height: int
+    response_format: ResponseFormat
+    num_inference_steps: int
+    guidance_scale: float | None
+    negative_prompt: str | None
+    seed: int | None
+    user: str | None
+    images: tuple[InputImage, ...] = ()
+    mask: InputImage | None = None
+    strength: float | None = None
+
+    @property
+    def size(self) -> str:
+        return f"{self.width}x{self.height}"
+
+
+class Params:
+    """Read typed values from a body; `form` bodies carry every scalar as a string."""
+
+    def __init__(self, raw: Mapping[str, object], *, form: bool) -> None:
+        # JSON null and empty form fields mean "not sent".
+        self._raw = {k: v for k, v in raw.items() if v is not None and not (form and v == "")}
+        self._form = form
+
+    def has(self, name: str) -> bool:
+        return name in self._raw
+
+    def str(self, name: str, *, max_len: int | None = None) -> str | None:
+        value = self._raw.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise InvalidRequestError(f"'{name}' must be a string.", param=name, code="invalid_type")
+        if max_len is not None and len(value) > max_len:
+            raise InvalidRequestError(
+                f"'{name}' is {len(value)} characters long; the maximum is {max_len}.",
+                param=name,
+                code="string_above_max_length",
+            )
+        return value
+
+    def int(self, name: str) -> int | None:
+        value = self._raw.get(name)
+        if value is None:
+            return None
+        if self._form and isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        elif isinstance(value, int) and not isinstance(value, bool):
+            return value
+        elif isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise InvalidRequestError(f"'{name}' must be an integer.", param=name, code="invalid_type")
+
+    def float(self, name: str) -> float | None:
+        value = self._raw.get(name)
+        if value is None:
+            return None
+        number: float | None = None
+        if self._form and isinstance(value, str):
+            try:
+                number = float(value.strip())
+            except ValueError:
+                number = None
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            number = float(value)
+        if number is None or not math.isfinite(number):
+            raise InvalidRequestError(f"'{name}' must be a number.", param=name, code="invalid_type")
+        return number
+
+
+def _int_in(params: Params, name: str, rng: IntRange) -> int:
+    value = params.int(name)
+    if value is None:
+        return rng.default
+    if not rng.min <= value <= rng.max:
+        raise InvalidRequestError(
+            f"'{name}' must be between {rng.min} and {rng.max} for this model; got {value}.", param=name
+        )
+    return value
+
+
+def _float_in(params: Params, name: str, rng: FloatRange) -> float:
+    value = params.float(name)
+    if value is None:
+        return rng.default
+    if not rng.min <= value <= rng.max:
+        raise InvalidRequestError(
+            f"'{name}' must be between {rng.min:g} and {rng.max:g} for this model; got {value:g}.", param=name
+        )
+    return value
+
+
+def resolve_model(catalog: Catalog, params: Params) -> ModelSpec:
+    model_id = params.str("model")
+    if model_id is None:
+        model_id = next(iter(catalog.models))
+    spec = catalog.get(model_id)
+    if spec is None:
+        raise ModelNotFoundError(f"The model '{model_id}' does not exist.", param="model")
+    return spec
+
+
+def check_edit_inputs(catalog: Catalog, params: Params, image_count: int, *, has_mask: bool) -> EditSpec:
+    """The checks on an edit that need no decoded pixels, so a bad request decodes nothing."""
+    spec = resolve_model(catalog, params)
+    if spec.edits is None:
+        raise InvalidRequestError(f"{spec.id} does not support image edits.", param="model")
+    if image_count > spec.edits.max_images:
+        raise InvalidRequestError(
+            f"{spec.id} takes at most {spec.edits.max_images} input image(s); got {image_count}.",
+            param="image",
+        )
+    if has_mask and not spec.edits.mask:
+        raise InvalidRequestError(f"{spec.id} does not support a mask.", param="mask")
+    return spec.edits
+
+
+def validate_generation(
+    catalog: Catalog,
+    params: Params,
+    *,
+    images: tuple[InputImage, ...] = (),
+    mask: InputImage | None = None,
+) -> ValidRequest:
+    spec = resolve_model(catalog, params)
+    prompt = params.str("prompt", max_len=spec.prompt_max_chars)
+    if prompt is None or not prompt.strip():
+        raise MissingParameterError("Missing required parameter: 'prompt'.", param="prompt")
+    n = _int_in(params, "n", spec.n)
+
+    size = params.str("size") or spec.default_size
+    try:
+        width, height = parse_size(size)
+    except ValueError:
+        raise InvalidRequestError(
+            f"Invalid size '{size}': use WIDTHxHEIGHT, one of {', '.join(spec.sizes)}.",
+            param="size",
+            code="invalid_size",
+        ) from None
+    if f"{width}x{height}" not in spec.sizes:
+        raise InvalidRequestError(
+            f"The size '{size}' is not supported by {spec.id}; supported: {', '.join(spec.sizes)}.",
+            param="size",
+            code="invalid_size",
+        )
+
+    response_format = params.str("response_format") or "url"
+    if response_format not in ("url", "b64_json"):
+        raise InvalidRequestError(
+            f"'{response_format}' is not one of ['url', 'b64_json'] - 'response_format'.",
+            param="response_format",
+        )
+
+    guidance: float | None = None
+    if spec.guidance_scale is not None:
+        guidance = _float_in(params, "guidance_scale", spec.guidance_scale)
+    elif params.has("guidance_scale"):
+        raise InvalidRequestError(
+            f"{spec.id} is guidance-distilled and takes no 'guidance_scale'.", param="guidance_scale"
+        )
+
+    seed = params.int("seed")
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise InvalidRequestError(f"'seed' must be between 0 and {MAX_SEED}.", param="seed")
+
+    strength: float | None = None
+    if images:
+        edits = check_edit_inputs(catalog, params, len(images), has_mask=mask is not None)
+        strength = _float_in(params, "strength", edits.strength)
+    elif params.has("strength"):
+        raise InvalidRequestError("'strength' applies only to image edits.", param="strength")
+
+    return ValidRequest(
+        model=spec,
+        prompt=prompt,
+        n=n,
+        width=width,
+        height=height,
+        response_format=response_format,  # type: ignore[arg-type]
+        num_inference_steps=_int_in(params, "num_inference_steps", spec.num_inference_steps),
+        guidance_scale=guidance,
+        negative_prompt=params.str("negative_prompt", max_len=spec.prompt_max_chars),
+        seed=seed,
+        user=params.str("user", max_len=256),
+        images=images,
+        mask=mask,
+        strength=strength,
+    )
+
+
+def decode_upload(data: bytes, *, param: str, max_pixels: int) -> InputImage:
+    """Sniff, bound and fully decode one uploaded image (catches truncation and bombs)."""
+    content_type = sniff_content_type(data)
+    if content_type is None:
+        raise InvalidRequestError(
+            f"'{param}' must be a PNG, JPEG or WebP image.", param=param, code="invalid_image_format"
+        )
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size  # read from the header, before any pixel is decoded
+            if width * height > max_pixels:
+                raise InvalidRequestError(
+                    f"'{param}' is {width}x{height} pixels; the most accepted is {max_pixels} pixels.",
+                    param=param,
+                    code="image_too_large",
+                )
+            img.load()
+    except InvalidRequestError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise InvalidRequestError(
+            f"'{param}' could not be decoded as an image (truncated or corrupt).",
+            param=param,
+            code="invalid_image",
+        ) from exc
+    return InputImage(data=data, content_type=content_type, width=width, height=height)

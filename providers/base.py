@@ -1,0 +1,221 @@
+"""The narrow contract between the gateway core and every upstream: request/result types,
+the ImageProvider protocol and the ProviderError family that adapters raise.
+
+Adapters translate everything upstream-specific (URLs, headers, status codes, body shapes)
+into these types at their boundary; the core never sees an httpx error or a fal body.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+ResponseFormat = Literal["url", "b64_json"]
+
+
+@dataclass(frozen=True, slots=True)
+class InputImage:
+    """An uploaded image, already sniffed and decoded once by the gateway."""
+
+    data: bytes
+    content_type: str  # image/png, image/jpeg or image/webp (from the magic bytes)
+    width: int
+    height: int
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTarget:
+    """One provider route for one public model, as pricing.yaml declares it."""
+
+    provider: str  # registry key, equals the package name under providers/
+    model: str  # public model id, e.g. "hidream-i1-full"
+    upstream_model: str  # what the upstream calls it, e.g. "fal-ai/hidream-i1-full"
+    edit_model: str | None  # upstream id for edits; None when the route cannot edit
+    max_n: int  # most images the upstream makes in one call
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRequest:
+    """A validated request: every value is inside the model's ranges and defaults are filled."""
+
+    request_id: str
+    model: str
+    prompt: str
+    n: int
+    width: int
+    height: int
+    response_format: ResponseFormat
+    num_inference_steps: int
+    guidance_scale: float | None  # None where the model has no guidance (dev, fast)
+    negative_prompt: str | None = None
+    seed: int | None = None
+    images: tuple[InputImage, ...] = ()  # non-empty for edits
+    mask: InputImage | None = None
+    strength: float | None = None  # edits only: how far from the input image to move (0..1)
+    timeout_s: float = 120.0  # time this attempt may take, already bounded by the request deadline
+
+    @property
+    def is_edit(self) -> bool:
+        return bool(self.images)
+
+    @property
+    def size(self) -> str:
+        return f"{self.width}x{self.height}"
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratedImage:
+    """One output image: bytes the gateway stores, or a URL the caller may fetch directly."""
+
+    content_type: str
+    width: int
+    height: int
+    data: bytes | None = None
+    url: str | None = None  # a provider CDN URL that may pass through to the caller
+
+
+@dataclass(frozen=True, slots=True)
+class ImageResult:
+    images: tuple[GeneratedImage, ...]
+    seed: int | None = None
+    revised_prompt: str | None = None
+    upstream_request_id: str | None = None
+    upstream_latency_s: float | None = None
+
+
+class ErrorKind(enum.StrEnum):
+    """Closed set of provider failure kinds; used as a metrics label and for routing."""
+
+    UNAVAILABLE = "unavailable"  # connection refused/reset, 5xx, runner failures
+    TIMEOUT = "timeout"  # no result within the attempt's time
+    RATE_LIMITED = "rate_limited"  # upstream 429 / queue full
+    NOT_READY = "not_ready"  # worker loading or warming (503)
+    AUTH = "auth"  # our credentials for the upstream were refused (401/403)
+    QUOTA = "quota"  # the organisation's upstream account is out of credit
+    BAD_RESPONSE = "bad_response"  # a body we cannot parse or that breaks the protocol
+    REJECTED_INPUT = "rejected_input"  # the upstream says the input is invalid (422)
+    CONTENT_POLICY = "content_policy"  # the upstream refused the prompt/image on safety grounds
+    CANCELLED = "cancelled"  # we cancelled it (client gone or deadline)
+
+
+# Kinds where another route may well succeed. Input and policy rejections would fail the same way
+# everywhere, so they go straight back to the caller.
+RETRYABLE_KINDS = frozenset(
+    {
+        ErrorKind.UNAVAILABLE,
+        ErrorKind.TIMEOUT,
+        ErrorKind.RATE_LIMITED,
+        ErrorKind.NOT_READY,
+        ErrorKind.AUTH,
+        ErrorKind.QUOTA,
+        ErrorKind.BAD_RESPONSE,
+    }
+)
+
+
+class ProviderError(Exception):
+    """Base of everything an adapter raises. `kind` decides status, retry and metrics."""
+
+    kind: ErrorKind = ErrorKind.UNAVAILABLE
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        upstream_status: int | None = None,
+        retry_after_s: float | None = None,
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.provider = provider
+        self.upstream_status = upstream_status
+        self.retry_after_s = retry_after_s
+        self.param = param
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind in RETRYABLE_KINDS
+
+
+class ProviderUnavailableError(ProviderError):
+    kind = ErrorKind.UNAVAILABLE
+
+
+class ProviderTimeoutError(ProviderError):
+    kind = ErrorKind.TIMEOUT
+
+
+class ProviderRateLimitedError(ProviderError):
+    kind = ErrorKind.RATE_LIMITED
+
+
+class ProviderNotReadyError(ProviderError):
+    kind = ErrorKind.NOT_READY
+
+
+class ProviderAuthError(ProviderError):
+    kind = ErrorKind.AUTH
+
+
+class ProviderQuotaError(ProviderError):
+    kind = ErrorKind.QUOTA
+
+
+class ProviderBadResponseError(ProviderError):
+    kind = ErrorKind.BAD_RESPONSE
+
+
+class ProviderRejectedInputError(ProviderError):
+    kind = ErrorKind.REJECTED_INPUT
+
+
+class ProviderContentPolicyError(ProviderError):
+    kind = ErrorKind.CONTENT_POLICY
+
+
+class ProviderCancelledError(ProviderError):
+    kind = ErrorKind.CANCELLED
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderHealth:
+    """What a free probe learned about a route (no image generated)."""
+
+    healthy: bool
+    detail: str = ""
+    queue_depth: int | None = None
+    expected_wait_s: float | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class ImageProvider(Protocol):
+    """One upstream. Implementations own their httpx client and close it in `aclose`.
+
+    `generate` serves both generations and edits (`request.is_edit`); a route whose
+    `edit_model` is None is never asked to edit. Cancellation of the awaiting task must
+    cancel the upstream job where the upstream supports it.
+    """
+
+    name: str
+
+    async def generate(self, target: RouteTarget, request: ImageRequest) -> ImageResult: ...
+
+    async def probe(self, target: RouteTarget) -> ProviderHealth: ...
+
+    async def aclose(self) -> None: ...
+
+
+def sniff_content_type(data: bytes) -> str | None:
+    """The image type from magic bytes (never from a filename or a declared type)."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
