@@ -31,7 +31,9 @@ log = logging.getLogger("gateway")
 SIGNING_KEY = "gw:config:url_signing_key"
 
 
-def build_providers(settings: Settings, registry: Mapping[str, ProviderFactory], wanted: set[str]) -> dict[str, ImageProvider]:
+def build_providers(
+    settings: Settings, registry: Mapping[str, ProviderFactory], wanted: set[str]
+) -> dict[str, ImageProvider]:
     providers: dict[str, ImageProvider] = {}
     for name in sorted(wanted):
         provider = registry[name](settings)
@@ -49,7 +51,7 @@ async def _signing_key(redis: Redis, settings: Settings) -> bytes:
     await redis.set(SIGNING_KEY, secrets.token_hex(32), nx=True)
     value = await redis.get(SIGNING_KEY)
     assert value is not None
-    return bytes(value)
+    return value.encode() if isinstance(value, str) else bytes(value)
 
 
 def create_app(settings: Settings | None = None, registry: Mapping[str, ProviderFactory] | None = None) -> FastAPI:
@@ -69,7 +71,9 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
         providers = build_providers(settings, registry, catalog.providers())
         try:
             store = ImageStore(
-                settings.data_dir / "images", settings.public_url, await _signing_key(redis, settings),
+                settings.data_dir / "images",
+                settings.public_url,
+                await _signing_key(redis, settings),
                 settings.image_url_ttl_s,
             )
             metrics = Metrics()

@@ -224,7 +224,8 @@ def load_catalog(path: Path, known_providers: Iterable[str] | None = None) -> Ca
     try:
         parsed = _File.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
+        # A misspelt key shows up twice (unknown key, missing field); name the misspelling.
+        first = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
         loc = tuple(first["loc"])
         field = ".".join(str(p) for p in loc) or "(top level)"
         raise CatalogError(f"{path}:{_line_of(root, loc)}: {field}: {first['msg']}") from exc

@@ -102,7 +102,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host_for_url = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     os.environ.setdefault("GATEWAY_PUBLIC_URL", f"http://{host_for_url}:{args.port}")
     if not settings.admin_key:
-        os.environ["GATEWAY_ADMIN_KEY"] = _private_file(data_dir / "admin-key", "adm-" + secrets.token_urlsafe(24)) or ""
+        os.environ["GATEWAY_ADMIN_KEY"] = (
+            _private_file(data_dir / "admin-key", "adm-" + secrets.token_urlsafe(24)) or ""
+        )
     embedded: EmbeddedRedis | None = None
     worker: subprocess.Popen[bytes] | None = None
     try:

@@ -160,9 +160,7 @@ def from_provider_error(err: ProviderError) -> GatewayError:
         case ErrorKind.REJECTED_INPUT:
             return InvalidRequestError(f"The provider rejected the request: {err.message}", param=err.param)
         case ErrorKind.CONTENT_POLICY:
-            return ContentPolicyError(
-                "Your request was rejected by the provider's safety system.", param=err.param
-            )
+            return ContentPolicyError("Your request was rejected by the provider's safety system.", param=err.param)
         case ErrorKind.TIMEOUT:
             return UpstreamTimeoutError("The image provider did not answer in time.")
         case ErrorKind.RATE_LIMITED | ErrorKind.NOT_READY:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from redis.typing import EncodableT, FieldT
 
 from gateway.catalog import micros_to_usd, usd_to_micros
 
@@ -92,7 +94,7 @@ class KeyStore:
         return _team_from(team_id, raw)
 
     async def list_teams(self) -> list[Team]:
-        ids = sorted(m.decode() for m in await self._r.smembers(TEAMS_SET))
+        ids = sorted(_s(m) for m in await self._r.smembers(TEAMS_SET))
         teams = []
         for team_id in ids:
             try:
@@ -128,7 +130,9 @@ class KeyStore:
             created=int(time.time()),
         )
         digest = hash_key(plain)
-        fields = {"id": key.id, "team_id": team_id, "prefix": key.prefix, "name": name, "created": key.created}
+        fields: dict[FieldT, EncodableT] = {
+            "id": key.id, "team_id": team_id, "prefix": key.prefix, "name": name, "created": key.created,
+        }  # fmt: skip
         async with self._r.pipeline(transaction=True) as pipe:
             pipe.hset(f"gw:key:{digest}", mapping=fields)
             pipe.hset(f"gw:keyid:{key.id}", mapping={**fields, "hash": digest})
@@ -138,7 +142,7 @@ class KeyStore:
 
     async def list_keys(self, team_id: str) -> list[ApiKey]:
         await self.get_team(team_id)
-        ids = sorted(m.decode() for m in await self._r.smembers(team_prefix(team_id) + "keys"))
+        ids = sorted(_s(m) for m in await self._r.smembers(team_prefix(team_id) + "keys"))
         keys = []
         for key_id in ids:
             raw = await self._r.hgetall(f"gw:keyid:{key_id}")
@@ -152,7 +156,7 @@ class KeyStore:
             return False
         key = _key_from(raw)
         async with self._r.pipeline(transaction=True) as pipe:
-            pipe.delete(f"gw:key:{raw[b'hash'].decode()}")
+            pipe.delete(f"gw:key:{_s(raw[b'hash'])}")
             pipe.delete(f"gw:keyid:{key_id}")
             pipe.srem(team_prefix(key.team_id) + "keys", key_id)
             await pipe.execute()
@@ -165,10 +169,10 @@ class KeyStore:
         team_id, key_id = await self._r.hmget(f"gw:key:{hash_key(plain)}", ["team_id", "id"])
         if team_id is None or key_id is None:
             return None
-        return Principal(team_id=team_id.decode(), key_id=key_id.decode())
+        return Principal(team_id=_s(team_id), key_id=_s(key_id))
 
 
-def _team_fields(team: Team) -> dict[str, str | int]:
+def _team_fields(team: Team) -> dict[FieldT, EncodableT]:
     return {
         "name": team.name,
         "budget_micros": usd_to_micros(team.monthly_budget_usd),
@@ -179,21 +183,25 @@ def _team_fields(team: Team) -> dict[str, str | int]:
     }
 
 
-def _team_from(team_id: str, raw: dict[bytes, bytes]) -> Team:
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _team_from(team_id: str, raw: Mapping[bytes | str, bytes | str]) -> Team:
     return Team(
         id=team_id,
-        name=raw[b"name"].decode(),
+        name=_s(raw[b"name"]),
         monthly_budget_usd=micros_to_usd(int(raw[b"budget_micros"])),
         limits=TeamLimits(int(raw[b"rpm"]), int(raw[b"ipm"]), int(raw[b"max_in_flight"])),
         created=int(raw[b"created"]),
     )
 
 
-def _key_from(raw: dict[bytes, bytes]) -> ApiKey:
+def _key_from(raw: Mapping[bytes | str, bytes | str]) -> ApiKey:
     return ApiKey(
-        id=raw[b"id"].decode(),
-        team_id=raw[b"team_id"].decode(),
-        prefix=raw[b"prefix"].decode(),
-        name=raw.get(b"name", b"").decode(),
+        id=_s(raw[b"id"]),
+        team_id=_s(raw[b"team_id"]),
+        prefix=_s(raw[b"prefix"]),
+        name=_s(raw.get(b"name", b"")),
         created=int(raw[b"created"]),
     )

@@ -20,7 +20,9 @@ class Metrics:
             "gateway_spend_usd", "Amount billed to teams (USD)", ["team", "model", "provider"], registry=r
         )
         self.provider_cost = Counter(
-            "gateway_provider_cost_usd", "What providers cost the organisation (USD)", ["team", "model", "provider"],
+            "gateway_provider_cost_usd",
+            "What providers cost the organisation (USD)",
+            ["team", "model", "provider"],
             registry=r,
         )
         self.rejections = Counter(
@@ -30,19 +32,27 @@ class Metrics:
             "gateway_upstream_errors", "Failed provider attempts", ["provider", "model", "kind"], registry=r
         )
         self.fallbacks = Counter(
-            "gateway_fallbacks", "Attempts moved to the next route after a failure", ["model", "from_provider"],
+            "gateway_fallbacks",
+            "Attempts moved to the next route after a failure",
+            ["model", "from_provider"],
             registry=r,
         )
         self.routed = Counter(
             "gateway_route_decisions", "Routing decisions by reason", ["model", "provider", "reason"], registry=r
         )
         self.duration = Histogram(
-            "gateway_request_duration_seconds", "Time from admission to response", ["model", "status"],
-            buckets=LATENCY_BUCKETS, registry=r,
+            "gateway_request_duration_seconds",
+            "Time from admission to response",
+            ["model", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.upstream_duration = Histogram(
-            "gateway_upstream_duration_seconds", "Time of one provider attempt", ["provider", "model", "outcome"],
-            buckets=LATENCY_BUCKETS, registry=r,
+            "gateway_upstream_duration_seconds",
+            "Time of one provider attempt",
+            ["provider", "model", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
 
     def render(self) -> bytes:

@@ -73,9 +73,7 @@ class ImageService:
         return [
             r
             for r in valid.model.routes
-            if r.provider in self._providers
-            and valid.n <= r.max_n
-            and (not valid.images or r.edit_model is not None)
+            if r.provider in self._providers and valid.n <= r.max_n and (not valid.images or r.edit_model is not None)
         ]
 
     async def generate(self, principal: Principal, valid: ValidRequest, request_id: str) -> ImagesResponse:
@@ -228,9 +226,7 @@ def _provider_request(valid: ValidRequest, request_id: str, remaining_s: float) 
 def _check_result(route: Route, valid: ValidRequest, result: ImageResult) -> None:
     """A provider that answers with the wrong number or shape of images has failed."""
     if len(result.images) != valid.n:
-        raise ProviderBadResponseError(
-            f"asked for {valid.n} images, got {len(result.images)}", provider=route.provider
-        )
+        raise ProviderBadResponseError(f"asked for {valid.n} images, got {len(result.images)}", provider=route.provider)
     for img in result.images:
         if (img.width, img.height) != (valid.width, valid.height):
             raise ProviderBadResponseError(
@@ -253,4 +249,3 @@ def _fields(
         ("latency_ms", str(round(latency_s * 1000))),
         ("error_kind", error_kind),
     )
-

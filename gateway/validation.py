@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -53,7 +54,7 @@ class Params:
     def has(self, name: str) -> bool:
         return name in self._raw
 
-    def str(self, name: str, *, max_len: int | None = None) -> str | None:
+    def text(self, name: str, *, max_len: int | None = None) -> str | None:
         value = self._raw.get(name)
         if value is None:
             return None
@@ -67,7 +68,7 @@ class Params:
             )
         return value
 
-    def int(self, name: str) -> int | None:
+    def integer(self, name: str) -> int | None:
         value = self._raw.get(name)
         if value is None:
             return None
@@ -82,7 +83,7 @@ class Params:
             return int(value)
         raise InvalidRequestError(f"'{name}' must be an integer.", param=name, code="invalid_type")
 
-    def float(self, name: str) -> float | None:
+    def number(self, name: str) -> float | None:
         value = self._raw.get(name)
         if value is None:
             return None
@@ -100,7 +101,7 @@ class Params:
 
 
 def _int_in(params: Params, name: str, rng: IntRange) -> int:
-    value = params.int(name)
+    value = params.integer(name)
     if value is None:
         return rng.default
     if not rng.min <= value <= rng.max:
@@ -111,7 +112,7 @@ def _int_in(params: Params, name: str, rng: IntRange) -> int:
 
 
 def _float_in(params: Params, name: str, rng: FloatRange) -> float:
-    value = params.float(name)
+    value = params.number(name)
     if value is None:
         return rng.default
     if not rng.min <= value <= rng.max:
@@ -122,7 +123,7 @@ def _float_in(params: Params, name: str, rng: FloatRange) -> float:
 
 
 def resolve_model(catalog: Catalog, params: Params) -> ModelSpec:
-    model_id = params.str("model")
+    model_id = params.text("model")
     if model_id is None:
         model_id = next(iter(catalog.models))
     spec = catalog.get(model_id)
@@ -154,12 +155,12 @@ def validate_generation(
     mask: InputImage | None = None,
 ) -> ValidRequest:
     spec = resolve_model(catalog, params)
-    prompt = params.str("prompt", max_len=spec.prompt_max_chars)
+    prompt = params.text("prompt", max_len=spec.prompt_max_chars)
     if prompt is None or not prompt.strip():
         raise MissingParameterError("Missing required parameter: 'prompt'.", param="prompt")
     n = _int_in(params, "n", spec.n)
 
-    size = params.str("size") or spec.default_size
+    size = params.text("size") or spec.default_size
     try:
         width, height = parse_size(size)
     except ValueError:
@@ -175,7 +176,7 @@ def validate_generation(
             code="invalid_size",
         )
 
-    response_format = params.str("response_format") or "url"
+    response_format = params.text("response_format") or "url"
     if response_format not in ("url", "b64_json"):
         raise InvalidRequestError(
             f"'{response_format}' is not one of ['url', 'b64_json'] - 'response_format'.",
@@ -190,7 +191,7 @@ def validate_generation(
             f"{spec.id} is guidance-distilled and takes no 'guidance_scale'.", param="guidance_scale"
         )
 
-    seed = params.int("seed")
+    seed = params.integer("seed")
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise InvalidRequestError(f"'seed' must be between 0 and {MAX_SEED}.", param="seed")
 
@@ -210,9 +211,9 @@ def validate_generation(
         response_format=response_format,  # type: ignore[arg-type]
         num_inference_steps=_int_in(params, "num_inference_steps", spec.num_inference_steps),
         guidance_scale=guidance,
-        negative_prompt=params.str("negative_prompt", max_len=spec.prompt_max_chars),
+        negative_prompt=params.text("negative_prompt", max_len=spec.prompt_max_chars),
         seed=seed,
-        user=params.str("user", max_len=256),
+        user=params.text("user", max_len=256),
         images=images,
         mask=mask,
         strength=strength,
@@ -227,7 +228,11 @@ def decode_upload(data: bytes, *, param: str, max_pixels: int) -> InputImage:
             f"'{param}' must be a PNG, JPEG or WebP image.", param=param, code="invalid_image_format"
         )
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with warnings.catch_warnings():
+            # Our own pixel limit (below Pillow's warning threshold) decides; see just below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(io.BytesIO(data))
+        with opened as img:
             width, height = img.size  # read from the header, before any pixel is decoded
             if width * height > max_pixels:
                 raise InvalidRequestError(
@@ -238,7 +243,13 @@ def decode_upload(data: bytes, *, param: str, max_pixels: int) -> InputImage:
             img.load()
     except InvalidRequestError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise InvalidRequestError(
+            f"'{param}' declares more pixels than the most accepted ({max_pixels}).",
+            param=param,
+            code="image_too_large",
+        ) from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise InvalidRequestError(
             f"'{param}' could not be decoded as an image (truncated or corrupt).",
             param=param,

@@ -24,9 +24,7 @@ def _bearer(request: Request) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise AuthenticationError(
-            "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.", code=None
-        )
+        raise AuthenticationError("You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.", code=None)
     return token.strip()
 
 

@@ -35,15 +35,11 @@ async def generations(request: Request, state: State, principal: Team) -> JSONRe
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InvalidRequestError(
-            "We could not parse the JSON body of your request.", code="invalid_json"
-        ) from None
+        raise InvalidRequestError("We could not parse the JSON body of your request.", code="invalid_json") from None
     if not isinstance(body, dict):
         raise InvalidRequestError("The request body must be a JSON object.", code="invalid_json")
     valid = validate_generation(state.catalog, Params(body, form=False))
-    result = await _until_disconnect(
-        request, state.service.generate(principal, valid, request.state.request_id)
-    )
+    result = await _until_disconnect(request, state.service.generate(principal, valid, request.state.request_id))
     return JSONResponse(result.body, headers=result.headers)
 
 
@@ -73,7 +69,9 @@ async def edits(request: Request, state: State, principal: Team) -> JSONResponse
                 else:
                     raise InvalidRequestError(f"Unexpected file part '{name}'.", param=name)
             elif name in IMAGE_FIELDS or name == "mask":
-                raise InvalidRequestError(f"'{name}' must be sent as a file.", param="image" if name != "mask" else name)
+                raise InvalidRequestError(
+                    f"'{name}' must be sent as a file.", param="image" if name != "mask" else name
+                )
             else:
                 fields[name] = value
         if not uploads:
@@ -85,9 +83,7 @@ async def edits(request: Request, state: State, principal: Team) -> JSONResponse
         valid = validate_generation(state.catalog, params, images=images, mask=mask)
     finally:
         await form.close()
-    result = await _until_disconnect(
-        request, state.service.generate(principal, valid, request.state.request_id)
-    )
+    result = await _until_disconnect(request, state.service.generate(principal, valid, request.state.request_id))
     return JSONResponse(result.body, headers=result.headers)
 
 
@@ -103,9 +99,7 @@ async def _decode(upload: UploadFile, param: str, limit: int, max_pixels: int) -
 def _require_content_type(request: Request, expected: str) -> None:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != expected:
-        raise UnsupportedMediaError(
-            f"Content-Type must be {expected}; got '{content_type or 'none'}'.", param=None
-        )
+        raise UnsupportedMediaError(f"Content-Type must be {expected}; got '{content_type or 'none'}'.", param=None)
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+from gateway.storage import ImageStore
+
+
+async def test_signed_url_verifies_until_it_expires(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path, "https://gw.example", b"k" * 32, ttl_s=3600)
+    stored = await store.put(b"\x89PNG\r\n\x1a\nrest", "image/png")
+    url = urlparse(store.signed_url(stored.name, now=1000.0))
+    assert url.netloc == "gw.example" and url.path == f"/v1/files/images/{stored.name}"
+    q = {k: v[0] for k, v in parse_qs(url.query).items()}
+    expires = int(q["expires"])
+    assert expires == 4600
+    assert store.verify(stored.name, expires, q["sig"], now=4599)
+    assert not store.verify(stored.name, expires, q["sig"], now=4601)
+    assert not store.verify(stored.name, expires + 1, q["sig"], now=1000)  # tampered expiry
+    assert store.path_of(stored.name) == stored.path and stored.path.read_bytes().startswith(b"\x89PNG")
+
+
+async def test_other_keys_signatures_and_path_tricks_are_refused(tmp_path: Path) -> None:
+    a = ImageStore(tmp_path, "http://x", b"a" * 32, ttl_s=60)
+    b = ImageStore(tmp_path, "http://x", b"b" * 32, ttl_s=60)
+    stored = await a.put(b"data", "image/jpeg")
+    q = parse_qs(urlparse(a.signed_url(stored.name)).query)
+    assert not b.verify(stored.name, int(q["expires"][0]), q["sig"][0])
+    assert a.path_of("../etc/passwd") is None
+    assert a.path_of("nothing.png") is None
+    assert a.path_of(stored.name.replace(".jpg", ".exe")) is None

@@ -1,0 +1,157 @@
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from gateway.catalog import Catalog, load_catalog
+from gateway.errors import GatewayError, InvalidRequestError, ModelNotFoundError
+from gateway.validation import Params, check_edit_inputs, decode_upload, validate_generation
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Catalog:
+    return load_catalog(Path(__file__).resolve().parents[2] / "pricing.yaml")
+
+
+def png(w: int = 64, h: int = 48) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), "blue").save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _err(catalog: Catalog, body: dict[str, object], *, form: bool = False) -> GatewayError:
+    with pytest.raises(GatewayError) as info:
+        validate_generation(catalog, Params(body, form=form))
+    return info.value
+
+
+def test_defaults_come_from_the_model(catalog: Catalog) -> None:
+    v = validate_generation(catalog, Params({"model": "hidream-i1-dev", "prompt": "a cat"}, form=False))
+    assert (v.n, v.width, v.height, v.response_format) == (1, 1024, 1024, "url")
+    assert v.num_inference_steps == 28 and v.guidance_scale is None
+    full = validate_generation(catalog, Params({"model": "hidream-i1-full", "prompt": "a cat"}, form=False))
+    assert full.num_inference_steps == 50 and full.guidance_scale == 5.0
+
+
+def test_json_null_means_absent(catalog: Catalog) -> None:
+    v = validate_generation(catalog, Params({"prompt": "x", "n": None, "size": None, "seed": None}, form=False))
+    assert v.n == 1 and v.size == "1024x1024" and v.seed is None
+
+
+def test_form_strings_are_coerced(catalog: Catalog) -> None:
+    body = {"prompt": "x", "n": "2", "seed": "7", "guidance_scale": "3.5", "num_inference_steps": "20", "size": ""}
+    v = validate_generation(catalog, Params(body, form=True))
+    assert (v.n, v.seed, v.guidance_scale, v.num_inference_steps, v.size) == (2, 7, 3.5, 20, "1024x1024")
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "status"),
+    [
+        ({}, "prompt", 400),
+        ({"prompt": "   "}, "prompt", 400),
+        ({"prompt": "x" * 4001}, "prompt", 400),
+        ({"prompt": 5}, "prompt", 400),
+        ({"prompt": "x", "model": "dall-e-9"}, "model", 404),
+        ({"prompt": "x", "n": 0}, "n", 400),
+        ({"prompt": "x", "n": 5}, "n", 400),
+        ({"prompt": "x", "n": "2"}, "n", 400),  # a JSON string is not a JSON number
+        ({"prompt": "x", "n": True}, "n", 400),
+        ({"prompt": "x", "n": 1.5}, "n", 400),
+        ({"prompt": "x", "size": "big"}, "size", 400),
+        ({"prompt": "x", "size": "512x512"}, "size", 400),
+        ({"prompt": "x", "response_format": "png"}, "response_format", 400),
+        ({"prompt": "x", "num_inference_steps": 51}, "num_inference_steps", 400),
+        ({"prompt": "x", "guidance_scale": 20.5}, "guidance_scale", 400),
+        ({"prompt": "x", "guidance_scale": float("nan")}, "guidance_scale", 400),
+        ({"prompt": "x", "model": "hidream-i1-fast", "guidance_scale": 2.0}, "guidance_scale", 400),
+        ({"prompt": "x", "seed": -1}, "seed", 400),
+        ({"prompt": "x", "seed": 2**63}, "seed", 400),
+        ({"prompt": "x", "strength": 0.5}, "strength", 400),
+        ({"prompt": "x", "user": "u" * 300}, "user", 400),
+    ],
+)
+def test_bad_values_name_their_parameter(catalog: Catalog, body: dict[str, object], param: str, status: int) -> None:
+    err = _err(catalog, body)
+    assert err.param == param and err.status_code == status
+    assert err.body()["error"]["param"] == param
+
+
+def test_out_of_range_is_rejected_never_clamped(catalog: Catalog) -> None:
+    err = _err(catalog, {"prompt": "x", "num_inference_steps": 500})
+    assert "between 1 and 50" in err.message and "500" in err.message
+
+
+def test_size_error_lists_the_supported_sizes(catalog: Catalog) -> None:
+    err = _err(catalog, {"prompt": "x", "size": "1792x1024"})
+    assert err.code == "invalid_size" and "1360x768" in err.message
+
+
+def test_form_garbage_number_is_named(catalog: Catalog) -> None:
+    err = _err(catalog, {"prompt": "x", "n": "two"}, form=True)
+    assert err.param == "n"
+
+
+def test_edit_checks_count_mask_and_model(catalog: Catalog) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        check_edit_inputs(catalog, Params({"model": "hidream-i1-full"}, form=True), 2, has_mask=False)
+    assert info.value.param == "image" and "at most 1" in info.value.message
+    with pytest.raises(InvalidRequestError) as info:
+        check_edit_inputs(catalog, Params({"model": "hidream-i1-full"}, form=True), 1, has_mask=True)
+    assert info.value.param == "mask"
+    with pytest.raises(InvalidRequestError) as info:
+        check_edit_inputs(catalog, Params({"model": "hidream-i1-dev"}, form=True), 1, has_mask=False)
+    assert info.value.param == "model"
+    with pytest.raises(ModelNotFoundError):
+        check_edit_inputs(catalog, Params({"model": "nope"}, form=True), 1, has_mask=False)
+
+
+def test_edit_strength_defaults_and_range(catalog: Catalog) -> None:
+    img = decode_upload(png(), param="image", max_pixels=10_000)
+    v = validate_generation(catalog, Params({"prompt": "x"}, form=True), images=(img,))
+    assert v.strength == 0.75
+    with pytest.raises(InvalidRequestError) as info:
+        validate_generation(catalog, Params({"prompt": "x", "strength": "1.5"}, form=True), images=(img,))
+    assert info.value.param == "strength"
+
+
+def test_decode_upload_sniffs_bytes_not_names() -> None:
+    img = decode_upload(png(64, 48), param="image", max_pixels=10_000)
+    assert (img.content_type, img.width, img.height) == ("image/png", 64, 48)
+    with pytest.raises(InvalidRequestError) as info:
+        decode_upload(b"GIF89a not allowed", param="image", max_pixels=10_000)
+    assert info.value.code == "invalid_image_format" and info.value.param == "image"
+
+
+def test_truncated_image_is_rejected() -> None:
+    data = png(200, 200)
+    with pytest.raises(InvalidRequestError) as info:
+        decode_upload(data[: len(data) // 2], param="image", max_pixels=100_000)
+    assert info.value.code == "invalid_image"
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height (the pixels are never there)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_is_refused_from_its_header() -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        decode_upload(bomb_png(100_000, 100_000), param="image", max_pixels=40_000_000)
+    assert info.value.code == "image_too_large" and info.value.param == "image"
+
+
+def test_image_over_our_pixel_limit_is_refused_before_decoding() -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        decode_upload(bomb_png(8000, 6000), param="mask", max_pixels=40_000_000)
+    assert info.value.code == "image_too_large" and "8000x6000" in info.value.message
+    assert info.value.param == "mask"
