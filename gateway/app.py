@@ -3,6 +3,7 @@ Redis (embedded when no URL is set), the provider adapters, storage and metrics.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import AsyncIterator, Mapping
@@ -11,7 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
-from gateway.api import admin, errors, health, images, models
+from gateway.api import admin, errors, health, images, models, usage
 from gateway.api.request_id import RequestIdMiddleware
 from gateway.catalog import load_catalog
 from gateway.embedded_redis import EmbeddedRedis
@@ -54,6 +55,14 @@ async def _signing_key(redis: Redis, settings: Settings) -> bytes:
     return value.encode() if isinstance(value, str) else bytes(value)
 
 
+async def _sweep_images(store: ImageStore, every_s: float = 300.0) -> None:
+    while True:
+        removed = await asyncio.to_thread(store.sweep)
+        if removed:
+            log.info("removed %d expired images", removed)
+        await asyncio.sleep(every_s)
+
+
 def create_app(settings: Settings | None = None, registry: Mapping[str, ProviderFactory] | None = None) -> FastAPI:
     settings = settings or Settings()
     registry = registry or default_registry()
@@ -88,7 +97,11 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
                 service=service,
                 health=HealthBoard(catalog, providers),
             )
-            yield
+            sweeper = asyncio.create_task(_sweep_images(store))
+            try:
+                yield
+            finally:
+                sweeper.cancel()
         finally:
             for provider in providers.values():
                 await provider.aclose()
@@ -98,7 +111,7 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
 
     app = FastAPI(title="Image gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     errors.install(app)
-    for router in (images.router, models.router, admin.router, health.router):
+    for router in (images.router, models.router, usage.router, admin.router, health.router):
         app.include_router(router)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -94,7 +94,7 @@ class KeyStore:
         return _team_from(team_id, raw)
 
     async def list_teams(self) -> list[Team]:
-        ids = sorted(_s(m) for m in await self._r.smembers(TEAMS_SET))
+        ids = sorted(as_str(m) for m in await self._r.smembers(TEAMS_SET))
         teams = []
         for team_id in ids:
             try:
@@ -142,7 +142,7 @@ class KeyStore:
 
     async def list_keys(self, team_id: str) -> list[ApiKey]:
         await self.get_team(team_id)
-        ids = sorted(_s(m) for m in await self._r.smembers(team_prefix(team_id) + "keys"))
+        ids = sorted(as_str(m) for m in await self._r.smembers(team_prefix(team_id) + "keys"))
         keys = []
         for key_id in ids:
             raw = await self._r.hgetall(f"gw:keyid:{key_id}")
@@ -156,7 +156,7 @@ class KeyStore:
             return False
         key = _key_from(raw)
         async with self._r.pipeline(transaction=True) as pipe:
-            pipe.delete(f"gw:key:{_s(raw[b'hash'])}")
+            pipe.delete(f"gw:key:{as_str(raw[b'hash'])}")
             pipe.delete(f"gw:keyid:{key_id}")
             pipe.srem(team_prefix(key.team_id) + "keys", key_id)
             await pipe.execute()
@@ -169,7 +169,7 @@ class KeyStore:
         team_id, key_id = await self._r.hmget(f"gw:key:{hash_key(plain)}", ["team_id", "id"])
         if team_id is None or key_id is None:
             return None
-        return Principal(team_id=_s(team_id), key_id=_s(key_id))
+        return Principal(team_id=as_str(team_id), key_id=as_str(key_id))
 
 
 def _team_fields(team: Team) -> dict[FieldT, EncodableT]:
@@ -183,14 +183,14 @@ def _team_fields(team: Team) -> dict[FieldT, EncodableT]:
     }
 
 
-def _s(value: bytes | str) -> str:
+def as_str(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
 def _team_from(team_id: str, raw: Mapping[bytes | str, bytes | str]) -> Team:
     return Team(
         id=team_id,
-        name=_s(raw[b"name"]),
+        name=as_str(raw[b"name"]),
         monthly_budget_usd=micros_to_usd(int(raw[b"budget_micros"])),
         limits=TeamLimits(int(raw[b"rpm"]), int(raw[b"ipm"]), int(raw[b"max_in_flight"])),
         created=int(raw[b"created"]),
@@ -199,9 +199,9 @@ def _team_from(team_id: str, raw: Mapping[bytes | str, bytes | str]) -> Team:
 
 def _key_from(raw: Mapping[bytes | str, bytes | str]) -> ApiKey:
     return ApiKey(
-        id=_s(raw[b"id"]),
-        team_id=_s(raw[b"team_id"]),
-        prefix=_s(raw[b"prefix"]),
-        name=_s(raw.get(b"name", b"")),
+        id=as_str(raw[b"id"]),
+        team_id=as_str(raw[b"team_id"]),
+        prefix=as_str(raw[b"prefix"]),
+        name=as_str(raw.get(b"name", b"")),
         created=int(raw[b"created"]),
     )

@@ -55,6 +55,19 @@ class ImageStore:
         path = self.root / name
         return path if path.is_file() else None
 
+    def sweep(self, now: float | None = None) -> int:
+        """Delete images whose URLs have all expired; returns how many were removed."""
+        cutoff = (now if now is not None else time.time()) - self.ttl_s - 60
+        removed = 0
+        for path in self.root.iterdir():
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink(missing_ok=True)
+                    removed += 1
+            except FileNotFoundError:
+                continue  # another worker process swept it first
+        return removed
+
     def _sign(self, name: str, expires: int) -> str:
         return hmac.new(self._key, f"{name}:{expires}".encode(), hashlib.sha256).hexdigest()
 

@@ -29,3 +29,15 @@ async def test_other_keys_signatures_and_path_tricks_are_refused(tmp_path: Path)
     assert a.path_of("../etc/passwd") is None
     assert a.path_of("nothing.png") is None
     assert a.path_of(stored.name.replace(".jpg", ".exe")) is None
+
+
+async def test_sweep_removes_only_images_past_their_url_lifetime(tmp_path: Path) -> None:
+    import os
+
+    store = ImageStore(tmp_path, "http://x", b"k" * 32, ttl_s=3600)
+    old = await store.put(b"old", "image/png")
+    new = await store.put(b"new", "image/png")
+    os.utime(old.path, (1000.0, 1000.0))
+    os.utime(new.path, (5000.0, 5000.0))
+    assert store.sweep(now=1000.0 + 3600 + 61) == 1
+    assert not old.path.exists() and new.path.exists()

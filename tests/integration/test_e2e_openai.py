@@ -1,0 +1,217 @@
+"""End to end: the gateway as a real process (two worker processes) on a real redis-server, the
+fake fal server as a real process, and the real `openai` package as the client."""
+
+from __future__ import annotations
+
+import base64
+import io
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import openai
+import pytest
+import redis
+from PIL import Image
+
+from gateway.keys import team_prefix
+from tests.fakes.server import free_port
+from tests.processes import Process, python
+from tests.redis_server import RedisServer
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Stack:
+    base: str
+    admin: httpx.Client
+    fal: str
+    redis_url: str
+    team_id: str
+    key: str
+
+    def client(self, key: str | None = None) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.base + "/v1", api_key=key or self.key, max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("e2e")
+    fal_key = f"{secrets.token_hex(4)}:{secrets.token_hex(8)}"
+    admin_key = "adm-" + secrets.token_hex(8)
+    fal_port, gw_port = free_port(), free_port()
+    fal = Process(
+        "fake-fal",
+        python("tests.fakes.fal_server", "--port", str(fal_port), "--key", fal_key, "--inference-s", "0.05"),
+        {},
+        tmp / "fal.log",
+    )
+    base = f"http://127.0.0.1:{gw_port}"
+    env = {
+        "GATEWAY_REDIS_URL": redis_server.url,
+        "GATEWAY_ADMIN_KEY": admin_key,
+        "GATEWAY_FAL_KEY": fal_key,
+        "GATEWAY_FAL_QUEUE_URL": f"http://127.0.0.1:{fal_port}",
+        "GATEWAY_FAL_POLL_INITIAL_S": "0.02",
+        "GATEWAY_DATA_DIR": str(tmp / "data"),
+        "GATEWAY_PUBLIC_URL": base,
+    }
+    gw = Process("gateway", python("gateway.cli", "serve", "--port", str(gw_port), "--workers", "2"), env, tmp / "gw.log")
+    admin = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {admin_key}"}, timeout=30)
+    try:
+        fal.wait_http(f"http://127.0.0.1:{fal_port}/_fake/stats")
+        gw.wait_http(base + "/health")
+        team = admin.post("/admin/teams", json={"name": "e2e", "monthly_budget_usd": 50.0}).json()
+        key = admin.post(f"/admin/teams/{team['id']}/keys", json={"name": "e2e"}).json()["key"]
+        yield Stack(base, admin, f"http://127.0.0.1:{fal_port}", redis_server.url, team["id"], key)
+    finally:
+        admin.close()
+        gw.stop()
+        fal.stop()
+
+
+def png_bytes(w: int = 96, h: int = 64) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (200, 30, 30)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _spent(stack: Stack) -> int:
+    r = redis.Redis.from_url(stack.redis_url)
+    try:
+        keys = list(r.scan_iter(match=team_prefix(stack.team_id) + "usage:*"))
+        return sum(int(r.hget(k, "spent_micros") or 0) for k in keys)
+    finally:
+        r.close()
+
+
+def test_generation_with_urls_through_the_openai_sdk(stack: Stack) -> None:
+    raw = stack.client().images.with_raw_response.generate(
+        model="hidream-i1-full", prompt="a lighthouse at dusk", n=2, size="1360x768"
+    )
+    result = raw.parse()
+    assert raw.headers["x-gateway-provider"] == "fal"
+    assert raw.headers["x-gateway-charged-usd"] == "0.100000"
+    assert raw.headers["x-request-id"].startswith("req_")
+    assert result.data is not None and len(result.data) == 2
+    for item in result.data:
+        assert item.url is not None and item.revised_prompt == "a lighthouse at dusk"
+        body = httpx.get(item.url, timeout=10).content
+        assert Image.open(io.BytesIO(body)).size == (1360, 768)
+
+
+def test_generation_with_b64_json_and_hidream_extras(stack: Stack) -> None:
+    result = stack.client().images.generate(
+        model="hidream-i1-full",
+        prompt="a red bicycle",
+        response_format="b64_json",
+        extra_body={"seed": 4242, "negative_prompt": "blurry", "num_inference_steps": 12, "guidance_scale": 3.5},
+    )
+    assert result.data is not None and len(result.data) == 1
+    b64 = result.data[0].b64_json
+    assert b64 is not None
+    img = Image.open(io.BytesIO(base64.b64decode(b64)))
+    assert img.format == "PNG" and img.size == (1024, 1024)
+    assert (result.model_extra or {}).get("seed") == 4242
+
+
+def test_edit_with_one_image_alone_and_as_a_one_element_list(stack: Stack) -> None:
+    client = stack.client()
+    alone = client.images.edit(model="hidream-i1-full", image=("in.png", png_bytes(), "image/png"), prompt="make it blue")
+    assert alone.data is not None and len(alone.data) == 1
+    listed = client.images.edit(
+        model="hidream-i1-full", image=[("in.png", png_bytes(), "image/png")], prompt="make it blue",
+        response_format="b64_json", extra_body={"strength": "0.5"},
+    )  # fmt: skip
+    assert listed.data is not None and listed.data[0].b64_json
+
+
+def test_edit_with_more_images_than_the_model_takes_names_image(stack: Stack) -> None:
+    before = _spent(stack)
+    with pytest.raises(openai.BadRequestError) as info:
+        stack.client().images.edit(
+            model="hidream-i1-full", image=[("a.png", png_bytes(), "image/png"), ("b.png", png_bytes(), "image/png")],
+            prompt="merge",
+        )  # fmt: skip
+    assert info.value.param == "image" and info.value.status_code == 400
+    assert _spent(stack) == before
+
+
+def test_models_list_and_retrieve(stack: Stack) -> None:
+    client = stack.client()
+    ids = [m.id for m in client.models.list()]
+    assert ids == ["hidream-i1-full", "hidream-i1-dev", "hidream-i1-fast"]
+    assert client.models.retrieve("hidream-i1-dev").id == "hidream-i1-dev"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("dall-e-3")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "param", "error"),
+    [
+        ({"prompt": ""}, "prompt", openai.BadRequestError),
+        ({"prompt": "x", "n": 9}, "n", openai.BadRequestError),
+        ({"prompt": "x", "size": "huge"}, "size", openai.BadRequestError),
+        ({"prompt": "x", "response_format": "gif"}, "response_format", openai.BadRequestError),
+        ({"prompt": "x", "model": "hidream-x"}, "model", openai.NotFoundError),
+        ({"prompt": "x", "extra_body": {"guidance_scale": 99}}, "guidance_scale", openai.BadRequestError),
+    ],
+)
+def test_bad_inputs_are_named_and_cost_nothing(
+    stack: Stack, kwargs: dict[str, object], param: str, error: type[openai.APIStatusError]
+) -> None:
+    before = _spent(stack)
+    kwargs = {"model": "hidream-i1-full", **kwargs}
+    with pytest.raises(error) as info:
+        stack.client().images.generate(**kwargs)  # type: ignore[call-overload]
+    assert info.value.param == param
+    assert info.value.request_id is not None and info.value.request_id.startswith("req_")
+    assert _spent(stack) == before
+
+
+def test_revoked_key_is_refused_at_once(stack: Stack) -> None:
+    created = stack.admin.post(f"/admin/teams/{stack.team_id}/keys", json={"name": "temp"}).json()
+    client = stack.client(created["key"])
+    assert [m.id for m in client.models.list()][0] == "hidream-i1-full"
+    listed = stack.admin.get(f"/admin/teams/{stack.team_id}/keys").json()["data"]
+    assert created["id"] in [k["id"] for k in listed] and "key" not in listed[0]
+    assert stack.admin.delete(f"/admin/keys/{created['id']}").status_code == 200
+    for _ in range(4):  # both worker processes see it
+        with pytest.raises(openai.AuthenticationError):
+            client.models.list()
+
+
+def test_provider_auth_failure_is_a_502_and_costs_nothing(stack: Stack) -> None:
+    before = _spent(stack)
+    httpx.post(stack.fal + "/_fake/faults", json={"fault": "auth", "count": 1}).raise_for_status()
+    with pytest.raises(openai.InternalServerError) as info:
+        stack.client().images.generate(model="hidream-i1-full", prompt="x")
+    assert info.value.status_code == 502
+    assert _spent(stack) == before
+
+
+def test_wrong_content_type_and_malformed_json(stack: Stack) -> None:
+    headers = {"Authorization": f"Bearer {stack.key}"}
+    r = httpx.post(stack.base + "/v1/images/generations", content=b"prompt=x", headers=headers)
+    assert r.status_code == 415 and r.json()["error"]["type"] == "invalid_request_error"
+    r = httpx.post(
+        stack.base + "/v1/images/generations",
+        content=b'{"prompt": ',
+        headers={**headers, "content-type": "application/json"},
+    )
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    r = httpx.post(stack.base + "/v1/images/generations", json={"prompt": "x"})
+    assert r.status_code == 401 and r.headers["x-request-id"].startswith("req_")
+
+
+def test_spend_equals_images_served_times_price(stack: Stack) -> None:
+    before = _spent(stack)
+    stack.client().images.generate(model="hidream-i1-full", prompt="count me", n=3)
+    assert _spent(stack) - before == 3 * 50_000
+
+
+def test_forged_image_url_is_refused(stack: Stack) -> None:
+    r = httpx.get(stack.base + "/v1/files/images/abc.png", params={"expires": 1, "sig": "0"})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "url_expired"
