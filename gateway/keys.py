@@ -133,10 +133,12 @@ class KeyStore:
         fields: dict[FieldT, EncodableT] = {
             "id": key.id, "team_id": team_id, "prefix": key.prefix, "name": name, "created": key.created,
         }  # fmt: skip
-        async with self._r.pipeline(transaction=True) as pipe:
-            pipe.hset(f"gw:key:{digest}", mapping=fields)
+        # Not a MULTI: the keys live in different cluster slots. Ordered so that a key is listed
+        # before it can authenticate, and stops authenticating before it is unlisted.
+        async with self._r.pipeline(transaction=False) as pipe:
             pipe.hset(f"gw:keyid:{key.id}", mapping={**fields, "hash": digest})
             pipe.sadd(team_prefix(team_id) + "keys", key.id)
+            pipe.hset(f"gw:key:{digest}", mapping=fields)
             await pipe.execute()
         return key, plain
 
@@ -155,7 +157,7 @@ class KeyStore:
         if not raw:
             return False
         key = _key_from(raw)
-        async with self._r.pipeline(transaction=True) as pipe:
+        async with self._r.pipeline(transaction=False) as pipe:
             pipe.delete(f"gw:key:{as_str(raw[b'hash'])}")
             pipe.delete(f"gw:keyid:{key_id}")
             pipe.srem(team_prefix(key.team_id) + "keys", key_id)

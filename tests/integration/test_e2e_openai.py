@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import secrets
+import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -31,6 +34,7 @@ class Stack:
     redis_url: str
     team_id: str
     key: str
+    admin_key: str
 
     def client(self, key: str | None = None) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.base + "/v1", api_key=key or self.key, max_retries=0)
@@ -58,14 +62,16 @@ def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -
         "GATEWAY_DATA_DIR": str(tmp / "data"),
         "GATEWAY_PUBLIC_URL": base,
     }
-    gw = Process("gateway", python("gateway.cli", "serve", "--port", str(gw_port), "--workers", "2"), env, tmp / "gw.log")
+    gw = Process(
+        "gateway", python("gateway.cli", "serve", "--port", str(gw_port), "--workers", "2"), env, tmp / "gw.log"
+    )
     admin = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {admin_key}"}, timeout=30)
     try:
         fal.wait_http(f"http://127.0.0.1:{fal_port}/_fake/stats")
         gw.wait_http(base + "/health")
         team = admin.post("/admin/teams", json={"name": "e2e", "monthly_budget_usd": 50.0}).json()
         key = admin.post(f"/admin/teams/{team['id']}/keys", json={"name": "e2e"}).json()["key"]
-        yield Stack(base, admin, f"http://127.0.0.1:{fal_port}", redis_server.url, team["id"], key)
+        yield Stack(base, admin, f"http://127.0.0.1:{fal_port}", redis_server.url, team["id"], key, admin_key)
     finally:
         admin.close()
         gw.stop()
@@ -119,7 +125,9 @@ def test_generation_with_b64_json_and_hidream_extras(stack: Stack) -> None:
 
 def test_edit_with_one_image_alone_and_as_a_one_element_list(stack: Stack) -> None:
     client = stack.client()
-    alone = client.images.edit(model="hidream-i1-full", image=("in.png", png_bytes(), "image/png"), prompt="make it blue")
+    alone = client.images.edit(
+        model="hidream-i1-full", image=("in.png", png_bytes(), "image/png"), prompt="make it blue"
+    )
     assert alone.data is not None and len(alone.data) == 1
     listed = client.images.edit(
         model="hidream-i1-full", image=[("in.png", png_bytes(), "image/png")], prompt="make it blue",
@@ -215,3 +223,52 @@ def test_spend_equals_images_served_times_price(stack: Stack) -> None:
 def test_forged_image_url_is_refused(stack: Stack) -> None:
     r = httpx.get(stack.base + "/v1/files/images/abc.png", params={"expires": 1, "sig": "0"})
     assert r.status_code == 403 and r.json()["error"]["code"] == "url_expired"
+
+
+def _ledger_statuses(stack: Stack) -> list[bytes]:
+    r = redis.Redis.from_url(stack.redis_url)
+    try:
+        return [f[b"status"] for _, f in r.xrange(team_prefix(stack.team_id) + "ledger")]
+    finally:
+        r.close()
+
+
+def test_caller_going_away_cancels_the_fal_job_and_costs_nothing(stack: Stack) -> None:
+    before_spent = _spent(stack)
+    cancels_before = httpx.get(stack.fal + "/_fake/stats").json()["cancels"]
+    httpx.post(stack.fal + "/_fake/faults", json={"fault": "hang", "count": 1}).raise_for_status()
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            stack.base + "/v1/images/generations",
+            json={"model": "hidream-i1-full", "prompt": "never finishes"},
+            headers={"Authorization": f"Bearer {stack.key}"},
+            timeout=1.5,
+        )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _ledger_statuses(stack)[-1:] != [b"cancelled"]:
+        time.sleep(0.05)
+    assert _ledger_statuses(stack)[-1] == b"cancelled"
+    assert httpx.get(stack.fal + "/_fake/stats").json()["cancels"] == cancels_before + 1
+    assert _spent(stack) == before_spent
+
+
+def _cli(stack: Stack, *args: str) -> str:
+    out = subprocess.run(
+        python("gateway.cli", *args, "--url", stack.base, "--admin-key", stack.admin_key),
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    return out.stdout
+
+
+def test_cli_creates_a_team_issues_lists_and_revokes_a_key(stack: Stack) -> None:
+    team = json.loads(_cli(stack, "teams", "create", "cli-team", "--budget", "5", "--ipm", "7"))
+    assert team["monthly_budget_usd"] == 5.0 and team["limits"]["images_per_minute"] == 7
+    assert "cli-team" in _cli(stack, "teams", "list")
+    created = _cli(stack, "keys", "create", team["id"], "--name", "laptop")
+    key_id = created.split("key id: ")[1].split()[0]
+    key = created.split("key:    ")[1].split()[0]
+    assert key_id in _cli(stack, "keys", "list", team["id"])
+    assert [m.id for m in stack.client(key).models.list()][0] == "hidream-i1-full"
+    _cli(stack, "keys", "revoke", key_id)
+    with pytest.raises(openai.AuthenticationError):
+        stack.client(key).models.list()
