@@ -9,7 +9,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gateway.errors import GatewayError, InvalidRequestError
+import redis.exceptions
+
+from gateway.errors import GatewayError, InvalidRequestError, ServiceUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +24,18 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(GatewayError)
     async def gateway_error(_: Request, exc: GatewayError) -> JSONResponse:
         return _render(exc)
+
+    @app.exception_handler(redis.exceptions.ConnectionError)
+    @app.exception_handler(redis.exceptions.TimeoutError)
+    async def redis_down(_: Request, exc: Exception) -> JSONResponse:
+        # Fail closed: without the accounting store nothing is served (no unmetered images).
+        log.warning("redis unavailable: %s", type(exc).__name__)
+        return _render(
+            ServiceUnavailableError(
+                "The gateway cannot reach its accounting store; please retry shortly.",
+                headers={"retry-after": "2"},
+            )
+        )
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
