@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import logging
 
+import redis.exceptions
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-
-import redis.exceptions
 
 from gateway.errors import GatewayError, InvalidRequestError, ServiceUnavailableError
 

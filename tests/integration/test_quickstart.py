@@ -22,7 +22,9 @@ pytestmark = pytest.mark.slow
 
 def _start(tmp: Path, port: int, n: int) -> Process:
     env = {"GATEWAY_DATA_DIR": str(tmp / "data"), "HF_HUB_OFFLINE": "1", "GATEWAY_LOG_LEVEL": "warning"}
-    proc = Process("gateway", python("gateway.cli", "serve", "--port", str(port), "--tiny-worker"), env, tmp / f"{n}.log")
+    proc = Process(
+        "gateway", python("gateway.cli", "serve", "--port", str(port), "--tiny-worker"), env, tmp / f"{n}.log"
+    )
     proc.wait_http(f"http://127.0.0.1:{port}/ready", timeout_s=300)
     return proc
 
@@ -50,7 +52,7 @@ def test_serve_on_embedded_defaults_runs_the_tiny_pipeline_end_to_end(tmp_path: 
         assert img.format == "PNG" and img.size == (1024, 1024)
     finally:
         proc.stop()
-    redis_pid = (tmp_path / "data" / "redis" / "redis.pid")
+    redis_pid = tmp_path / "data" / "redis" / "redis.pid"
     deadline = time.monotonic() + 10
     while redis_pid.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
