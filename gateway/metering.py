@@ -7,6 +7,7 @@ served (or nothing), releases the reservation and appends the usage event to the
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from dataclasses import dataclass
 from importlib import resources
@@ -64,11 +65,37 @@ def _duration(ms: int) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Idempotency:
+    """A caller's Idempotency-Key and the fingerprint of what it asked for."""
+
+    key: str
+    fingerprint: str  # hex
+
+    def redis_key(self, team_id: str) -> str:
+        return team_prefix(team_id) + "idem:" + hashlib.sha256(self.key.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
 class Admission:
     request_id: str
     team_id: str
     quote_micros: int
     limits: RateLimitState
+    idempotency: Idempotency | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """The stored response of an earlier, successful request with the same Idempotency-Key."""
+
+    response: str
+
+
+@dataclass(frozen=True, slots=True)
+class StillRunning:
+    """An earlier request with the same Idempotency-Key is still being served."""
+
+    request_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,21 +106,39 @@ class Settlement:
     provider_cost_micros: int
     model: str
     fields: tuple[tuple[str, str], ...] = ()
+    replay: str = ""  # the response to keep for Idempotency-Key retries (successes only)
 
 
 class Meter:
-    def __init__(self, redis: Redis, *, settle_attempts: int = 5) -> None:
+    def __init__(self, redis: Redis, *, settle_attempts: int = 5, idempotency_ttl_s: int = 86400) -> None:
         self._r = redis
+        self._idem_ttl_ms = idempotency_ttl_s * 1000
         self._admit = redis.register_script(_script("admit.lua"))
         self._settle = redis.register_script(_script("settle.lua"))
         self._settle_attempts = settle_attempts
 
-    async def admit(self, team_id: str, request_id: str, images: int, quote_micros: int, hold_s: float) -> Admission:
+    async def admit(
+        self,
+        team_id: str,
+        request_id: str,
+        images: int,
+        quote_micros: int,
+        hold_s: float,
+        idempotency: Idempotency | None = None,
+    ) -> Admission | Replay | StillRunning:
         p = team_prefix(team_id)
+        idem_key = idempotency.redis_key(team_id) if idempotency else p + "idem:-"
         try:
             out = await self._admit(
-                keys=[p + "team", p + "win:req", p + "win:img", p + "res"],
-                args=[p, request_id, images, quote_micros, int(hold_s * 1000)],
+                keys=[p + "team", p + "win:req", p + "win:img", p + "res", idem_key],
+                args=[
+                    p,
+                    request_id,
+                    images,
+                    quote_micros,
+                    int(hold_s * 1000),
+                    idempotency.fingerprint if idempotency else "",
+                ],
             )
         except REDIS_ERRORS as exc:
             raise ServiceUnavailableError(
@@ -103,12 +148,22 @@ class Meter:
         code = out[0].decode()
         if code == "no_team":
             raise ServiceUnavailableError("The team for this key no longer exists.")
+        if code == "idem_replay":
+            return Replay(out[1].decode())
+        if code == "idem_running":
+            return StillRunning(out[1].decode())
+        if code == "idem_mismatch":
+            raise InvalidRequestError(
+                "This Idempotency-Key was already used with different parameters.",
+                param="Idempotency-Key",
+                code="idempotency_key_reused",
+            )
         if code == "duplicate":
             raise InvalidRequestError("A request with this id is already in flight.", param="request_id")
         state = RateLimitState(*(int(v) for v in out[1:7]))
         headers = state.headers()
         if code == "ok":
-            return Admission(request_id, team_id, quote_micros, state)
+            return Admission(request_id, team_id, quote_micros, state, idempotency)
         if code == "images_over_limit":
             raise InvalidRequestError(
                 f"n={images} is more than this team's images-per-minute limit ({state.images_limit}).",
@@ -133,6 +188,7 @@ class Meter:
         expire, which releases it uncharged (never a double charge).
         """
         p = team_prefix(admission.team_id)
+        idem = admission.idempotency
         args: list[str | int] = [
             p,
             admission.request_id,
@@ -141,13 +197,17 @@ class Meter:
             outcome.charge_micros,
             outcome.provider_cost_micros,
             outcome.model,
+            idem.fingerprint if idem else "",
+            outcome.replay,
+            self._idem_ttl_ms,
         ]
         for name, value in outcome.fields:
             args += [name, value]
         delay = 0.1
         for attempt in range(self._settle_attempts):
             try:
-                out = await self._settle(keys=[p + "res", p + "ledger"], args=args)
+                idem_key = idem.redis_key(admission.team_id) if idem else p + "idem:-"
+                out = await self._settle(keys=[p + "res", p + "ledger", idem_key], args=args)
             except REDIS_ERRORS:
                 if attempt == self._settle_attempts - 1:
                     log.error("settlement of %s failed: Redis unreachable", admission.request_id)

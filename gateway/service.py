@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -16,13 +18,14 @@ from typing import Any
 
 from gateway.catalog import Route, micros_to_usd
 from gateway.errors import (
+    ConflictError,
     GatewayError,
     ServiceUnavailableError,
     UpstreamTimeoutError,
     from_provider_error,
 )
 from gateway.keys import Principal
-from gateway.metering import Admission, Meter, Settlement
+from gateway.metering import Admission, Idempotency, Meter, Replay, Settlement, StillRunning
 from gateway.metrics import Metrics
 from gateway.storage import ImageStore
 from gateway.validation import ValidRequest
@@ -76,16 +79,43 @@ class ImageService:
             if r.provider in self._providers and valid.n <= r.max_n and (not valid.images or r.edit_model is not None)
         ]
 
-    async def generate(self, principal: Principal, valid: ValidRequest, request_id: str) -> ImagesResponse:
+    async def generate(
+        self, principal: Principal, valid: ValidRequest, request_id: str, idempotency_key: str | None = None
+    ) -> ImagesResponse:
+        idem = Idempotency(idempotency_key, fingerprint(valid)) if idempotency_key else None
+        admitted = await self._admit(principal, valid, request_id, idem)
+        if isinstance(admitted, Replay):
+            return _replayed(admitted)
+        return await self._serve(principal, valid, admitted)
+
+    async def _admit(
+        self, principal: Principal, valid: ValidRequest, request_id: str, idem: Idempotency | None
+    ) -> Admission | Replay:
+        """Admit, or find the earlier request with the same Idempotency-Key and wait for it."""
+        quote = valid.model.price_micros(valid.size, valid.n)
+        give_up = time.monotonic() + self._deadline_s
+        while True:
+            try:
+                got = await self._meter.admit(
+                    principal.team_id, request_id, valid.n, quote, hold_s=self._deadline_s + 60, idempotency=idem
+                )
+            except GatewayError as exc:
+                self._metrics.rejections.labels(principal.team_id, exc.kind).inc()
+                raise
+            if not isinstance(got, StillRunning):
+                return got
+            if time.monotonic() > give_up:
+                raise ConflictError(
+                    "A request with this Idempotency-Key is still running; retry shortly.",
+                    param="Idempotency-Key",
+                    headers={"retry-after": "1"},
+                )
+            await asyncio.sleep(0.2)
+
+    async def _serve(self, principal: Principal, valid: ValidRequest, admission: Admission) -> ImagesResponse:
         spec = valid.model
-        quote = spec.price_micros(valid.size, valid.n)
-        try:
-            admission = await self._meter.admit(
-                principal.team_id, request_id, valid.n, quote, hold_s=self._deadline_s + 60
-            )
-        except GatewayError as exc:
-            self._metrics.rejections.labels(principal.team_id, exc.kind).inc()
-            raise
+        quote = admission.quote_micros
+        request_id = admission.request_id
         started = time.monotonic()
         outcome = Settlement("failed", 0, 0, 0, spec.id, _fields(principal, valid, None, 0.0, "internal"))
         status = "failed"
@@ -93,6 +123,17 @@ class ImageService:
             attempt = await self._call_with_fallbacks(valid, request_id, started)
             data = await self._render(valid, attempt.result.images)
             latency = time.monotonic() - started
+            headers = {
+                "x-gateway-provider": attempt.route.provider,
+                "x-gateway-route-reason": attempt.reason,
+                "x-gateway-charged-usd": f"{micros_to_usd(quote):.6f}",
+            }
+            body: dict[str, Any] = {"created": int(time.time()), "data": data}
+            if attempt.result.seed is not None:
+                body["seed"] = attempt.result.seed
+            replay = ""
+            if admission.idempotency is not None:
+                replay = json.dumps({"body": body, "headers": headers, "request_id": request_id})
             outcome = Settlement(
                 "succeeded",
                 valid.n,
@@ -100,18 +141,10 @@ class ImageService:
                 attempt.route.cost_micros(valid.width, valid.height, valid.n),
                 spec.id,
                 _fields(principal, valid, attempt.route.provider, latency, ""),
+                replay,
             )
             status = "succeeded"
-            headers = {
-                "x-gateway-provider": attempt.route.provider,
-                "x-gateway-route-reason": attempt.reason,
-                "x-gateway-charged-usd": f"{micros_to_usd(quote):.6f}",
-                **admission.limits.headers(),
-            }
-            body: dict[str, Any] = {"created": int(time.time()), "data": data}
-            if attempt.result.seed is not None:
-                body["seed"] = attempt.result.seed
-            return ImagesResponse(body, headers)
+            return ImagesResponse(body, {**headers, **admission.limits.headers()})
         except asyncio.CancelledError:
             status = "cancelled"
             outcome = Settlement(
@@ -201,6 +234,28 @@ class ImageService:
                 item["url"] = img.url
             out.append(item)
         return out
+
+
+def fingerprint(valid: ValidRequest) -> str:
+    """What the request asks for, so a reused Idempotency-Key with other parameters is caught."""
+    parts = [
+        valid.model.id, valid.prompt, valid.n, valid.size, valid.response_format, valid.num_inference_steps,
+        valid.guidance_scale, valid.negative_prompt, valid.seed, valid.strength,
+        [hashlib.sha256(i.data).hexdigest() for i in valid.images],
+        hashlib.sha256(valid.mask.data).hexdigest() if valid.mask else None,
+    ]  # fmt: skip
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def _replayed(replay: Replay) -> ImagesResponse:
+    stored = json.loads(replay.response)
+    headers = {
+        **stored["headers"],
+        "x-gateway-charged-usd": f"{0:.6f}",
+        "x-gateway-idempotent-replay": "true",
+        "x-gateway-original-request-id": stored["request_id"],
+    }
+    return ImagesResponse(stored["body"], headers)
 
 
 def _provider_request(valid: ValidRequest, request_id: str, remaining_s: float) -> ImageRequest:

@@ -39,7 +39,9 @@ async def generations(request: Request, state: State, principal: Team) -> JSONRe
     if not isinstance(body, dict):
         raise InvalidRequestError("The request body must be a JSON object.", code="invalid_json")
     valid = validate_generation(state.catalog, Params(body, form=False))
-    result = await _until_disconnect(request, state.service.generate(principal, valid, request.state.request_id))
+    result = await _until_disconnect(
+        request, state.service.generate(principal, valid, request.state.request_id, _idempotency_key(request))
+    )
     return JSONResponse(result.body, headers=result.headers)
 
 
@@ -83,7 +85,9 @@ async def edits(request: Request, state: State, principal: Team) -> JSONResponse
         valid = validate_generation(state.catalog, params, images=images, mask=mask)
     finally:
         await form.close()
-    result = await _until_disconnect(request, state.service.generate(principal, valid, request.state.request_id))
+    result = await _until_disconnect(
+        request, state.service.generate(principal, valid, request.state.request_id, _idempotency_key(request))
+    )
     return JSONResponse(result.body, headers=result.headers)
 
 
@@ -94,6 +98,17 @@ async def _decode(upload: UploadFile, param: str, limit: int, max_pixels: int) -
     if not data:
         raise InvalidRequestError(f"'{param}' is empty.", param=param, code="invalid_image")
     return await asyncio.to_thread(decode_upload, data, param=param, max_pixels=max_pixels)
+
+
+def _idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 255 or not key.isascii() or not key.isprintable():
+        raise InvalidRequestError(
+            "Idempotency-Key must be 1 to 255 printable ASCII characters.", param="Idempotency-Key"
+        )
+    return key
 
 
 def _require_content_type(request: Request, expected: str) -> None:

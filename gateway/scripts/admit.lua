@@ -6,8 +6,12 @@
 --
 -- KEYS[1] team hash   KEYS[2] request window (zset)   KEYS[3] image window (zset)
 -- KEYS[4] reservations (hash: request_id -> "micros|images|month|deadline_ms")
+-- KEYS[5] the idempotency record for this request's Idempotency-Key (unused when ARGV[6] is '')
 -- ARGV[1] key prefix "gw:{t:<id>}:"   ARGV[2] request id   ARGV[3] images   ARGV[4] quote (micro-USD)
--- ARGV[5] how long the reservation holds (ms)
+-- ARGV[5] how long the reservation holds (ms)   ARGV[6] request fingerprint, '' without a key
+--
+-- An idempotency record is "running|<fingerprint>|<request id>" while the first request runs
+-- (it expires with the reservation) and "done|<fingerprint>|<response>" once it succeeded.
 
 local function civil(days)
   local z = days + 719468
@@ -47,6 +51,17 @@ for i = 1, #res, 2 do
 end
 
 if redis.call('HEXISTS', KEYS[4], rid) == 1 then return {'duplicate'} end
+
+local fingerprint = ARGV[6]
+if fingerprint ~= '' then
+  local record = redis.call('GET', KEYS[5])
+  if record then
+    local state, fp, rest = string.match(record, '^(%a+)|(%x+)|(.*)$')
+    if fp ~= fingerprint then return {'idem_mismatch'} end
+    if state == 'done' then return {'idem_replay', rest} end
+    return {'idem_running', rest}
+  end
+end
 
 local window = 60000
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
@@ -92,6 +107,9 @@ redis.call('PEXPIRE', KEYS[2], window * 2)
 redis.call('PEXPIRE', KEYS[3], window * 2)
 redis.call('HSET', KEYS[4], rid, quote .. '|' .. images .. '|' .. month .. '|' .. (now + hold))
 redis.call('HINCRBY', usage, 'reserved_micros', quote)
+if fingerprint ~= '' then
+  redis.call('SET', KEYS[5], 'running|' .. fingerprint .. '|' .. rid, 'PX', hold)
+end
 req_used = req_used + 1
 img_used = img_used + images
 return verdict('ok')

@@ -3,10 +3,12 @@
 -- event to the team's ledger, all in one atomic step. A second settle of the same request finds
 -- no reservation and changes nothing.
 --
--- KEYS[1] reservations hash   KEYS[2] ledger stream
+-- KEYS[1] reservations hash   KEYS[2] ledger stream   KEYS[3] idempotency record (see admit.lua)
 -- ARGV[1] key prefix   ARGV[2] request id   ARGV[3] status   ARGV[4] images served
 -- ARGV[5] charge (micro-USD)   ARGV[6] provider cost (micro-USD)   ARGV[7] model
--- ARGV[8..] further event fields as name, value pairs
+-- ARGV[8] request fingerprint ('' without an Idempotency-Key)   ARGV[9] response to replay
+-- ARGV[10] how long the idempotency record is kept (ms)
+-- ARGV[11..] further event fields as name, value pairs
 
 local function civil(days)
   local z = days + 719468
@@ -59,9 +61,19 @@ end
 
 local fields = {'request_id', rid, 'status', status, 'model', model, 'images', tostring(images),
   'charged_micros', tostring(charge), 'provider_cost_micros', tostring(cost), 'ts_ms', tostring(now)}
-for i = 8, #ARGV, 2 do
+for i = 11, #ARGV, 2 do
   fields[#fields + 1] = ARGV[i]
   fields[#fields + 1] = ARGV[i + 1]
 end
 redis.call('XADD', KEYS[2], '*', unpack(fields))
+
+local fingerprint = ARGV[8]
+if fingerprint ~= '' and redis.call('GET', KEYS[3]) == 'running|' .. fingerprint .. '|' .. rid then
+  if status == 'succeeded' then
+    redis.call('SET', KEYS[3], 'done|' .. fingerprint .. '|' .. ARGV[9], 'PX', tonumber(ARGV[10]))
+  else
+    -- a failed first attempt leaves nothing behind: a retry with the same key runs afresh
+    redis.call('DEL', KEYS[3])
+  end
+end
 return {'ok', charge, month}

@@ -139,3 +139,38 @@ async def test_concurrent_admissions_never_exceed_budget_or_limits(redis_url: st
     assert sum(admitted) == 20  # $1.00 / $0.05
     for c in clients:
         await c.aclose()
+
+
+async def test_idempotent_retry_replays_and_is_charged_once(redis: Redis) -> None:
+    from gateway.metering import Idempotency, Replay, StillRunning
+
+    team = await _team(redis)
+    meter = Meter(redis)
+    idem = Idempotency("retry-123", "ab" * 32)
+    first = await meter.admit(team, "req_a", 1, 50_000, hold_s=60, idempotency=idem)
+    assert not isinstance(first, Replay | StillRunning)
+    running = await meter.admit(team, "req_b", 1, 50_000, hold_s=60, idempotency=idem)
+    assert running == StillRunning("req_a")
+    stored = Settlement("succeeded", 1, 50_000, 0, "hidream-i1-full", replay='{"body": 1}')
+    assert await meter.settle(first, stored) == 50_000
+    again = await meter.admit(team, "req_c", 1, 50_000, hold_s=60, idempotency=idem)
+    assert again == Replay('{"body": 1}')
+    usage = await _usage(redis, team)
+    assert usage["spent_micros"] == 50_000 and usage["requests"] == 1
+    assert len(await redis.xrange(team_prefix(team) + "ledger")) == 1
+    with pytest.raises(InvalidRequestError) as info:
+        await meter.admit(team, "req_d", 1, 50_000, hold_s=60, idempotency=Idempotency("retry-123", "cd" * 32))
+    assert info.value.param == "Idempotency-Key"
+
+
+async def test_failed_first_attempt_lets_the_same_key_run_again(redis: Redis) -> None:
+    from gateway.metering import Idempotency, Replay, StillRunning
+
+    team = await _team(redis)
+    meter = Meter(redis)
+    idem = Idempotency("k", "ef" * 32)
+    first = await meter.admit(team, "r1", 1, 50_000, hold_s=60, idempotency=idem)
+    assert not isinstance(first, Replay | StillRunning)
+    await meter.settle(first, Settlement("failed", 0, 0, 0, "hidream-i1-full"))
+    second = await meter.admit(team, "r2", 1, 50_000, hold_s=60, idempotency=idem)
+    assert not isinstance(second, Replay | StillRunning) and second.request_id == "r2"
