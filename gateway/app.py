@@ -22,6 +22,7 @@ from gateway.metering import Meter
 from gateway.metrics import Metrics
 from gateway.service import ImageService
 from gateway.settings import Settings
+from gateway.spool import SettlementSpool
 from gateway.state import AppState
 from gateway.storage import ImageStore
 from providers.base import ImageProvider
@@ -86,7 +87,9 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
                 settings.image_url_ttl_s,
             )
             metrics = Metrics()
-            service = ImageService(providers, Meter(redis), store, metrics, deadline_s=settings.request_deadline_s)
+            spool = SettlementSpool(settings.data_dir / "spool")
+            meter = Meter(redis, spool=spool)
+            service = ImageService(providers, meter, store, metrics, deadline_s=settings.request_deadline_s)
             app.state.gateway = AppState(
                 settings=settings,
                 catalog=catalog,
@@ -97,11 +100,15 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
                 service=service,
                 health=HealthBoard(catalog, providers),
             )
-            sweeper = asyncio.create_task(_sweep_images(store))
+            background = [
+                asyncio.create_task(_sweep_images(store)),
+                asyncio.create_task(spool.drain_forever(meter.settle_spooled)),
+            ]
             try:
                 yield
             finally:
-                sweeper.cancel()
+                for task in background:
+                    task.cancel()
         finally:
             for provider in providers.values():
                 await provider.aclose()

@@ -11,6 +11,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 import redis.exceptions
 from redis.asyncio import Redis
@@ -22,6 +23,7 @@ from gateway.errors import (
     ServiceUnavailableError,
 )
 from gateway.keys import team_prefix
+from gateway.spool import SettlementSpool, to_record
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +112,16 @@ class Settlement:
 
 
 class Meter:
-    def __init__(self, redis: Redis, *, settle_attempts: int = 5, idempotency_ttl_s: int = 86400) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        spool: SettlementSpool | None = None,
+        settle_attempts: int = 4,
+        idempotency_ttl_s: int = 86400,
+    ) -> None:
         self._r = redis
+        self._spool = spool
         self._idem_ttl_ms = idempotency_ttl_s * 1000
         self._admit = redis.register_script(_script("admit.lua"))
         self._settle = redis.register_script(_script("settle.lua"))
@@ -182,11 +192,46 @@ class Meter:
         raise RateLimitError(f"Rate limit exceeded for {what}.", headers=headers)
 
     async def settle(self, admission: Admission, outcome: Settlement) -> int | None:
-        """Charge (or refund) exactly once; returns the amount charged in micro-USD.
+        """Charge (or refund) exactly once; returns the amount charged in micro-USD, or None when
+        the request was already settled or Redis could not be reached.
 
-        Redis faults are retried with backoff; if Redis stays away the reservation is left to
-        expire, which releases it uncharged (never a double charge).
+        Redis faults are retried briefly; then the settlement goes to the spool, which replays it
+        when Redis is back (the script is idempotent, so a replay never charges twice).
         """
+        delay = 0.1
+        for attempt in range(self._settle_attempts):
+            try:
+                return await self._settle_once(admission, outcome)
+            except REDIS_ERRORS:
+                if attempt < self._settle_attempts - 1:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+        log.error("settlement of %s deferred: Redis unreachable", admission.request_id)
+        if self._spool is not None:
+            await asyncio.to_thread(
+                self._spool.put, admission.request_id, to_record(admission=admission, outcome=outcome)
+            )
+        return None
+
+    async def settle_spooled(self, record: dict[str, Any]) -> bool:
+        """Replay one spooled settlement; False while Redis is still unreachable."""
+        a, o = record["admission"], record["outcome"]
+        idem = a.get("idempotency")
+        admission = Admission(
+            a["request_id"], a["team_id"], a["quote_micros"], RateLimitState(**a["limits"]),
+            Idempotency(**idem) if idem else None,
+        )  # fmt: skip
+        outcome = Settlement(
+            o["status"], o["images"], o["charge_micros"], o["provider_cost_micros"], o["model"],
+            tuple((str(k), str(v)) for k, v in o["fields"]), o["replay"],
+        )  # fmt: skip
+        try:
+            await self._settle_once(admission, outcome)
+        except REDIS_ERRORS:
+            return False
+        return True
+
+    async def _settle_once(self, admission: Admission, outcome: Settlement) -> int | None:
         p = team_prefix(admission.team_id)
         idem = admission.idempotency
         args: list[str | int] = [
@@ -203,20 +248,9 @@ class Meter:
         ]
         for name, value in outcome.fields:
             args += [name, value]
-        delay = 0.1
-        for attempt in range(self._settle_attempts):
-            try:
-                idem_key = idem.redis_key(admission.team_id) if idem else p + "idem:-"
-                out = await self._settle(keys=[p + "res", p + "ledger", idem_key], args=args)
-            except REDIS_ERRORS:
-                if attempt == self._settle_attempts - 1:
-                    log.error("settlement of %s failed: Redis unreachable", admission.request_id)
-                    return None
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-                continue
-            if out[0] == b"ok":
-                return int(out[1])
-            log.warning("settlement of %s found no reservation (already settled)", admission.request_id)
-            return None
+        idem_key = idem.redis_key(admission.team_id) if idem else p + "idem:-"
+        out = await self._settle(keys=[p + "res", p + "ledger", idem_key], args=args)
+        if out[0] == b"ok":
+            return int(out[1])
+        log.warning("settlement of %s found no reservation (already settled or expired)", admission.request_id)
         return None
