@@ -86,7 +86,7 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
                 await _signing_key(redis, settings),
                 settings.image_url_ttl_s,
             )
-            metrics = Metrics()
+            metrics = Metrics(settings.prometheus_multiproc_dir)
             spool = SettlementSpool(settings.data_dir / "spool")
             meter = Meter(redis, spool=spool)
             service = ImageService(providers, meter, store, metrics, deadline_s=settings.request_deadline_s)

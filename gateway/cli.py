@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -105,6 +106,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["GATEWAY_ADMIN_KEY"] = (
             _private_file(data_dir / "admin-key", "adm-" + secrets.token_urlsafe(24)) or ""
         )
+    if args.workers > 1 and settings.prometheus_multiproc_dir is None:
+        # Counters summed across worker processes; the folder must start empty on every boot.
+        metrics_dir = data_dir / "metrics"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir()
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     embedded: EmbeddedRedis | None = None
     worker: subprocess.Popen[bytes] | None = None
     try:

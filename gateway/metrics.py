@@ -1,15 +1,24 @@
 """Prometheus metrics, on a registry built per app (no global registry). Labels come from a closed
-set: team id, model, provider, status, error kind, route reason; never a key, prompt or request id."""
+set: team id, model, provider, status, error kind, route reason; never a key, prompt or request id.
+
+With several worker processes, prometheus-client's multiprocess mode keeps each process's values
+in files under PROMETHEUS_MULTIPROC_DIR (set by `gateway serve` before the workers start), and a
+scrape of any worker sums them all.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, multiprocess_dir: Path | None = None) -> None:
+        self._multiprocess_dir = multiprocess_dir
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -56,4 +65,8 @@ class Metrics:
         )
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self._multiprocess_dir is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=str(self._multiprocess_dir))  # type: ignore[no-untyped-call]
+        return generate_latest(merged)

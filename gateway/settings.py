@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     default_monthly_budget_usd: float = 100.0
 
     log_level: str = "info"
+    # Set by `gateway serve` for several worker processes (prometheus-client's multiprocess mode).
+    prometheus_multiproc_dir: Path | None = Field(
+        default=None, validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR", "GATEWAY_PROMETHEUS_MULTIPROC_DIR")
+    )
 
     @field_validator("local_gpu_urls", mode="before")
     @classmethod

@@ -272,3 +272,27 @@ def test_cli_creates_a_team_issues_lists_and_revokes_a_key(stack: Stack) -> None
     _cli(stack, "keys", "revoke", key_id)
     with pytest.raises(openai.AuthenticationError):
         stack.client(key).models.list()
+
+
+def _metric_sum(text: str, name: str, team_id: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and f'team="{team_id}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_metrics_summed_across_worker_processes_equal_the_ledger(stack: Stack) -> None:
+    for _ in range(3):
+        stack.client().images.generate(model="hidream-i1-full", prompt="metered", n=2)
+    r = redis.Redis.from_url(stack.redis_url)
+    try:
+        events = [f for _, f in r.xrange(team_prefix(stack.team_id) + "ledger")]
+    finally:
+        r.close()
+    images = sum(int(f[b"images"]) for f in events)
+    spend = sum(int(f[b"charged_micros"]) for f in events) / 1_000_000
+    for _ in range(6):  # successive scrapes land on either worker process; each must see it all
+        text = httpx.get(stack.base + "/metrics").text
+        assert _metric_sum(text, "gateway_images_total", stack.team_id) == images
+        assert abs(_metric_sum(text, "gateway_spend_usd_total", stack.team_id) - spend) < 1e-9
