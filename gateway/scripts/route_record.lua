@@ -1,0 +1,57 @@
+-- Record one attempt's outcome on a route and move its circuit breaker. Shared by every gateway
+-- process: the state lives here, not in any one process.
+--   closed    -> open       after `consecutive` failures in a row, or a failure ratio of at least
+--                           `ratio` over the last `window` outcomes once `min_samples` are in
+--   half_open -> closed     on the trial's success;  half_open -> open on its failure
+--
+-- KEYS[1] state hash (state, opened_ms, consecutive, ewma_ms)   KEYS[2] outcome list   KEYS[3] latency list
+-- ARGV[1] 1 success / 0 failure   ARGV[2] latency ms (-1: none)   ARGV[3] window   ARGV[4] min_samples
+-- ARGV[5] failure ratio   ARGV[6] consecutive failures   ARGV[7] latency samples kept   ARGV[8] EWMA weight
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ok = ARGV[1] == '1'
+local latency = tonumber(ARGV[2])
+local window, min_samples = tonumber(ARGV[3]), tonumber(ARGV[4])
+local ratio, consecutive_max = tonumber(ARGV[5]), tonumber(ARGV[6])
+
+redis.call('LPUSH', KEYS[2], ok and '1' or '0')
+redis.call('LTRIM', KEYS[2], 0, window - 1)
+local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
+
+if latency >= 0 then
+  redis.call('LPUSH', KEYS[3], latency)
+  redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[7]) - 1)
+  local ewma = tonumber(redis.call('HGET', KEYS[1], 'ewma_ms'))
+  local w = tonumber(ARGV[8])
+  ewma = ewma and (ewma * (1 - w) + latency * w) or latency
+  redis.call('HSET', KEYS[1], 'ewma_ms', string.format('%.1f', ewma))
+end
+
+if ok then
+  redis.call('HSET', KEYS[1], 'consecutive', 0)
+  if state == 'half_open' then
+    redis.call('HSET', KEYS[1], 'state', 'closed')
+    state = 'closed'
+  end
+  return state
+end
+
+local consecutive = redis.call('HINCRBY', KEYS[1], 'consecutive', 1)
+if state == 'half_open' then
+  redis.call('HSET', KEYS[1], 'state', 'open', 'opened_ms', now)
+  return 'open'
+end
+if state == 'closed' then
+  local outcomes = redis.call('LRANGE', KEYS[2], 0, -1)
+  local failures = 0
+  for _, o in ipairs(outcomes) do
+    if o == '0' then failures = failures + 1 end
+  end
+  if consecutive >= consecutive_max or (#outcomes >= min_samples and failures / #outcomes >= ratio) then
+    redis.call('HSET', KEYS[1], 'state', 'open', 'opened_ms', now)
+    redis.call('DEL', KEYS[2])
+    return 'open'
+  end
+end
+return state

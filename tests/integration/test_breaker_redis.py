@@ -1,0 +1,74 @@
+"""The circuit breaker against a real redis-server, shared by independent clients."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from gateway.breaker import BreakerConfig, RouteHealth
+
+FAST = BreakerConfig(window=10, min_samples=6, failure_ratio=0.5, consecutive_failures=3, cooldown_s=0.2, trial_s=5)
+
+
+@pytest.fixture
+async def two(redis_url: str) -> AsyncIterator[tuple[RouteHealth, RouteHealth]]:
+    a, b = Redis.from_url(redis_url), Redis.from_url(redis_url)
+    yield RouteHealth(a, FAST, cache_s=0), RouteHealth(b, FAST, cache_s=0)
+    await a.aclose()
+    await b.aclose()
+
+
+async def test_breaker_opens_after_consecutive_failures_seen_by_every_process(
+    two: tuple[RouteHealth, RouteHealth],
+) -> None:
+    a, b = two
+    assert await a.record("fal", "m", False, None) == "closed"
+    assert await b.record("fal", "m", False, None) == "closed"
+    assert await a.record("fal", "m", False, None) == "open"
+    assert (await b.stats([("fal", "m")]))[("fal", "m")].state == "open"
+    assert not await b.try_trial("fal", "m")  # still cooling down
+
+
+async def test_failure_ratio_opens_with_minimum_sample(two: tuple[RouteHealth, RouteHealth]) -> None:
+    a, _ = two
+    for ok in (True, False, True, False, True):
+        assert await a.record("w", "m", ok, 0.1 if ok else None) == "closed"  # 5 < min_samples
+    assert await a.record("w", "m", False, None) == "open"  # 3/6 failed
+
+
+async def test_half_open_lets_exactly_one_trial_and_closes_on_success(two: tuple[RouteHealth, RouteHealth]) -> None:
+    a, b = two
+    for _ in range(3):
+        await a.record("fal", "m", False, None)
+    await asyncio.sleep(0.25)
+    grants = await asyncio.gather(*(h.try_trial("fal", "m") for h in (a, b, a, b, a, b)))
+    assert sum(grants) == 1
+    assert (await a.stats([("fal", "m")]))[("fal", "m")].state == "half_open"
+    assert await b.record("fal", "m", True, 0.5) == "closed"
+    assert (await a.stats([("fal", "m")]))[("fal", "m")].state == "closed"
+
+
+async def test_failed_trial_reopens(two: tuple[RouteHealth, RouteHealth]) -> None:
+    a, _ = two
+    for _ in range(3):
+        await a.record("fal", "m", False, None)
+    await asyncio.sleep(0.25)
+    assert await a.try_trial("fal", "m")
+    assert await a.record("fal", "m", False, None) == "open"
+    assert not await a.try_trial("fal", "m")
+
+
+async def test_latency_estimates_follow_a_slowdown(two: tuple[RouteHealth, RouteHealth]) -> None:
+    a, b = two
+    for _ in range(20):
+        await a.record("w", "m", True, 1.0)
+    before = (await b.stats([("w", "m")]))[("w", "m")]
+    assert before.ewma_s == pytest.approx(1.0) and before.p95_s == pytest.approx(1.0)
+    for _ in range(10):
+        await a.record("w", "m", True, 5.0)
+    after = (await b.stats([("w", "m")]))[("w", "m")]
+    assert after.ewma_s is not None and after.ewma_s > 4.0
+    assert after.p95_s == pytest.approx(5.0) and after.samples == 30
