@@ -188,6 +188,7 @@ class ProviderHealth:
     detail: str = ""
     queue_depth: int | None = None
     expected_wait_s: float | None = None
+    saturated: bool = False  # up, but its queue is full: a new request would be refused (429)
     extra: dict[str, str] = field(default_factory=dict)
 
 

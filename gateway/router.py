@@ -1,0 +1,154 @@
+"""The router: orders the routes able to serve a request by one score and says why.
+
+Routes whose breaker is open (and not granting this request a trial), whose free probe says they
+are down, or whose queue is full or slower than the latency target are dropped; the rest are
+ordered by the policy's score (balanced by default: expected cost plus a penalty per second of
+expected time over the target). Saturated routes come back only when nothing else is left.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from gateway.breaker import RouteHealth, RouteStats
+from gateway.catalog import MICROS, Route
+from providers.base import ProviderHealth
+
+log = logging.getLogger(__name__)
+
+Policy = Literal["balanced", "cheapest", "fastest"]
+POLICIES: tuple[Policy, ...] = ("balanced", "cheapest", "fastest")
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingPolicy:
+    kind: Policy = "balanced"
+    latency_target_s: float = 30.0
+    # Dollars a second of expected time past the target is worth (balanced policy).
+    usd_per_late_second: float = 0.01
+    # Expected time of a route with no observations yet.
+    default_latency_s: float = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    route: Route
+    reason: str
+    cost_micros: int
+    expected_s: float
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Scored:
+    route: Route
+    cost_micros: int
+    expected_s: float
+    score: float
+    excluded: str | None  # why it was dropped, None when kept
+    trial: bool = False
+
+
+class Router:
+    def __init__(self, health: RouteHealth) -> None:
+        self._health = health
+
+    async def plan(
+        self,
+        routes: Sequence[Route],
+        probes: Mapping[tuple[str, str], ProviderHealth],
+        *,
+        width: int,
+        height: int,
+        n: int,
+        policy: RoutingPolicy,
+        pinned: str | None = None,
+    ) -> list[Planned]:
+        """The routes to try, best first, each with the reason it is where it is."""
+        if pinned is not None:
+            return [
+                Planned(r, "pinned", r.cost_micros(width, height, n), 0.0, 0.0) for r in routes if r.provider == pinned
+            ]
+        stats = await self._health.stats([(r.provider, r.model) for r in routes])
+        scored = [
+            await self._score(
+                r, stats[(r.provider, r.model)], probes.get((r.model, r.provider)), width, height, n, policy
+            )
+            for r in routes
+        ]
+        kept = sorted((s for s in scored if s.excluded is None), key=lambda s: s.score)
+        saturated = sorted((s for s in scored if s.excluded == "saturated"), key=lambda s: s.score)
+        plan = kept + saturated
+        cheapest = min(scored, key=lambda s: s.cost_micros) if scored else None
+        out: list[Planned] = []
+        for i, s in enumerate(plan):
+            reason = _reason(i, s, cheapest, policy, kept_count=len(kept))
+            out.append(Planned(s.route, reason, s.cost_micros, s.expected_s, s.score))
+        log.debug(
+            "routing %s: %s",
+            routes[0].model if routes else "?",
+            [(s.route.provider, s.excluded or "ok", round(s.score, 6), round(s.expected_s, 2)) for s in scored],
+        )
+        return out
+
+    async def _score(
+        self,
+        route: Route,
+        stats: RouteStats,
+        probe: ProviderHealth | None,
+        width: int,
+        height: int,
+        n: int,
+        policy: RoutingPolicy,
+    ) -> _Scored:
+        cost = route.cost_micros(width, height, n)
+        observed = stats.ewma_s if stats.ewma_s is not None else policy.default_latency_s
+        if stats.p95_s is not None:
+            observed = max(observed, 0.5 * (observed + stats.p95_s))  # lean toward the tail
+        wait = probe.expected_wait_s if probe is not None and probe.expected_wait_s is not None else 0.0
+        expected = observed + wait
+        trial = False
+        excluded: str | None = None
+        if stats.state in ("open", "half_open"):
+            trial = await self._health.try_trial(route.provider, route.model)
+            if not trial:
+                excluded = "breaker_open"
+        if excluded is None and probe is not None:
+            if not probe.healthy:
+                excluded = "unhealthy"
+            elif probe.saturated:
+                excluded = "saturated"
+        if excluded is None and policy.kind != "cheapest" and wait > policy.latency_target_s:
+            excluded = "saturated"
+        late = max(0.0, expected - policy.latency_target_s)
+        match policy.kind:
+            case "cheapest":
+                score = cost / MICROS
+            case "fastest":
+                score = expected
+            case _:
+                score = cost / MICROS + late * policy.usd_per_late_second + expected * 1e-6
+        if trial:
+            score = float("-inf")  # the one trial request goes first, so the route can recover
+        return _Scored(route, cost, expected, score, excluded, trial)
+
+
+def _reason(index: int, s: _Scored, cheapest: _Scored | None, policy: RoutingPolicy, kept_count: int) -> str:
+    if index > 0:
+        return "fallback_after_error"
+    if s.trial:
+        return "half_open_trial"
+    if index >= kept_count:
+        return "all_saturated"
+    if cheapest is not None and cheapest.route is not s.route:
+        if cheapest.excluded == "saturated":
+            return "spillover_queue_full"
+        if cheapest.excluded in ("breaker_open", "unhealthy"):
+            return "failover_unhealthy"
+        if policy.kind == "fastest":
+            return "fastest_healthy"
+        return "latency_over_target"
+    return {"cheapest": "cheapest_healthy", "fastest": "fastest_healthy"}.get(policy.kind, "cheapest_healthy")

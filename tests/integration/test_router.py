@@ -1,0 +1,95 @@
+"""Routing decisions over a real redis-server's shared route health."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from gateway.breaker import BreakerConfig, RouteHealth
+from gateway.catalog import Route, load_catalog
+from gateway.router import Router, RoutingPolicy
+from providers.base import ProviderHealth
+
+CFG = BreakerConfig(consecutive_failures=2, cooldown_s=0.2)
+POLICY = RoutingPolicy(latency_target_s=30.0)
+
+
+@pytest.fixture
+async def health(redis_url: str) -> AsyncIterator[RouteHealth]:
+    client = Redis.from_url(redis_url)
+    yield RouteHealth(client, CFG, cache_s=0)
+    await client.aclose()
+
+
+@pytest.fixture
+def routes() -> tuple[Route, ...]:
+    return load_catalog(Path(__file__).resolve().parents[2] / "pricing.yaml").models["hidream-i1-full"].routes
+
+
+def gpu(wait: float = 1.0, *, healthy: bool = True, saturated: bool = False) -> dict[tuple[str, str], ProviderHealth]:
+    return {
+        ("hidream-i1-full", "local_gpu"): ProviderHealth(healthy, expected_wait_s=wait, saturated=saturated),
+        ("hidream-i1-full", "fal"): ProviderHealth(True),
+    }
+
+
+async def _plan(
+    health: RouteHealth,
+    routes: tuple[Route, ...],
+    probes: dict[tuple[str, str], ProviderHealth],
+    *,
+    policy: RoutingPolicy = POLICY,
+    pinned: str | None = None,
+) -> list[tuple[str, str]]:
+    plan = await Router(health).plan(routes, probes, width=1024, height=1024, n=1, policy=policy, pinned=pinned)
+    return [(p.route.provider, p.reason) for p in plan]
+
+
+async def test_owned_gpus_first_while_their_wait_is_within_target(
+    health: RouteHealth, routes: tuple[Route, ...]
+) -> None:
+    assert await _plan(health, routes, gpu(5.0)) == [("local_gpu", "cheapest_healthy"), ("fal", "fallback_after_error")]
+
+
+async def test_spill_over_to_fal_when_the_queue_wait_passes_the_target_and_drain_back(
+    health: RouteHealth, routes: tuple[Route, ...]
+) -> None:
+    assert await _plan(health, routes, gpu(45.0)) == [
+        ("fal", "spillover_queue_full"),
+        ("local_gpu", "fallback_after_error"),
+    ]
+    assert (await _plan(health, routes, gpu(0.0, saturated=True)))[:1] == [("fal", "spillover_queue_full")]
+    assert (await _plan(health, routes, gpu(2.0)))[0] == ("local_gpu", "cheapest_healthy")
+
+
+async def test_open_breaker_removes_a_route_until_its_trial(health: RouteHealth, routes: tuple[Route, ...]) -> None:
+    for _ in range(2):
+        await health.record("local_gpu", "hidream-i1-full", False, None)
+    assert await _plan(health, routes, gpu()) == [("fal", "failover_unhealthy")]
+    await asyncio.sleep(0.25)
+    assert await _plan(health, routes, gpu()) == [("local_gpu", "half_open_trial"), ("fal", "fallback_after_error")]
+    # while that trial is out, nobody else is sent there
+    assert await _plan(health, routes, gpu()) == [("fal", "failover_unhealthy")]
+    await health.record("local_gpu", "hidream-i1-full", True, 3.0)
+    assert (await _plan(health, routes, gpu()))[0] == ("local_gpu", "cheapest_healthy")
+
+
+async def test_unready_worker_is_not_a_candidate(health: RouteHealth, routes: tuple[Route, ...]) -> None:
+    assert await _plan(health, routes, gpu(healthy=False)) == [("fal", "failover_unhealthy")]
+
+
+async def test_pinned_provider_is_the_only_route(health: RouteHealth, routes: tuple[Route, ...]) -> None:
+    assert await _plan(health, routes, gpu(), pinned="fal") == [("fal", "pinned")]
+
+
+async def test_fastest_policy_follows_observed_latency(health: RouteHealth, routes: tuple[Route, ...]) -> None:
+    for _ in range(5):
+        await health.record("local_gpu", "hidream-i1-full", True, 20.0)
+        await health.record("fal", "hidream-i1-full", True, 4.0)
+    fastest = RoutingPolicy(kind="fastest")
+    assert (await _plan(health, routes, gpu(0.0), policy=fastest))[0] == ("fal", "fastest_healthy")
+    assert (await _plan(health, routes, gpu(0.0)))[0] == ("local_gpu", "cheapest_healthy")
