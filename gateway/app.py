@@ -14,12 +14,15 @@ from redis.asyncio import Redis
 
 from gateway.api import admin, errors, health, images, models, usage
 from gateway.api.request_id import RequestIdMiddleware
+from gateway.breaker import RouteHealth
 from gateway.catalog import load_catalog
+from gateway.dispatch import Dispatcher
 from gateway.embedded_redis import EmbeddedRedis
 from gateway.health import HealthBoard
 from gateway.keys import KeyStore
 from gateway.metering import Meter
 from gateway.metrics import Metrics
+from gateway.router import Router
 from gateway.service import ImageService
 from gateway.settings import Settings
 from gateway.spool import SettlementSpool
@@ -89,7 +92,10 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
             metrics = Metrics(settings.prometheus_multiproc_dir)
             spool = SettlementSpool(settings.data_dir / "spool")
             meter = Meter(redis, spool=spool)
-            service = ImageService(providers, meter, store, metrics, deadline_s=settings.request_deadline_s)
+            board = HealthBoard(catalog, providers, interval_s=settings.probe_interval_s)
+            route_health = RouteHealth(redis)
+            dispatcher = Dispatcher(providers, Router(route_health), route_health, board, metrics)
+            service = ImageService(dispatcher, meter, store, metrics, deadline_s=settings.request_deadline_s)
             app.state.gateway = AppState(
                 settings=settings,
                 catalog=catalog,
@@ -98,11 +104,12 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
                 store=store,
                 metrics=metrics,
                 service=service,
-                health=HealthBoard(catalog, providers),
+                health=board,
             )
             background = [
                 asyncio.create_task(_sweep_images(store)),
                 asyncio.create_task(spool.drain_forever(meter.settle_spooled)),
+                asyncio.create_task(board.run_forever()),
             ]
             try:
                 yield

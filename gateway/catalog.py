@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -84,6 +84,12 @@ class _Route(_Strict):
         return self
 
 
+class _Routing(_Strict):
+    policy: Literal["balanced", "cheapest", "fastest"] = "balanced"
+    latency_target_s: float = Field(default=30.0, gt=0)
+    usd_per_late_second: float = Field(default=0.01, ge=0)
+
+
 class _Model(_Strict):
     display_name: str
     created: int
@@ -97,6 +103,7 @@ class _Model(_Strict):
     guidance_scale: _FloatRange | None = None
     edits: _Edits | None = None
     routes: list[_Route] = Field(min_length=1)
+    routing: _Routing = Field(default_factory=_Routing)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -118,6 +125,20 @@ class _File(_Strict):
 
 
 # --- what the rest of the gateway uses (frozen dataclasses) ---------------------------------
+
+
+Policy = Literal["balanced", "cheapest", "fastest"]
+POLICIES: tuple[Policy, ...] = ("balanced", "cheapest", "fastest")
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingPolicy:
+    kind: Policy = "balanced"
+    latency_target_s: float = 30.0
+    # Dollars a second of expected time past the target is worth (balanced policy).
+    usd_per_late_second: float = 0.01
+    # Expected time of a route with no observations yet.
+    default_latency_s: float = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +205,7 @@ class ModelSpec:
     guidance_scale: FloatRange | None
     edits: EditSpec | None
     routes: tuple[Route, ...]
+    routing: RoutingPolicy
 
     def price_micros(self, size: str, n: int) -> int:
         """What a team is billed for n images of this size, whichever route serves them."""
@@ -309,5 +331,10 @@ def _build(parsed: _File) -> Catalog:
                 )
             ),
             routes=routes,
+            routing=RoutingPolicy(
+                kind=m.routing.policy,
+                latency_target_s=m.routing.latency_target_s,
+                usd_per_late_second=m.routing.usd_per_late_second,
+            ),
         )
     return Catalog(models=models)

@@ -1,41 +1,64 @@
-"""Route health from free probes (a worker's /ready, fal's reachability), cached briefly so that
-/ready does not probe upstreams on every call."""
+"""Free active probes of every configured route (a worker's /ready, fal's reachability), run in the
+background so that neither the request path nor /ready waits on an upstream."""
 
 from __future__ import annotations
 
 import asyncio
-import time
+import logging
 from collections.abc import Mapping
 
 from gateway.catalog import Catalog, Route
 from providers.base import ImageProvider, ProviderHealth
 
+log = logging.getLogger(__name__)
+
+RouteId = tuple[str, str]  # (model, provider)
+
 
 class HealthBoard:
-    def __init__(self, catalog: Catalog, providers: Mapping[str, ImageProvider], ttl_s: float = 5.0) -> None:
-        self._catalog = catalog
+    def __init__(
+        self,
+        catalog: Catalog,
+        providers: Mapping[str, ImageProvider],
+        *,
+        interval_s: float = 2.0,
+        probe_timeout_s: float = 5.0,
+    ) -> None:
+        self._routes = [r for m in catalog.models.values() for r in m.routes if r.provider in providers]
         self._providers = providers
-        self._ttl_s = ttl_s
-        self._cache: dict[tuple[str, str], tuple[float, ProviderHealth]] = {}
+        self._interval_s = interval_s
+        self._timeout_s = probe_timeout_s
+        self._current: dict[RouteId, ProviderHealth] = {}
+        self._refreshed = False
+
+    def current(self) -> Mapping[RouteId, ProviderHealth]:
+        """The last probe of each route (empty before the first round)."""
+        return self._current
+
+    async def refresh(self) -> None:
+        results = await asyncio.gather(*(self._probe(r) for r in self._routes))
+        self._current = {(r.model, r.provider): h for r, h in zip(self._routes, results, strict=True)}
+        self._refreshed = True
 
     async def snapshot(self) -> dict[str, dict[str, ProviderHealth]]:
-        """model -> provider -> health, for every configured route."""
-        routes = [r for m in self._catalog.models.values() for r in m.routes if r.provider in self._providers]
-        results = await asyncio.gather(*(self._probe(r) for r in routes))
+        """model -> provider -> health, probing once if no round has run yet."""
+        if not self._refreshed:
+            await self.refresh()
         out: dict[str, dict[str, ProviderHealth]] = {}
-        for route, health in zip(routes, results, strict=True):
-            out.setdefault(route.model, {})[route.provider] = health
+        for (model, provider), health in self._current.items():
+            out.setdefault(model, {})[provider] = health
         return out
 
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception:  # a probe round must never stop the loop
+                log.exception("probe round failed")
+            await asyncio.sleep(self._interval_s)
+
     async def _probe(self, route: Route) -> ProviderHealth:
-        key = (route.model, route.provider)
-        now = time.monotonic()
-        cached = self._cache.get(key)
-        if cached and now - cached[0] < self._ttl_s:
-            return cached[1]
         try:
-            health = await asyncio.wait_for(self._providers[route.provider].probe(route.target), timeout=5.0)
-        except Exception as exc:  # a failing probe marks the route unhealthy, never fails /ready itself
-            health = ProviderHealth(healthy=False, detail=f"probe failed: {type(exc).__name__}")
-        self._cache[key] = (now, health)
-        return health
+            return await asyncio.wait_for(self._providers[route.provider].probe(route.target), self._timeout_s)
+        except Exception as exc:  # a failing probe marks the route unhealthy, nothing more
+            return ProviderHealth(healthy=False, detail=f"probe failed: {type(exc).__name__}")

@@ -44,6 +44,7 @@ class Team:
     monthly_budget_usd: float
     limits: TeamLimits
     created: int
+    allow_provider_pinning: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,13 +74,16 @@ class KeyStore:
 
     # --- teams ------------------------------------------------------------------------------
 
-    async def create_team(self, name: str, budget_usd: float, limits: TeamLimits) -> Team:
+    async def create_team(
+        self, name: str, budget_usd: float, limits: TeamLimits, *, allow_provider_pinning: bool = False
+    ) -> Team:
         team = Team(
             id="team_" + secrets.token_hex(8),
             name=name,
             monthly_budget_usd=budget_usd,
             limits=limits,
             created=int(time.time()),
+            allow_provider_pinning=allow_provider_pinning,
         )
         async with self._r.pipeline(transaction=False) as pipe:
             pipe.hset(team_prefix(team.id) + "team", mapping=_team_fields(team))
@@ -104,7 +108,13 @@ class KeyStore:
         return teams
 
     async def update_team(
-        self, team_id: str, *, name: str | None, budget_usd: float | None, limits: TeamLimits | None
+        self,
+        team_id: str,
+        *,
+        name: str | None,
+        budget_usd: float | None,
+        limits: TeamLimits | None,
+        allow_provider_pinning: bool | None = None,
     ) -> Team:
         team = await self.get_team(team_id)
         updated = Team(
@@ -113,6 +123,9 @@ class KeyStore:
             monthly_budget_usd=budget_usd if budget_usd is not None else team.monthly_budget_usd,
             limits=limits or team.limits,
             created=team.created,
+            allow_provider_pinning=(
+                team.allow_provider_pinning if allow_provider_pinning is None else allow_provider_pinning
+            ),
         )
         await self._r.hset(team_prefix(team_id) + "team", mapping=_team_fields(updated))
         return updated
@@ -182,6 +195,7 @@ def _team_fields(team: Team) -> dict[FieldT, EncodableT]:
         "ipm": team.limits.images_per_minute,
         "max_in_flight": team.limits.max_in_flight,
         "created": team.created,
+        "allow_provider_pinning": int(team.allow_provider_pinning),
     }
 
 
@@ -196,6 +210,7 @@ def _team_from(team_id: str, raw: Mapping[bytes | str, bytes | str]) -> Team:
         monthly_budget_usd=micros_to_usd(int(raw[b"budget_micros"])),
         limits=TeamLimits(int(raw[b"rpm"]), int(raw[b"ipm"]), int(raw[b"max_in_flight"])),
         created=int(raw[b"created"]),
+        allow_provider_pinning=raw.get(b"allow_provider_pinning", b"0") in (b"1", "1"),
     )
 
 

@@ -11,26 +11,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 from gateway.breaker import RouteHealth, RouteStats
-from gateway.catalog import MICROS, Route
+from gateway.catalog import MICROS, Route, RoutingPolicy
 from providers.base import ProviderHealth
 
 log = logging.getLogger(__name__)
-
-Policy = Literal["balanced", "cheapest", "fastest"]
-POLICIES: tuple[Policy, ...] = ("balanced", "cheapest", "fastest")
-
-
-@dataclass(frozen=True, slots=True)
-class RoutingPolicy:
-    kind: Policy = "balanced"
-    latency_target_s: float = 30.0
-    # Dollars a second of expected time past the target is worth (balanced policy).
-    usd_per_late_second: float = 0.01
-    # Expected time of a route with no observations yet.
-    default_latency_s: float = 15.0
 
 
 @dataclass(frozen=True, slots=True)

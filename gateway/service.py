@@ -12,17 +12,15 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.catalog import Route, micros_to_usd
+from gateway.catalog import micros_to_usd
+from gateway.dispatch import Dispatcher, RoutingRequest
 from gateway.errors import (
     ConflictError,
     GatewayError,
-    ServiceUnavailableError,
     UpstreamTimeoutError,
-    from_provider_error,
 )
 from gateway.keys import Principal
 from gateway.metering import Admission, Idempotency, Meter, Replay, Settlement, StillRunning
@@ -31,11 +29,6 @@ from gateway.storage import ImageStore
 from gateway.validation import ValidRequest
 from providers.base import (
     GeneratedImage,
-    ImageProvider,
-    ImageRequest,
-    ImageResult,
-    ProviderBadResponseError,
-    ProviderError,
 )
 
 log = logging.getLogger(__name__)
@@ -47,46 +40,38 @@ class ImagesResponse:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class Attempted:
-    route: Route
-    result: ImageResult
-    reason: str
-    upstream_s: float
-
-
 class ImageService:
     def __init__(
         self,
-        providers: Mapping[str, ImageProvider],
+        dispatcher: Dispatcher,
         meter: Meter,
         store: ImageStore,
         metrics: Metrics,
         *,
         deadline_s: float,
     ) -> None:
-        self._providers = providers
+        self._dispatcher = dispatcher
         self._meter = meter
         self._store = store
         self._metrics = metrics
         self._deadline_s = deadline_s
 
-    def candidates(self, valid: ValidRequest) -> list[Route]:
-        """Routes that are configured and able to serve this request, in catalog order."""
-        return [
-            r
-            for r in valid.model.routes
-            if r.provider in self._providers and valid.n <= r.max_n and (not valid.images or r.edit_model is not None)
-        ]
-
     async def generate(
-        self, principal: Principal, valid: ValidRequest, request_id: str, idempotency_key: str | None = None
+        self,
+        principal: Principal,
+        valid: ValidRequest,
+        request_id: str,
+        routing: RoutingRequest | None = None,
+        idempotency_key: str | None = None,
     ) -> ImagesResponse:
+        routing = routing or RoutingRequest(valid.model.routing)
+        if routing.pinned is not None:
+            self._dispatcher.check_pin(valid, routing.pinned)
         idem = Idempotency(idempotency_key, fingerprint(valid)) if idempotency_key else None
         admitted = await self._admit(principal, valid, request_id, idem)
         if isinstance(admitted, Replay):
             return _replayed(admitted)
-        return await self._serve(principal, valid, admitted)
+        return await self._serve(principal, valid, admitted, routing)
 
     async def _admit(
         self, principal: Principal, valid: ValidRequest, request_id: str, idem: Idempotency | None
@@ -112,7 +97,9 @@ class ImageService:
                 )
             await asyncio.sleep(0.2)
 
-    async def _serve(self, principal: Principal, valid: ValidRequest, admission: Admission) -> ImagesResponse:
+    async def _serve(
+        self, principal: Principal, valid: ValidRequest, admission: Admission, routing: RoutingRequest
+    ) -> ImagesResponse:
         spec = valid.model
         quote = admission.quote_micros
         request_id = admission.request_id
@@ -120,7 +107,7 @@ class ImageService:
         outcome = Settlement("failed", 0, 0, 0, spec.id, _fields(principal, valid, None, 0.0, "internal"))
         status = "failed"
         try:
-            attempt = await self._call_with_fallbacks(valid, request_id, started)
+            attempt = await self._dispatcher.call(valid, request_id, started + self._deadline_s, routing)
             data = await self._render(valid, attempt.result.images)
             latency = time.monotonic() - started
             headers = {
@@ -181,44 +168,6 @@ class ImageService:
                 micros_to_usd(outcome.provider_cost_micros)
             )
 
-    async def _call_with_fallbacks(self, valid: ValidRequest, request_id: str, started: float) -> Attempted:
-        routes = self.candidates(valid)
-        if not routes:
-            raise ServiceUnavailableError(
-                f"No provider is configured that can serve this request for {valid.model.id}.",
-                headers={"retry-after": "30"},
-            )
-        deadline = started + self._deadline_s
-        last: ProviderError | None = None
-        for i, route in enumerate(routes):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            reason = "priority_order" if i == 0 else "fallback_after_error"
-            provider = self._providers[route.provider]
-            t0 = time.monotonic()
-            try:
-                result = await provider.generate(route.target, _provider_request(valid, request_id, remaining))
-                _check_result(route, valid, result)
-            except ProviderError as err:
-                elapsed = time.monotonic() - t0
-                self._metrics.upstream_errors.labels(route.provider, route.model, err.kind.value).inc()
-                self._metrics.upstream_duration.labels(route.provider, route.model, "error").observe(elapsed)
-                log.info("route %s for %s failed: %s (%s)", route.provider, route.model, err.kind.value, err.message)
-                if not err.retryable:
-                    raise from_provider_error(err) from err
-                last = err
-                if i + 1 < len(routes):
-                    self._metrics.fallbacks.labels(route.model, route.provider).inc()
-                continue
-            elapsed = time.monotonic() - t0
-            self._metrics.upstream_duration.labels(route.provider, route.model, "ok").observe(elapsed)
-            self._metrics.routed.labels(route.model, route.provider, reason).inc()
-            return Attempted(route, result, reason, elapsed)
-        if last is None:
-            raise UpstreamTimeoutError("The request ran out of time before any provider answered.")
-        raise from_provider_error(last) from last
-
     async def _render(self, valid: ValidRequest, images: tuple[GeneratedImage, ...]) -> list[dict[str, str]]:
         out: list[dict[str, str]] = []
         for img in images:
@@ -256,39 +205,6 @@ def _replayed(replay: Replay) -> ImagesResponse:
         "x-gateway-original-request-id": stored["request_id"],
     }
     return ImagesResponse(stored["body"], headers)
-
-
-def _provider_request(valid: ValidRequest, request_id: str, remaining_s: float) -> ImageRequest:
-    return ImageRequest(
-        request_id=request_id,
-        model=valid.model.id,
-        prompt=valid.prompt,
-        n=valid.n,
-        width=valid.width,
-        height=valid.height,
-        response_format=valid.response_format,
-        num_inference_steps=valid.num_inference_steps,
-        guidance_scale=valid.guidance_scale,
-        negative_prompt=valid.negative_prompt,
-        seed=valid.seed,
-        images=valid.images,
-        mask=valid.mask,
-        strength=valid.strength,
-        timeout_s=remaining_s,
-    )
-
-
-def _check_result(route: Route, valid: ValidRequest, result: ImageResult) -> None:
-    """A provider that answers with the wrong number or shape of images has failed."""
-    if len(result.images) != valid.n:
-        raise ProviderBadResponseError(f"asked for {valid.n} images, got {len(result.images)}", provider=route.provider)
-    for img in result.images:
-        if (img.width, img.height) != (valid.width, valid.height):
-            raise ProviderBadResponseError(
-                f"asked for {valid.size}, got {img.width}x{img.height}", provider=route.provider
-            )
-        if img.data is None and (img.url is None or valid.response_format == "b64_json"):
-            raise ProviderBadResponseError("an image came without bytes", provider=route.provider)
 
 
 def _fields(

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     default_max_in_flight: int = 8
     default_monthly_budget_usd: float = 100.0
 
+    # How often each process probes every route (a worker's /ready, fal's reachability).
+    probe_interval_s: float = 2.0
+
     log_level: str = "info"
     # Set by `gateway serve` for several worker processes (prometheus-client's multiprocess mode).
     prometheus_multiproc_dir: Path | None = Field(

@@ -26,6 +26,7 @@ class TeamIn(BaseModel):
     name: str = Field(min_length=1, max_length=64)
     monthly_budget_usd: float | None = Field(default=None, ge=0, le=10_000_000)
     limits: LimitsIn | None = None
+    allow_provider_pinning: bool = False
 
 
 class TeamPatch(BaseModel):
@@ -33,6 +34,7 @@ class TeamPatch(BaseModel):
     name: str | None = Field(default=None, min_length=1, max_length=64)
     monthly_budget_usd: float | None = Field(default=None, ge=0, le=10_000_000)
     limits: LimitsIn | None = None
+    allow_provider_pinning: bool | None = None
 
 
 class KeyIn(BaseModel):
@@ -52,6 +54,7 @@ def team_json(team: Team) -> dict[str, Any]:
             "max_in_flight": team.limits.max_in_flight,
         },
         "created": team.created,
+        "allow_provider_pinning": team.allow_provider_pinning,
     }
 
 
@@ -88,7 +91,9 @@ async def create_team(body: TeamIn, state: State) -> dict[str, Any]:
     s = state.settings
     defaults = TeamLimits(s.default_requests_per_minute, s.default_images_per_minute, s.default_max_in_flight)
     budget = s.default_monthly_budget_usd if body.monthly_budget_usd is None else body.monthly_budget_usd
-    team = await state.keys.create_team(body.name, budget, _merge(defaults, body.limits))
+    team = await state.keys.create_team(
+        body.name, budget, _merge(defaults, body.limits), allow_provider_pinning=body.allow_provider_pinning
+    )
     return team_json(team)
 
 
@@ -106,7 +111,11 @@ async def get_team(team_id: str, state: State) -> dict[str, Any]:
 async def patch_team(team_id: str, body: TeamPatch, state: State) -> dict[str, Any]:
     team = await _team(state, team_id)
     updated = await state.keys.update_team(
-        team_id, name=body.name, budget_usd=body.monthly_budget_usd, limits=_merge(team.limits, body.limits)
+        team_id,
+        name=body.name,
+        budget_usd=body.monthly_budget_usd,
+        limits=_merge(team.limits, body.limits),
+        allow_provider_pinning=body.allow_provider_pinning,
     )
     return team_json(updated)
 

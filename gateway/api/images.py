@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable
+from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -13,14 +14,19 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
 from gateway.api.deps import State, Team
+from gateway.catalog import POLICIES
+from gateway.dispatch import RoutingRequest
 from gateway.errors import (
     InvalidRequestError,
     MissingParameterError,
     PayloadTooLargeError,
+    PermissionDeniedError,
     UnsupportedMediaError,
 )
+from gateway.keys import Principal
 from gateway.service import ImagesResponse
-from gateway.validation import Params, check_edit_inputs, decode_upload, validate_generation
+from gateway.state import AppState
+from gateway.validation import Params, ValidRequest, check_edit_inputs, decode_upload, validate_generation
 from providers.base import InputImage
 
 router = APIRouter()
@@ -40,7 +46,14 @@ async def generations(request: Request, state: State, principal: Team) -> JSONRe
         raise InvalidRequestError("The request body must be a JSON object.", code="invalid_json")
     valid = validate_generation(state.catalog, Params(body, form=False))
     result = await _until_disconnect(
-        request, state.service.generate(principal, valid, request.state.request_id, _idempotency_key(request))
+        request,
+        state.service.generate(
+            principal,
+            valid,
+            request.state.request_id,
+            await _routing(request, state, principal, valid),
+            _idempotency_key(request),
+        ),
     )
     return JSONResponse(result.body, headers=result.headers)
 
@@ -86,7 +99,14 @@ async def edits(request: Request, state: State, principal: Team) -> JSONResponse
     finally:
         await form.close()
     result = await _until_disconnect(
-        request, state.service.generate(principal, valid, request.state.request_id, _idempotency_key(request))
+        request,
+        state.service.generate(
+            principal,
+            valid,
+            request.state.request_id,
+            await _routing(request, state, principal, valid),
+            _idempotency_key(request),
+        ),
     )
     return JSONResponse(result.body, headers=result.headers)
 
@@ -98,6 +118,35 @@ async def _decode(upload: UploadFile, param: str, limit: int, max_pixels: int) -
     if not data:
         raise InvalidRequestError(f"'{param}' is empty.", param=param, code="invalid_image")
     return await asyncio.to_thread(decode_upload, data, param=param, max_pixels=max_pixels)
+
+
+async def _routing(request: Request, state: AppState, principal: Principal, valid: ValidRequest) -> RoutingRequest:
+    """The model's routing policy, as the caller may adjust it through x-gateway-* headers."""
+    policy = valid.model.routing
+    name = request.headers.get("x-gateway-routing-policy")
+    if name is not None:
+        if name not in POLICIES:
+            raise InvalidRequestError(
+                f"x-gateway-routing-policy must be one of {', '.join(POLICIES)}.", param="x-gateway-routing-policy"
+            )
+        policy = replace(policy, kind=name)
+    target = request.headers.get("x-gateway-latency-target-s")
+    if target is not None:
+        try:
+            seconds = float(target)
+        except ValueError:
+            seconds = -1.0
+        if not 0 < seconds <= 3600:
+            raise InvalidRequestError(
+                "x-gateway-latency-target-s must be a number of seconds up to 3600.", param="x-gateway-latency-target-s"
+            )
+        policy = replace(policy, latency_target_s=seconds)
+    pinned = request.headers.get("x-gateway-provider")
+    if pinned is not None and not (await state.keys.get_team(principal.team_id)).allow_provider_pinning:
+        raise PermissionDeniedError(
+            "This team may not choose its provider; ask the gateway admin.", param="x-gateway-provider"
+        )
+    return RoutingRequest(policy, pinned)
 
 
 def _idempotency_key(request: Request) -> str | None:

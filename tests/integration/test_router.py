@@ -10,8 +10,8 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.breaker import BreakerConfig, RouteHealth
-from gateway.catalog import Route, load_catalog
-from gateway.router import Router, RoutingPolicy
+from gateway.catalog import Route, RoutingPolicy, load_catalog
+from gateway.router import Router
 from providers.base import ProviderHealth
 
 CFG = BreakerConfig(consecutive_failures=2, cooldown_s=0.2)

@@ -1,0 +1,168 @@
+"""Calling providers for one request: ask the router for the order, try each route within the
+request's deadline, fall to the next on a retryable failure, and feed every outcome back into
+the shared route health."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from gateway.breaker import RouteHealth
+from gateway.catalog import Route, RoutingPolicy
+from gateway.errors import (
+    InvalidRequestError,
+    ServiceUnavailableError,
+    UpstreamTimeoutError,
+    from_provider_error,
+)
+from gateway.health import HealthBoard
+from gateway.metrics import Metrics
+from gateway.router import Router
+from gateway.validation import ValidRequest
+from providers.base import (
+    ImageProvider,
+    ImageRequest,
+    ImageResult,
+    ProviderBadResponseError,
+    ProviderError,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingRequest:
+    """How this request wants to be routed (the model's policy unless the caller asked otherwise)."""
+
+    policy: RoutingPolicy
+    pinned: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Attempted:
+    route: Route
+    result: ImageResult
+    reason: str
+    upstream_s: float
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        providers: Mapping[str, ImageProvider],
+        router: Router,
+        route_health: RouteHealth,
+        board: HealthBoard,
+        metrics: Metrics,
+    ) -> None:
+        self._providers = providers
+        self._router = router
+        self._health = route_health
+        self._board = board
+        self._metrics = metrics
+
+    def candidates(self, valid: ValidRequest) -> list[Route]:
+        """Routes that are configured and able to serve this request."""
+        return [
+            r
+            for r in valid.model.routes
+            if r.provider in self._providers and valid.n <= r.max_n and (not valid.images or r.edit_model is not None)
+        ]
+
+    def check_pin(self, valid: ValidRequest, pinned: str) -> None:
+        if pinned not in {r.provider for r in self.candidates(valid)}:
+            raise InvalidRequestError(
+                f"Provider '{pinned}' cannot serve this request for {valid.model.id}.", param="x-gateway-provider"
+            )
+
+    async def call(self, valid: ValidRequest, request_id: str, deadline: float, routing: RoutingRequest) -> Attempted:
+        routes = self.candidates(valid)
+        if not routes:
+            raise ServiceUnavailableError(
+                f"No provider is configured that can serve this request for {valid.model.id}.",
+                headers={"retry-after": "30"},
+            )
+        plan = await self._router.plan(
+            routes,
+            self._board.current(),
+            width=valid.width,
+            height=valid.height,
+            n=valid.n,
+            policy=routing.policy,
+            pinned=routing.pinned,
+        )
+        if not plan:
+            raise ServiceUnavailableError(
+                f"No healthy provider can serve {valid.model.id} right now.", headers={"retry-after": "5"}
+            )
+        last: ProviderError | None = None
+        for i, planned in enumerate(plan):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            route = planned.route
+            t0 = time.monotonic()
+            try:
+                result = await self._providers[route.provider].generate(
+                    route.target, _provider_request(valid, request_id, remaining)
+                )
+                _check_result(route, valid, result)
+            except ProviderError as err:
+                elapsed = time.monotonic() - t0
+                await self._failed(route, err, elapsed)
+                if not err.retryable:
+                    raise from_provider_error(err) from err
+                last = err
+                if i + 1 < len(plan):
+                    self._metrics.fallbacks.labels(route.model, route.provider).inc()
+                continue
+            elapsed = time.monotonic() - t0
+            await self._health.record(route.provider, route.model, True, elapsed)
+            self._metrics.upstream_duration.labels(route.provider, route.model, "ok").observe(elapsed)
+            self._metrics.routed.labels(route.model, route.provider, planned.reason).inc()
+            return Attempted(route, result, planned.reason, elapsed)
+        if last is None:
+            raise UpstreamTimeoutError("The request ran out of time before any provider answered.")
+        raise from_provider_error(last) from last
+
+    async def _failed(self, route: Route, err: ProviderError, elapsed: float) -> None:
+        self._metrics.upstream_errors.labels(route.provider, route.model, err.kind.value).inc()
+        self._metrics.upstream_duration.labels(route.provider, route.model, "error").observe(elapsed)
+        log.info("route %s for %s failed: %s (%s)", route.provider, route.model, err.kind.value, err.message)
+        if err.retryable:  # bad input is the caller's fault, not a sign of an unhealthy route
+            await self._health.record(route.provider, route.model, False, None)
+
+
+def _provider_request(valid: ValidRequest, request_id: str, remaining_s: float) -> ImageRequest:
+    return ImageRequest(
+        request_id=request_id,
+        model=valid.model.id,
+        prompt=valid.prompt,
+        n=valid.n,
+        width=valid.width,
+        height=valid.height,
+        response_format=valid.response_format,
+        num_inference_steps=valid.num_inference_steps,
+        guidance_scale=valid.guidance_scale,
+        negative_prompt=valid.negative_prompt,
+        seed=valid.seed,
+        images=valid.images,
+        mask=valid.mask,
+        strength=valid.strength,
+        timeout_s=remaining_s,
+    )
+
+
+def _check_result(route: Route, valid: ValidRequest, result: ImageResult) -> None:
+    """A provider that answers with the wrong number or shape of images has failed."""
+    if len(result.images) != valid.n:
+        raise ProviderBadResponseError(f"asked for {valid.n} images, got {len(result.images)}", provider=route.provider)
+    for img in result.images:
+        if (img.width, img.height) != (valid.width, valid.height):
+            raise ProviderBadResponseError(
+                f"asked for {valid.size}, got {img.width}x{img.height}", provider=route.provider
+            )
+        if img.data is None and (img.url is None or valid.response_format == "b64_json"):
+            raise ProviderBadResponseError("an image came without bytes", provider=route.provider)
