@@ -85,7 +85,7 @@ class _Route(_Strict):
 
 
 class _Routing(_Strict):
-    policy: Literal["balanced", "cheapest", "fastest"] = "balanced"
+    policy: Literal["balanced", "cheapest", "fastest", "priority", "round_robin", "least_busy"] = "balanced"
     latency_target_s: float = Field(default=30.0, gt=0)
     usd_per_late_second: float = Field(default=0.01, ge=0)
 
@@ -127,8 +127,10 @@ class _File(_Strict):
 # --- what the rest of the gateway uses (frozen dataclasses) ---------------------------------
 
 
-Policy = Literal["balanced", "cheapest", "fastest"]
-POLICIES: tuple[Policy, ...] = ("balanced", "cheapest", "fastest")
+Policy = Literal["balanced", "cheapest", "fastest", "priority", "round_robin", "least_busy"]
+POLICIES: tuple[Policy, ...] = ("balanced", "cheapest", "fastest", "priority", "round_robin", "least_busy")
+# The last three are what peer gateways offer; they are here to be measured against (bench/).
+BASELINE_POLICIES = frozenset({"priority", "round_robin", "least_busy"})
 
 
 @dataclass(frozen=True, slots=True)

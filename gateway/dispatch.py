@@ -105,9 +105,10 @@ class Dispatcher:
             route = planned.route
             t0 = time.monotonic()
             try:
-                result = await self._providers[route.provider].generate(
-                    route.target, _provider_request(valid, request_id, remaining)
-                )
+                with self._router.attempt(route):
+                    result = await self._providers[route.provider].generate(
+                        route.target, _provider_request(valid, request_id, remaining)
+                    )
                 _check_result(route, valid, result)
             except ProviderError as err:
                 elapsed = time.monotonic() - t0

@@ -9,11 +9,12 @@ expected time over the target). Saturated routes come back only when nothing els
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from gateway.breaker import RouteHealth, RouteStats
-from gateway.catalog import MICROS, Route, RoutingPolicy
+from gateway.catalog import BASELINE_POLICIES, MICROS, Route, RoutingPolicy
 from providers.base import ProviderHealth
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,17 @@ class _Scored:
 class Router:
     def __init__(self, health: RouteHealth) -> None:
         self._health = health
+        self._in_flight: dict[tuple[str, str], int] = {}  # this process's attempts, for least_busy
+        self._turn = 0  # for round_robin
+
+    @contextmanager
+    def attempt(self, route: Route) -> Iterator[None]:
+        key = (route.provider, route.model)
+        self._in_flight[key] = self._in_flight.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            self._in_flight[key] -= 1
 
     async def plan(
         self,
@@ -59,6 +71,8 @@ class Router:
                 Planned(r, "pinned", r.cost_micros(width, height, n), 0.0, 0.0) for r in routes if r.provider == pinned
             ]
         stats = await self._health.stats([(r.provider, r.model) for r in routes])
+        if policy.kind in BASELINE_POLICIES:
+            return self._baseline(routes, stats, policy, width, height, n)
         scored = [
             await self._score(
                 r, stats[(r.provider, r.model)], probes.get((r.model, r.provider)), width, height, n, policy
@@ -79,6 +93,28 @@ class Router:
             [(s.route.provider, s.excluded or "ok", round(s.score, 6), round(s.expected_s, 2)) for s in scored],
         )
         return out
+
+    def _baseline(
+        self,
+        routes: Sequence[Route],
+        stats: Mapping[tuple[str, str], RouteStats],
+        policy: RoutingPolicy,
+        width: int,
+        height: int,
+        n: int,
+    ) -> list[Planned]:
+        """The simple strategies peers offer: they skip a route in cooldown and look at nothing else."""
+        usable = [r for r in routes if stats[(r.provider, r.model)].state == "closed"] or list(routes)
+        if policy.kind == "round_robin":
+            self._turn += 1
+            shift = self._turn % len(usable)
+            usable = usable[shift:] + usable[:shift]
+        elif policy.kind == "least_busy":
+            usable.sort(key=lambda r: self._in_flight.get((r.provider, r.model), 0))
+        return [
+            Planned(r, policy.kind if i == 0 else "fallback_after_error", r.cost_micros(width, height, n), 0.0, 0.0)
+            for i, r in enumerate(usable)
+        ]
 
     async def _score(
         self,

@@ -93,3 +93,17 @@ async def test_fastest_policy_follows_observed_latency(health: RouteHealth, rout
     fastest = RoutingPolicy(kind="fastest")
     assert (await _plan(health, routes, gpu(0.0), policy=fastest))[0] == ("fal", "fastest_healthy")
     assert (await _plan(health, routes, gpu(0.0)))[0] == ("local_gpu", "cheapest_healthy")
+
+
+async def test_peer_baselines_ignore_queues_and_cost(health: RouteHealth, routes: tuple[Route, ...]) -> None:
+    router = Router(health)
+
+    async def first(kind: str) -> str:
+        plan = await router.plan(routes, gpu(500.0), width=1024, height=1024, n=1, policy=RoutingPolicy(kind=kind))  # type: ignore[arg-type]
+        return f"{plan[0].route.provider}:{plan[0].reason}"
+
+    assert await first("priority") == "local_gpu:priority"  # a 500 s queue does not matter to it
+    assert {await first("round_robin") for _ in range(4)} == {"local_gpu:round_robin", "fal:round_robin"}
+    with router.attempt(routes[0]):
+        assert await first("least_busy") == "fal:least_busy"
+    assert await first("least_busy") == "local_gpu:least_busy"
