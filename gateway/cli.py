@@ -215,6 +215,28 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_usage(args: argparse.Namespace) -> int:
+    params = {"month": args.month} if args.month else {}
+    if args.team_id:
+        params["team_id"] = args.team_id
+    with _admin_client(args) as client:
+        resp = client.get("/admin/usage", params={**params, "format": "csv" if args.csv else "json"})
+    if resp.status_code >= 400:
+        raise SystemExit(f"error {resp.status_code}: {resp.json()['error']['message']}")
+    if args.csv:
+        print(resp.text, end="")
+        return 0
+    report = resp.json()
+    print(f"usage for {report['month']}")
+    print(f"{'team':<22} {'name':<16} {'requests':>8} {'failed':>6} {'images':>7} {'spent_usd':>10} {'budget_usd':>10}")
+    for t in report["teams"]:
+        print(
+            f"{t['team_id']:<22} {t['team_name']:<16} {t['requests']:>8} {t['failed_requests']:>6} "
+            f"{t['images']:>7} {t['spent_usd']:>10.2f} {t['budget_usd']:>10.2f}"
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="OpenAI-compatible image-generation gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -257,6 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (k_create, k_list, k_revoke):
         admin_opts(p)
         p.set_defaults(func=cmd_keys)
+
+    usage = sub.add_parser("usage", help="a month's usage and spend per team (from the ledger)")
+    usage.add_argument("--team-id")
+    usage.add_argument("--month", help="YYYY-MM (default: this month, UTC)")
+    usage.add_argument("--csv", action="store_true", help="the month's invoice lines as CSV")
+    admin_opts(usage)
+    usage.set_defaults(func=cmd_usage)
     return parser
 
 

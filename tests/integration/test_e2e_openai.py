@@ -296,3 +296,21 @@ def test_metrics_summed_across_worker_processes_equal_the_ledger(stack: Stack) -
         text = httpx.get(stack.base + "/metrics").text
         assert _metric_sum(text, "gateway_images_total", stack.team_id) == images
         assert abs(_metric_sum(text, "gateway_spend_usd_total", stack.team_id) - spend) < 1e-9
+
+
+def test_cli_usage_table_and_csv_agree_with_the_ledger(stack: Stack) -> None:
+    stack.client().images.generate(model="hidream-i1-full", prompt="invoice me", n=2)
+    r = redis.Redis.from_url(stack.redis_url)
+    try:
+        events = [f for _, f in r.xrange(team_prefix(stack.team_id) + "ledger")]
+    finally:
+        r.close()
+    spent = sum(int(f[b"charged_micros"]) for f in events) / 1_000_000
+    table = _cli(stack, "usage", "--team-id", stack.team_id)
+    row = next(line for line in table.splitlines() if line.startswith(stack.team_id))
+    assert f"{spent:.2f}" in row.split()
+    csv_text = _cli(stack, "usage", "--team-id", stack.team_id, "--csv")
+    lines = csv_text.strip().splitlines()
+    assert lines[0].startswith("time,request_id") and len(lines) - 1 == len(events)
+    charged = sum(float(line.split(",")[10]) for line in lines[1:])
+    assert abs(charged - spent) < 1e-9
