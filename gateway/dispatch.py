@@ -131,7 +131,10 @@ class Dispatcher:
     async def _failed(self, route: Route, err: ProviderError, elapsed: float) -> None:
         self._metrics.upstream_errors.labels(route.provider, route.model, err.kind.value).inc()
         self._metrics.upstream_duration.labels(route.provider, route.model, "error").observe(elapsed)
-        log.info("route %s for %s failed: %s (%s)", route.provider, route.model, err.kind.value, err.message)
+        # The message may quote the caller's input (a prompt), so it is logged only at debug level.
+        log.info("route %s for %s failed: %s (upstream status %s)", route.provider, route.model, err.kind.value,
+                 err.upstream_status)  # fmt: skip
+        log.debug("route %s failure detail: %s", route.provider, err.message)
         if err.retryable:  # bad input is the caller's fault, not a sign of an unhealthy route
             await self._health.record(route.provider, route.model, False, None)
 
