@@ -9,6 +9,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -132,6 +133,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if not settings.admin_key:
             print(f"  admin key:  in {data_dir / 'admin-key'}")
         print(f"  try:        curl {base}/v1/models -H 'Authorization: Bearer <team key>'\n", flush=True)
+        # uvicorn re-raises SIGTERM after its graceful shutdown; without a Python handler that would
+        # kill this process before the finally below stops the tiny worker and the embedded Redis.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         uvicorn.run(
             "gateway.app:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
             log_level=settings.log_level, access_log=False,

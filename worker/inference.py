@@ -43,13 +43,23 @@ def seeded_generator(seed: int) -> object:
     return torch.Generator(device="cpu").manual_seed(seed)
 
 
-def run_job(pipeline: Pipeline, spec: JobSpec, cancel: threading.Event, *, resize_to_request: bool) -> JobOutput:
+def run_job(
+    pipeline: Pipeline,
+    spec: JobSpec,
+    cancel: threading.Event,
+    *,
+    resize_to_request: bool,
+    png_compress_level: int = 1,
+) -> JobOutput:
     """Generate spec.n images. `resize_to_request` is tiny mode only: its small native output is
     resized to the requested size; with real weights a size mismatch is an error."""
     if cancel.is_set():
-        raise JobCancelledError()
+        raise JobCancelledError("cancelled before it started")
+    steps_done = 0
 
     def on_step_end(pipe: object, step: int, timestep: object, tensors: dict[str, object]) -> dict[str, object]:
+        nonlocal steps_done
+        steps_done = step + 1
         if cancel.is_set():
             # diffusers then skips the remaining steps (it still decodes once; we discard that).
             pipe._interrupt = True  # type: ignore[attr-defined]
@@ -74,21 +84,23 @@ def run_job(pipeline: Pipeline, spec: JobSpec, cancel: threading.Event, *, resiz
         release_cached_memory(exc)
         raise InferenceError(f"The pipeline failed: {type(exc).__name__}.") from exc
     if cancel.is_set():
-        raise JobCancelledError()
+        raise JobCancelledError(f"interrupted after step {steps_done} of {spec.steps}")
     images = list(result.images)
     if len(images) != spec.n:
         raise InferenceError(f"The pipeline returned {len(images)} images for n={spec.n}.")
-    return JobOutput(tuple(_png(img, spec, resize_to_request) for img in images), spec.width, spec.height)
+    pngs = tuple(_png(img, spec, resize_to_request, png_compress_level) for img in images)
+    return JobOutput(pngs, spec.width, spec.height)
 
 
-def _png(image: Image.Image, spec: JobSpec, resize: bool) -> bytes:
+def _png(image: Image.Image, spec: JobSpec, resize: bool, compress_level: int) -> bytes:
     want = (spec.width, spec.height)
     if image.size != want:
         if not resize:
-            raise InferenceError(f"The pipeline returned {image.size[0]}x{image.size[1]} for {spec.width}x{spec.height}.")
+            got = f"{image.size[0]}x{image.size[1]}"
+            raise InferenceError(f"The pipeline returned {got} for {spec.width}x{spec.height}.")
         image = image.resize(want, Image.Resampling.BICUBIC)
     buf = io.BytesIO()
-    image.convert("RGB").save(buf, format="PNG")
+    image.convert("RGB").save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()
 
 

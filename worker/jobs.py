@@ -5,6 +5,7 @@ Retry-After report, learned from the jobs it has run."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections import deque
@@ -12,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from worker.errors import JobCancelledError, QueueFullError
+
+log = logging.getLogger("worker.jobs")
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +219,7 @@ class JobQueue:
         self._running = None
         if job.cancel_requested or isinstance(error, JobCancelledError):
             self.stats.cancelled += 1
+            log.info("job %s cancelled while running: %s", job.id, error or "it finished first; result dropped")
             if not job.future.done():
                 job.future.cancel()
             return

@@ -19,7 +19,7 @@ is always passed to the pipeline explicitly.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from worker.inference import Pipeline
 from worker.settings import WorkerSettings
@@ -30,19 +30,27 @@ class WeightsNotFoundError(Exception):
     pass
 
 
+def libraries() -> tuple[Any, Any]:
+    """diffusers and transformers, imported on first use (they take seconds) and typed as Any:
+    both ship py.typed but leave their constructors unannotated, so this is the typing boundary."""
+    import diffusers
+    import transformers
+
+    return diffusers, transformers
+
+
 def make_scheduler(variant: Variant) -> object:
     """The variant's sampler as HiDream's inference.py builds it (1000 train steps, fixed shift,
     no dynamic shifting), with the diffusers classes that implement HiDream's own schedulers."""
-    from diffusers import FlowMatchLCMScheduler, UniPCMultistepScheduler
-
+    d, _ = libraries()
     if variant.sampler == "flow_unipc":
-        return UniPCMultistepScheduler(
+        return d.UniPCMultistepScheduler(
             num_train_timesteps=1000,
             prediction_type="flow_prediction",
             use_flow_sigmas=True,
             flow_shift=variant.shift,
         )
-    return FlowMatchLCMScheduler(num_train_timesteps=1000, shift=variant.shift, use_dynamic_shifting=False)
+    return d.FlowMatchLCMScheduler(num_train_timesteps=1000, shift=variant.shift, use_dynamic_shifting=False)
 
 
 def llama_candidates(settings: WorkerSettings) -> list[Path]:
@@ -73,26 +81,25 @@ def load_pipeline(settings: WorkerSettings) -> Pipeline:
 
 def load_hidream(settings: WorkerSettings) -> Pipeline:
     import torch
-    from diffusers import HiDreamImagePipeline
-    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+    d, t = libraries()
 
     weights = settings.weights_dir
     if weights is None or not (weights / "model_index.json").is_file():
         raise WeightsNotFoundError(f"no HiDream snapshot (model_index.json) in {weights}")
     llama_dir = find_llama_dir(settings)
     dtype = torch.bfloat16
-    tokenizer_4 = PreTrainedTokenizerFast.from_pretrained(str(llama_dir), local_files_only=True)
-    text_encoder_4 = LlamaForCausalLM.from_pretrained(
+    tokenizer_4 = t.PreTrainedTokenizerFast.from_pretrained(str(llama_dir), local_files_only=True)
+    # The pipeline asks for hidden states (and attentions) on every call, so the config need not.
+    text_encoder_4 = t.LlamaForCausalLM.from_pretrained(
         str(llama_dir),
-        output_hidden_states=True,
-        output_attentions=True,
         # The pipeline asks for attentions, which SDPA cannot return (it logs a warning per call);
         # at HiDream's 128 tokens eager attention costs nothing measurable.
         attn_implementation="eager",
         dtype=dtype,
         local_files_only=True,
     )
-    pipe = HiDreamImagePipeline.from_pretrained(
+    pipe = d.HiDreamImagePipeline.from_pretrained(
         str(weights),
         scheduler=make_scheduler(settings.spec),
         tokenizer_4=tokenizer_4,

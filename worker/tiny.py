@@ -5,13 +5,11 @@ locally with `tokenizers` instead of being downloaded. The pictures are noise.""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import Any, cast
 
 from worker.inference import Pipeline
+from worker.loading import libraries, make_scheduler
 from worker.variants import Variant
-
-if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerFast
 
 # Special tokens first (ids 0..3), then one token per printable ASCII character: prompts that
 # differ give different embeddings, so they give different pictures.
@@ -21,11 +19,11 @@ _TEXT_VOCAB_SIZE = 128  # >= len(_VOCAB), for the T5 and Llama embedding tables
 _MAX_TOKENS = 128  # HiDream's max_sequence_length
 
 
-def _char_tokenizer() -> PreTrainedTokenizerFast:
+def _char_tokenizer() -> Any:
     """A character-level WordLevel tokenizer that adds <s> ... </s> like the real ones."""
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
 
+    _, transformers = libraries()
     vocab = {token: i for i, token in enumerate(_VOCAB)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
@@ -34,7 +32,7 @@ def _char_tokenizer() -> PreTrainedTokenizerFast:
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A </s>", pair="<s> $A </s> $B </s>", special_tokens=[("<s>", 2), ("</s>", 3)]
     )
-    return PreTrainedTokenizerFast(
+    return transformers.PreTrainedTokenizerFast(
         tokenizer_object=tok,
         unk_token="<unk>",
         pad_token="<pad>",
@@ -47,21 +45,11 @@ def _char_tokenizer() -> PreTrainedTokenizerFast:
 def build_tiny_pipeline(variant: Variant, sample_size: int, device: str = "cpu") -> Pipeline:
     """Seeded, so every tiny worker has the same weights and a seed gives the same picture anywhere."""
     import torch
-    from diffusers import AutoencoderKL, HiDreamImagePipeline, HiDreamImageTransformer2DModel
-    from transformers import (
-        CLIPTextConfig,
-        CLIPTextModelWithProjection,
-        LlamaConfig,
-        LlamaForCausalLM,
-        T5Config,
-        T5EncoderModel,
-    )
 
-    from worker.loading import make_scheduler
-
+    d, t = libraries()
     torch.manual_seed(0)
     # caption_channels = [T5 d_model, Llama hidden_size]; llama_layers must exist in the Llama.
-    transformer = HiDreamImageTransformer2DModel(
+    transformer = d.HiDreamImageTransformer2DModel(
         patch_size=2,
         in_channels=4,
         out_channels=4,
@@ -77,8 +65,8 @@ def build_tiny_pipeline(variant: Variant, sample_size: int, device: str = "cpu")
         max_resolution=(32, 32),
         llama_layers=(0, 1),
     )
-    vae = AutoencoderKL(scaling_factor=0.3611, shift_factor=0.1159)
-    clip_config = CLIPTextConfig(
+    vae = d.AutoencoderKL(scaling_factor=0.3611, shift_factor=0.1159)
+    clip_config = t.CLIPTextConfig(
         hidden_size=32,
         intermediate_size=37,
         num_attention_heads=4,
@@ -90,11 +78,12 @@ def build_tiny_pipeline(variant: Variant, sample_size: int, device: str = "cpu")
         bos_token_id=2,
         eos_token_id=3,  # CLIP pools at the first </s>
     )
-    clip_l = CLIPTextModelWithProjection(clip_config)
-    clip_g = CLIPTextModelWithProjection(clip_config)
-    t5 = T5EncoderModel(T5Config(vocab_size=_TEXT_VOCAB_SIZE, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4))
-    llama = LlamaForCausalLM(
-        LlamaConfig(
+    clip_l = t.CLIPTextModelWithProjection(clip_config)
+    clip_g = t.CLIPTextModelWithProjection(clip_config)
+    t5_config = t.T5Config(vocab_size=_TEXT_VOCAB_SIZE, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4)
+    t5 = t.T5EncoderModel(t5_config)
+    llama = t.LlamaForCausalLM(
+        t.LlamaConfig(
             vocab_size=_TEXT_VOCAB_SIZE,
             hidden_size=16,
             intermediate_size=37,
@@ -109,7 +98,7 @@ def build_tiny_pipeline(variant: Variant, sample_size: int, device: str = "cpu")
     # HiDream transformer un-patchifies differently (wrong output shape) until .eval().
     for module in (transformer, vae, clip_l, clip_g, t5, llama):
         module.eval()
-    pipe = HiDreamImagePipeline(
+    pipe = d.HiDreamImagePipeline(
         scheduler=make_scheduler(variant),
         vae=vae,
         text_encoder=clip_l,

@@ -1,0 +1,233 @@
+"""LocalGpuProvider: the gateway's client for a pool of self-hosted HiDream workers.
+
+It learns which worker serves which variant, and how long each would make a new job wait, from
+their /ready reports (cached briefly), sends each request to the ready worker of the route's
+variant with the lowest expected wait, and moves on to the next one on 429, 503 or a refused
+connection. It never retries a worker that timed out or failed a job: generation is not free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+
+import httpx
+
+from providers.base import (
+    ErrorKind,
+    ImageRequest,
+    ImageResult,
+    ProviderBadResponseError,
+    ProviderError,
+    ProviderHealth,
+    ProviderNotReadyError,
+    ProviderTimeoutError,
+    ProviderUnavailableError,
+    RouteTarget,
+)
+from providers.local_gpu import mapping
+from providers.local_gpu.mapping import PROVIDER, ReadyReport
+
+
+class WorkerUnreachableError(ProviderUnavailableError):
+    """No connection could be made: the job never reached the worker, so another may take it."""
+
+
+class _Worker:
+    """What the adapter knows about one worker base URL (event-loop state, never shared)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.report: ReadyReport | None = None
+        self.model: str | None = None  # kept while unreachable: a worker's variant does not change
+        self.reachable = False
+        self.checked_at = float("-inf")
+        self.sent_since_check = 0  # jobs we sent that its last report could not count
+        self.refreshing: asyncio.Task[None] | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.reachable and self.report is not None and self.report.ready
+
+    def expected_wait_s(self) -> float:
+        if self.report is None:
+            return float("inf")
+        per_job = self.report.ewma_latency_s or 0.0
+        return self.report.expected_wait_s + self.sent_since_check * per_job
+
+    def preference(self) -> tuple[float, int]:
+        """Lowest expected wait first; on a tie (e.g. a running job past its estimate counts as
+        ending now), the fewer jobs on it."""
+        load = self.sent_since_check
+        if self.report is not None:
+            load += self.report.in_flight + self.report.queue_depth
+        return self.expected_wait_s(), load
+
+    def invalidate(self) -> None:
+        self.checked_at = float("-inf")
+
+
+class LocalGpuProvider:
+    name = PROVIDER
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        *,
+        connect_timeout_s: float = 5.0,
+        status_ttl_s: float = 2.0,
+        status_timeout_s: float = 2.0,
+        max_connections: int = 64,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not urls:
+            raise ValueError("LocalGpuProvider needs at least one worker URL")
+        self._workers = [_Worker(u.rstrip("/")) for u in urls]
+        self._connect_timeout_s = connect_timeout_s
+        self._status_ttl_s = status_ttl_s
+        self._status_timeout = httpx.Timeout(status_timeout_s, connect=min(connect_timeout_s, status_timeout_s))
+        self._clock = clock
+        # Generations hold a connection for the whole job, so the pool must cover every request
+        # the gateway may have in flight to the workers at once.
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(30.0, connect=connect_timeout_s),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections // 2),
+            transport=transport,
+        )
+
+    async def aclose(self) -> None:
+        for worker in self._workers:
+            if worker.refreshing is not None:
+                worker.refreshing.cancel()
+        await self._client.aclose()
+
+    # --- ImageProvider ----------------------------------------------------------------------
+
+    async def generate(self, target: RouteTarget, request: ImageRequest) -> ImageResult:
+        body = mapping.generation_body(target, request)
+        try:
+            async with asyncio.timeout(request.timeout_s):
+                return await self._generate(target.upstream_model, request, body)
+        except TimeoutError:
+            raise ProviderTimeoutError(
+                f"no result from the local GPU workers within {request.timeout_s:.1f} s", provider=PROVIDER
+            ) from None
+
+    async def probe(self, target: RouteTarget) -> ProviderHealth:
+        model = target.upstream_model
+        await self._refresh([w for w in self._workers if w.model in (None, model)], force=True)
+        serving = [w for w in self._workers if w.model == model]
+        ready = sorted((w for w in serving if w.ready), key=_Worker.preference)
+        if not ready:
+            return ProviderHealth(healthy=False, detail=f"0/{len(serving)} workers for {model} ready")
+        reports = [w.report for w in ready if w.report is not None]
+        open_ = [w for w in ready if w.report is not None and not w.report.saturated]
+        best = open_[0] if open_ else ready[0]
+        return ProviderHealth(
+            healthy=True,
+            detail=f"{len(ready)}/{len(serving)} workers for {model} ready, {len(open_)} with room",
+            queue_depth=sum(r.queue_depth for r in reports),
+            expected_wait_s=best.expected_wait_s(),
+            saturated=not open_,
+            extra={"workers": ",".join(w.url for w in ready)},
+        )
+
+    # --- choosing and calling workers ---------------------------------------------------------
+
+    async def _generate(self, model: str, request: ImageRequest, body: mapping.WorkerGenerationBody) -> ImageResult:
+        candidates = await self._candidates(model)
+        errors: list[ProviderError] = []
+        for worker in candidates:
+            try:
+                return await self._post(worker, request, body)
+            except ProviderError as err:
+                if not _try_next_worker(err):
+                    raise
+                worker.invalidate()  # re-read its /ready before choosing it again
+                errors.append(err)
+        raise _most_useful(errors)
+
+    async def _candidates(self, model: str) -> list[_Worker]:
+        await self._refresh([w for w in self._workers if w.model in (None, model)], force=False)
+        serving = [w for w in self._workers if w.model == model]
+        ready = sorted((w for w in serving if w.ready), key=_Worker.preference)
+        if ready:
+            return ready
+        waiting = [w.report.retry_after_s for w in serving if w.reachable and w.report is not None]
+        if waiting:
+            retry = min((r for r in waiting if r is not None), default=mapping.DEFAULT_RETRY_AFTER_S)
+            raise ProviderNotReadyError(
+                f"no worker for {model} is ready ({len(waiting)} loading, warming, draining or failed)",
+                provider=PROVIDER,
+                retry_after_s=retry,
+            )
+        if serving:
+            raise ProviderUnavailableError(f"no worker for {model} is reachable", provider=PROVIDER)
+        raise ProviderUnavailableError(f"no reachable worker serves {model}", provider=PROVIDER)
+
+    async def _post(self, worker: _Worker, request: ImageRequest, body: mapping.WorkerGenerationBody) -> ImageResult:
+        worker.sent_since_check += 1
+        # The read timeout is the attempt's whole budget; the caller's asyncio.timeout is the real
+        # bound, and cancelling it closes the connection, which tells the worker to drop the job.
+        timeout = httpx.Timeout(request.timeout_s, connect=self._connect_timeout_s)
+        try:
+            resp = await self._client.post(
+                f"{worker.url}/v1/images/generations",
+                json=body,
+                headers={"x-request-id": request.request_id},
+                timeout=timeout,
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise WorkerUnreachableError(f"cannot connect to {worker.url}: {exc!r}", provider=PROVIDER) from None
+        except httpx.TimeoutException:
+            raise ProviderTimeoutError(f"{worker.url} did not answer in time", provider=PROVIDER) from None
+        except httpx.HTTPError as exc:
+            raise ProviderUnavailableError(f"{worker.url} failed mid-request: {exc!r}", provider=PROVIDER) from None
+        if resp.status_code != 200:
+            raise mapping.error_from_response(resp.status_code, resp.headers, resp.content)
+        return mapping.parse_generation(resp.headers, resp.content, request)
+
+    # --- /ready reports -------------------------------------------------------------------------
+
+    async def _refresh(self, workers: Sequence[_Worker], *, force: bool) -> None:
+        now = self._clock()
+        stale = [w for w in workers if force or now - w.checked_at > self._status_ttl_s]
+        if stale:
+            # Shielded: one caller giving up must not cancel a refresh that others share.
+            await asyncio.gather(*(asyncio.shield(self._refresh_task(w)) for w in stale))
+
+    def _refresh_task(self, worker: _Worker) -> asyncio.Task[None]:
+        if worker.refreshing is None or worker.refreshing.done():
+            worker.refreshing = asyncio.ensure_future(self._read_ready(worker))
+        return worker.refreshing
+
+    async def _read_ready(self, worker: _Worker) -> None:
+        try:
+            resp = await self._client.get(f"{worker.url}/ready", timeout=self._status_timeout)
+            report = mapping.parse_ready(resp.status_code, resp.headers, resp.content)
+        except (httpx.HTTPError, ProviderBadResponseError):
+            worker.reachable = False
+            worker.report = None
+        else:
+            worker.reachable = True
+            worker.report = report
+            worker.model = report.model
+        worker.checked_at = self._clock()
+        worker.sent_since_check = 0
+
+
+def _try_next_worker(err: ProviderError) -> bool:
+    """Busy, not ready, or never reached: the job did not run, so another worker may take it."""
+    return isinstance(err, WorkerUnreachableError) or err.kind in (ErrorKind.RATE_LIMITED, ErrorKind.NOT_READY)
+
+
+def _most_useful(errors: Sequence[ProviderError]) -> ProviderError:
+    """After every worker refused: "busy" (with the soonest Retry-After) says most, then "not
+    ready", then "unreachable"."""
+    for kind in (ErrorKind.RATE_LIMITED, ErrorKind.NOT_READY):
+        same = [e for e in errors if e.kind == kind]
+        if same:
+            return min(same, key=lambda e: e.retry_after_s if e.retry_after_s is not None else float("inf"))
+    return errors[-1]

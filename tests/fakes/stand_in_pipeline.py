@@ -1,0 +1,107 @@
+"""A fast stand-in for diffusers' HiDreamImagePipeline with the same call shape: a step loop that
+calls `callback_on_step_end(pipe, step, timestep, tensors)` and stops once `pipe._interrupt` is
+set, returning `.images` as PIL images. Tests script its next calls: fail, hang, or hold."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from PIL import Image
+
+Behaviour = Literal["normal", "fail", "fatal", "hang", "hold"]
+
+
+@dataclass(frozen=True)
+class Output:
+    images: list[Image.Image] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Call:
+    prompt: str
+    negative_prompt: str | None
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    n: int
+    steps_run: int
+    interrupted: bool
+
+
+class StandInPipeline:
+    def __init__(self, step_s: float = 0.0) -> None:
+        self.step_s = step_s
+        self._interrupt = False
+        self._plan: deque[Behaviour] = deque()
+        self.calls: list[Call] = []
+        self.release = threading.Event()  # ends a "hold"
+        self.holding = threading.Event()  # set while a "hold" or "hang" call is in its loop
+        self.output_size: tuple[int, int] | None = None  # force a wrong size
+
+    def plan(self, behaviour: Behaviour, count: int = 1) -> None:
+        if behaviour == "hold":
+            self.release.clear()
+        self._plan.extend([behaviour] * count)
+
+    def __call__(self, **kw: object) -> Output:
+        self._interrupt = False
+        behaviour = self._plan.popleft() if self._plan else "normal"
+        if behaviour == "fail":
+            raise RuntimeError("stand-in pipeline failure")
+        if behaviour == "fatal":  # what torch raises when the CUDA context is poisoned
+            raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+        steps = _int(kw["num_inference_steps"])
+        callback = kw.get("callback_on_step_end")
+        blocked: Callable[[], bool] = {
+            "normal": lambda: False,
+            "hang": lambda: True,
+            "hold": lambda: not self.release.is_set(),
+            "fail": lambda: False,
+            "fatal": lambda: False,
+        }[behaviour]
+        if behaviour in ("hang", "hold"):
+            self.holding.set()
+        step = 0
+        try:
+            while (step < steps or blocked()) and not self._interrupt:
+                time.sleep(self.step_s if behaviour == "normal" else 0.002)
+                if callable(callback):
+                    callback(self, step, 1000 - step, {})
+                step += 1
+        finally:
+            self.holding.clear()
+        width, height = self.output_size or (_int(kw["width"]), _int(kw["height"]))
+        generator = kw["generator"]
+        assert isinstance(generator, torch.Generator)
+        n = _int(kw["num_images_per_prompt"])
+        images = []
+        for _ in range(n):
+            rgb = torch.randint(0, 256, (3,), generator=generator).tolist()
+            images.append(Image.new("RGB", (width, height), (rgb[0], rgb[1], rgb[2])))
+        negative = kw.get("negative_prompt")
+        self.calls.append(
+            Call(
+                prompt=str(kw["prompt"]),
+                negative_prompt=negative if isinstance(negative, str) else None,
+                width=_int(kw["width"]),
+                height=_int(kw["height"]),
+                steps=steps,
+                guidance_scale=float(str(kw["guidance_scale"])),
+                n=n,
+                steps_run=step,
+                interrupted=self._interrupt,
+            )
+        )
+        return Output(images)
+
+
+def _int(value: object) -> int:
+    assert isinstance(value, int)
+    return value

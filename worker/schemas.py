@@ -1,0 +1,121 @@
+"""The HTTP edge of the worker: the OpenAI images request (plus HiDream extension fields), its
+validation into a JobSpec (reject, never clamp; errors name the parameter) and the response body."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import time
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from worker.errors import InvalidRequestError
+from worker.jobs import JobOutput, JobSpec
+from worker.settings import WorkerSettings
+from worker.variants import DEFAULT_SIZE, SIZES
+
+MAX_SEED = 2**63 - 1  # what the gateway accepts; torch seeds take up to 2**64 - 1
+
+
+class GenerationRequest(BaseModel):
+    """POST /v1/images/generations. JSON null means absent (the OpenAI SDK sends explicit nulls)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    prompt: str
+    model: str | None = None
+    n: int | None = None
+    size: str | None = None
+    response_format: str | None = None
+    output_format: str | None = None
+    user: str | None = None  # accepted for OpenAI compatibility; not used
+    negative_prompt: str | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    seed: int | None = None
+
+
+def parse_request(payload: object) -> GenerationRequest:
+    if not isinstance(payload, dict):
+        raise InvalidRequestError("The request body must be a JSON object.")
+    try:
+        return GenerationRequest.model_validate(payload)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = str(first["loc"][0]) if first["loc"] else None
+        if first["type"] == "extra_forbidden":
+            raise InvalidRequestError(f"Unrecognized request argument supplied: {param}", param=param) from None
+        if first["type"] == "missing":
+            raise InvalidRequestError(f"Missing required parameter: '{param}'.", param=param) from None
+        raise InvalidRequestError(f"Invalid '{param}': {first['msg']}.", param=param) from None
+
+
+def parse_size(size: str) -> tuple[int, int]:
+    width, sep, height = size.partition("x")
+    if not sep or not width.isdigit() or not height.isdigit():
+        raise InvalidRequestError(f"Invalid 'size' {size!r}: expected WIDTHxHEIGHT.", param="size")
+    return int(width), int(height)
+
+
+def to_job_spec(req: GenerationRequest, settings: WorkerSettings) -> JobSpec:
+    variant = settings.spec
+    if req.model is not None and req.model != variant.model_id:
+        raise InvalidRequestError(
+            f"This worker serves '{variant.model_id}', not '{req.model}'.", param="model", code="model_not_found"
+        )
+    if not req.prompt.strip():
+        raise InvalidRequestError("'prompt' must not be empty.", param="prompt")
+    if len(req.prompt) > settings.max_prompt_chars:
+        raise InvalidRequestError(f"'prompt' is longer than {settings.max_prompt_chars} characters.", param="prompt")
+    if req.negative_prompt is not None and len(req.negative_prompt) > settings.max_prompt_chars:
+        raise InvalidRequestError(
+            f"'negative_prompt' is longer than {settings.max_prompt_chars} characters.", param="negative_prompt"
+        )
+    if req.response_format not in (None, "b64_json"):
+        raise InvalidRequestError(
+            "This worker does not store images: 'response_format' must be 'b64_json'.", param="response_format"
+        )
+    if req.output_format not in (None, "png"):
+        raise InvalidRequestError("This worker returns PNG only: 'output_format' must be 'png'.", param="output_format")
+    n = _int_in("n", req.n, 1, 1, settings.max_n)
+    width, height = parse_size(req.size) if req.size is not None else DEFAULT_SIZE
+    if (width, height) not in SIZES:
+        allowed = ", ".join(f"{w}x{h}" for w, h in SIZES)
+        raise InvalidRequestError(f"Unsupported 'size' {width}x{height}; supported: {allowed}.", param="size")
+    steps = _int_in("num_inference_steps", req.num_inference_steps, variant.default_steps, 1, settings.max_steps)
+    guidance = variant.default_guidance if req.guidance_scale is None else req.guidance_scale
+    if not 0.0 <= guidance <= variant.max_guidance:
+        raise InvalidRequestError(
+            f"'guidance_scale' must be between 0 and {variant.max_guidance} for {variant.model_id}.",
+            param="guidance_scale",
+        )
+    seed = secrets.randbelow(2**32) if req.seed is None else _int_in("seed", req.seed, 0, 0, MAX_SEED)
+    return JobSpec(
+        prompt=req.prompt,
+        negative_prompt=req.negative_prompt,
+        n=n,
+        width=width,
+        height=height,
+        steps=steps,
+        guidance_scale=float(guidance),
+        seed=seed,
+    )
+
+
+def _int_in(param: str, value: int | None, default: int, low: int, high: int) -> int:
+    if value is None:
+        return default
+    if not low <= value <= high:
+        raise InvalidRequestError(f"'{param}' must be between {low} and {high}.", param=param)
+    return value
+
+
+def generation_body(spec: JobSpec, output: JobOutput) -> dict[str, object]:
+    return {
+        "created": int(time.time()),
+        "data": [
+            {"b64_json": base64.b64encode(png).decode("ascii"), "revised_prompt": spec.prompt} for png in output.images
+        ],
+        "seed": spec.seed,
+        "size": f"{output.width}x{output.height}",
+    }
