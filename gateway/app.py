@@ -91,9 +91,11 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
             )
             metrics = Metrics(settings.prometheus_multiproc_dir)
             spool = SettlementSpool(settings.data_dir / "spool")
-            meter = Meter(redis, spool=spool)
-            board = HealthBoard(catalog, providers, interval_s=settings.probe_interval_s)
+            meter = Meter(redis, spool=spool, on_redis_error=lambda op: metrics.redis_errors.labels(op).inc())
             route_health = RouteHealth(redis)
+            board = HealthBoard(
+                catalog, providers, metrics=metrics, route_health=route_health, interval_s=settings.probe_interval_s
+            )
             dispatcher = Dispatcher(providers, Router(route_health), route_health, board, metrics)
             service = ImageService(dispatcher, meter, store, metrics, deadline_s=settings.request_deadline_s)
             app.state.gateway = AppState(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -117,11 +118,13 @@ class Meter:
         redis: Redis,
         *,
         spool: SettlementSpool | None = None,
+        on_redis_error: Callable[[str], None] | None = None,
         settle_attempts: int = 4,
         idempotency_ttl_s: int = 86400,
     ) -> None:
         self._r = redis
         self._spool = spool
+        self._on_redis_error = on_redis_error or (lambda operation: None)
         self._idem_ttl_ms = idempotency_ttl_s * 1000
         self._admit = redis.register_script(_script("admit.lua"))
         self._settle = redis.register_script(_script("settle.lua"))
@@ -151,6 +154,7 @@ class Meter:
                 ],
             )
         except REDIS_ERRORS as exc:
+            self._on_redis_error("admit")
             raise ServiceUnavailableError(
                 "The gateway cannot reach its accounting store; no request is admitted unmetered.",
                 headers={"retry-after": "2"},
@@ -203,6 +207,7 @@ class Meter:
             try:
                 return await self._settle_once(admission, outcome)
             except REDIS_ERRORS:
+                self._on_redis_error("settle")
                 if attempt < self._settle_attempts - 1:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 1.0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
@@ -61,6 +61,50 @@ class Metrics:
             "Time of one provider attempt",
             ["provider", "model", "outcome"],
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+
+        self.overhead = Histogram(
+            "gateway_overhead_seconds",
+            "Time spent in the gateway itself (request time minus provider time)",
+            ["model"],
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "gateway_in_flight_requests",
+            "Admitted requests not yet settled",
+            ["model"],
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.redis_errors = Counter("gateway_redis_errors", "Redis calls that failed", ["operation"], registry=r)
+        self.route_healthy = Gauge(
+            "gateway_route_healthy",
+            "1 when the route's free probe answered healthy",
+            ["provider", "model"],
+            multiprocess_mode="mostrecent",
+            registry=r,
+        )
+        self.breaker_state = Gauge(
+            "gateway_breaker_state",
+            "Circuit breaker: 0 closed, 1 half-open, 2 open",
+            ["provider", "model"],
+            multiprocess_mode="mostrecent",
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "gateway_worker_queue_depth",
+            "Jobs waiting on the route's workers (from /ready)",
+            ["provider", "model"],
+            multiprocess_mode="mostrecent",
+            registry=r,
+        )
+        self.expected_wait = Gauge(
+            "gateway_route_expected_wait_seconds",
+            "Queue wait the route reports for a new job",
+            ["provider", "model"],
+            multiprocess_mode="mostrecent",
             registry=r,
         )
 

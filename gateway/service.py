@@ -104,10 +104,14 @@ class ImageService:
         quote = admission.quote_micros
         request_id = admission.request_id
         started = time.monotonic()
+        upstream_s = 0.0
+        in_flight = self._metrics.in_flight.labels(spec.id)
+        in_flight.inc()
         outcome = Settlement("failed", 0, 0, 0, spec.id, _fields(principal, valid, None, 0.0, "internal"))
         status = "failed"
         try:
             attempt = await self._dispatcher.call(valid, request_id, started + self._deadline_s, routing)
+            upstream_s = attempt.upstream_s
             data = await self._render(valid, attempt.result.images)
             latency = time.monotonic() - started
             headers = {
@@ -145,7 +149,11 @@ class ImageService:
             )
             raise
         finally:
-            await self._settle(admission, outcome, principal, status, time.monotonic() - started)
+            in_flight.dec()
+            elapsed = time.monotonic() - started
+            await self._settle(admission, outcome, principal, status, elapsed)
+            if status == "succeeded":
+                self._metrics.overhead.labels(spec.id).observe(max(0.0, time.monotonic() - started - upstream_s))
 
     async def _settle(
         self, admission: Admission, outcome: Settlement, principal: Principal, status: str, elapsed: float

@@ -26,9 +26,12 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(redis.exceptions.ConnectionError)
     @app.exception_handler(redis.exceptions.TimeoutError)
-    async def redis_down(_: Request, exc: Exception) -> JSONResponse:
+    async def redis_down(request: Request, exc: Exception) -> JSONResponse:
         # Fail closed: without the accounting store nothing is served (no unmetered images).
         log.warning("redis unavailable: %s", type(exc).__name__)
+        state = getattr(request.app.state, "gateway", None)
+        if state is not None:
+            state.metrics.redis_errors.labels("request").inc()
         return _render(
             ServiceUnavailableError(
                 "The gateway cannot reach its accounting store; please retry shortly.",
