@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from redis.asyncio import Redis
 
 from gateway.api import admin, errors, health, images, models, usage
 from gateway.api.request_id import RequestIdMiddleware
@@ -22,6 +21,7 @@ from gateway.health import HealthBoard
 from gateway.keys import KeyStore
 from gateway.metering import Meter
 from gateway.metrics import Metrics
+from gateway.redis_client import RedisClient, connect
 from gateway.router import Router
 from gateway.service import ImageService
 from gateway.settings import Settings
@@ -49,7 +49,7 @@ def build_providers(
     return providers
 
 
-async def _signing_key(redis: Redis, settings: Settings) -> bytes:
+async def _signing_key(redis: RedisClient, settings: Settings) -> bytes:
     if settings.url_signing_key:
         return settings.url_signing_key.encode()
     # Made once and shared through Redis, so every replica signs and verifies alike.
@@ -80,7 +80,7 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
             embedded = EmbeddedRedis(settings.data_dir)
             embedded.start()
             url = embedded.url
-        redis = Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=10)
+        redis = connect(url)
         providers = build_providers(settings, registry, catalog.providers())
         try:
             store = ImageStore(

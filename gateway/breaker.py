@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from importlib import resources
 
 import redis.exceptions
-from redis.asyncio import Redis
+
+from gateway.redis_client import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 class RouteHealth:
-    def __init__(self, redis: Redis, config: BreakerConfig | None = None, cache_s: float = 0.5) -> None:
+    def __init__(self, redis: RedisClient, config: BreakerConfig | None = None, cache_s: float = 0.5) -> None:
         self._r = redis
         self.config = config or BreakerConfig()
         self._cache_s = cache_s

@@ -13,10 +13,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
 from redis.typing import EncodableT, FieldT
 
 from gateway.catalog import micros_to_usd, usd_to_micros
+from gateway.redis_client import RedisClient
 
 KEY_PREFIX = "sk-gw-"
 TEAMS_SET = "gw:teams"
@@ -69,7 +69,7 @@ class TeamNotFoundError(Exception):
 
 
 class KeyStore:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self._r = redis
 
     # --- teams ------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ from importlib import resources
 from typing import Any
 
 import redis.exceptions
-from redis.asyncio import Redis
 
 from gateway.errors import (
     InvalidRequestError,
@@ -24,6 +23,7 @@ from gateway.errors import (
     ServiceUnavailableError,
 )
 from gateway.keys import team_prefix
+from gateway.redis_client import RedisClient
 from gateway.spool import SettlementSpool, to_record
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class Settlement:
 class Meter:
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         *,
         spool: SettlementSpool | None = None,
         on_redis_error: Callable[[str], None] | None = None,

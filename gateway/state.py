@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
-
 from gateway.catalog import Catalog
 from gateway.health import HealthBoard
 from gateway.keys import KeyStore
 from gateway.metrics import Metrics
+from gateway.redis_client import RedisClient
 from gateway.service import ImageService
 from gateway.settings import Settings
 from gateway.storage import ImageStore
@@ -19,7 +18,7 @@ from gateway.storage import ImageStore
 class AppState:
     settings: Settings
     catalog: Catalog
-    redis: Redis
+    redis: RedisClient
     keys: KeyStore
     store: ImageStore
     metrics: Metrics

@@ -11,11 +11,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from redis.asyncio import Redis
-
 from gateway.catalog import micros_to_usd
 from gateway.errors import InvalidRequestError
 from gateway.keys import as_str, team_prefix
+from gateway.redis_client import RedisClient
 
 MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 
@@ -69,7 +68,7 @@ class MonthUsage:
         return out
 
 
-async def month_usage(redis: Redis, team_id: str, month: str) -> MonthUsage:
+async def month_usage(redis: RedisClient, team_id: str, month: str) -> MonthUsage:
     raw = await redis.hgetall(team_prefix(team_id) + "usage:" + month)
     fields = {as_str(k): int(v) for k, v in raw.items()}
     days: dict[tuple[str, str], dict[str, Any]] = {}
@@ -94,7 +93,7 @@ async def month_usage(redis: Redis, team_id: str, month: str) -> MonthUsage:
     )
 
 
-async def ledger_lines(redis: Redis, team_id: str, month: str, batch: int = 1000) -> list[dict[str, Any]]:
+async def ledger_lines(redis: RedisClient, team_id: str, month: str, batch: int = 1000) -> list[dict[str, Any]]:
     start, end = month_bounds_ms(month)
     lines: list[dict[str, Any]] = []
     cursor = f"{start}-0"

@@ -1,0 +1,20 @@
+"""One Redis client for the gateway: a plain server, or a Redis Cluster when the URL says
+`redis+cluster://` (or `rediss+cluster://`). Every key of a team or a route carries a hash tag,
+so each script touches a single slot and runs unchanged on a cluster."""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+from redis.asyncio import Redis, RedisCluster
+
+RedisClient: TypeAlias = Redis | RedisCluster
+
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+def connect(url: str) -> RedisClient:
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in CLUSTER_SCHEMES:
+        return RedisCluster.from_url(f"{CLUSTER_SCHEMES[scheme]}://{rest}", socket_timeout=5, socket_connect_timeout=2)
+    return Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=10)
