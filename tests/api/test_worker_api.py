@@ -95,7 +95,8 @@ def test_bad_requests_get_openai_shaped_400s_and_never_reach_the_pipeline() -> N
 
 
 def test_a_full_queue_answers_429_with_retry_after_and_ready_reports_the_load() -> None:
-    with running_worker("full", max_queue=1) as worker:
+    # steps that take time, so the warm-up teaches the worker a non-zero time per step
+    with running_worker("full", max_queue=1, pipeline=StandInPipeline(step_s=0.01)) as worker:
         worker.fill_queue()
         report = httpx.get(f"{worker.url}/ready").json()
         assert (report["in_flight"], report["queue_depth"], report["max_queue"]) == (1, 1, 1)

@@ -1,0 +1,283 @@
+"""fal-specific behaviour of FalProvider against the fake fal server (in process, through
+httpx.ASGITransport): URLs followed as returned, bounded backing-off polls, edits, cancellation,
+COMPLETED-with-error flows, auth and ingress errors."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from PIL import Image
+
+from providers.base import ErrorKind, InputImage, ProviderError
+from providers.fal import FalProvider
+from tests.contract.cases.fal import KEY, TARGET, make_request
+from tests.fakes.fal_server import create_app
+from tests.fakes.fal_state import FakeFal
+
+BASE = "http://fal.test"
+
+
+class Recording(httpx.AsyncBaseTransport):
+    """Passes requests to the fake and keeps them; can hold a submit's reply or refuse status polls."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.seen: list[httpx.Request] = []
+        self.statuses: list[str] = []
+        self.hold_submit: asyncio.Event | None = None
+        self.refuse_status = False
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.seen.append(request)
+        is_status = request.method == "GET" and request.url.path.endswith("/status")
+        if is_status and self.refuse_status:
+            raise httpx.ConnectError("connection refused", request=request)
+        response = await self.inner.handle_async_request(request)
+        if request.method == "POST" and self.hold_submit is not None:
+            await self.hold_submit.wait()  # fal has the job; its reply has not arrived yet
+        if is_status and response.status_code in (200, 202):
+            await response.aread()
+            self.statuses.append(json.loads(response.content)["status"])
+        return response
+
+    def of(self, method: str) -> list[httpx.Request]:
+        return [r for r in self.seen if r.method == method]
+
+
+@dataclass
+class Rig:
+    fake: FakeFal
+    provider: FalProvider
+    transport: Recording
+
+
+Factory = Callable[..., Rig]
+
+
+@pytest.fixture
+async def rig_factory() -> AsyncIterator[Factory]:
+    providers: list[FalProvider] = []
+
+    def make(*, key: str = KEY, inference_s: float = 0.05, queue_s: float = 0.0, **options: float) -> Rig:
+        fake = FakeFal(inference_s=inference_s, queue_s=queue_s, response_suffix=bool(options.pop("suffix", 0)))
+        transport = Recording(httpx.ASGITransport(app=create_app(fake, key=KEY)))
+        settings = {"poll_initial_s": 0.01, "poll_factor": 1.5, "poll_max_s": 0.05, **options}
+        provider = FalProvider(key, queue_url=BASE, transport=transport, **settings)  # type: ignore[arg-type]
+        providers.append(provider)
+        return Rig(fake, provider, transport)
+
+    yield make
+    for provider in providers:
+        await provider.aclose()
+
+
+@pytest.fixture
+def rig(rig_factory: Factory) -> Rig:
+    return rig_factory()
+
+
+def png(w: int, h: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (10, 200, 30)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+async def test_submit_sends_the_key_and_later_calls_follow_the_returned_urls(rig_factory: Factory) -> None:
+    # The fake returns response_url with a /response suffix: an adapter that rebuilt URLs would miss it.
+    rig = rig_factory(suffix=1)
+    result = await rig.provider.generate(TARGET, make_request(prompt="a fox"))
+    (queued,) = rig.fake.requests()
+    submit, *rest = rig.transport.seen
+    assert (submit.method, str(submit.url)) == ("POST", f"{BASE}/fal-ai/hidream-i1-full")
+    assert all(r.headers["authorization"] == f"Key {KEY}" for r in rig.transport.seen)
+    assert submit.headers["x-fal-request-timeout"] == "30.0"
+    request_url = f"{BASE}/fal-ai/hidream-i1-full/requests/{queued.id}"
+    assert {str(r.url) for r in rest[:-1]} == {request_url + "/status?logs=0"}
+    assert str(rest[-1].url) == request_url + "/response"
+    assert result.upstream_request_id == queued.id
+    assert result.revised_prompt == "a fox"
+    assert result.upstream_latency_s is not None and result.upstream_latency_s > 0
+
+
+async def test_the_input_is_fal_shaped_with_a_preset_or_custom_size(rig: Rig) -> None:
+    await rig.provider.generate(TARGET, make_request(seed=9, negative_prompt="fog"))
+    await rig.provider.generate(TARGET, make_request(width=1360, height=768, guidance_scale=None))
+    first, second = (r.payload for r in rig.fake.requests())
+    assert isinstance(first, dict) and isinstance(second, dict)
+    assert first["image_size"] == "square_hd" and first["seed"] == 9 and first["negative_prompt"] == "fog"
+    assert first["num_images"] == 1 and first["guidance_scale"] == 5.0 and first["output_format"] == "png"
+    assert second["image_size"] == {"width": 1360, "height": 768} and "guidance_scale" not in second
+
+
+async def test_an_edit_goes_to_image_to_image_with_a_data_uri_and_strength(rig: Rig) -> None:
+    data = png(96, 64)
+    req = make_request(images=(InputImage(data, "image/png", 96, 64),), strength=0.4, response_format="b64_json")
+    result = await rig.provider.generate(TARGET, req)
+    (queued,) = rig.fake.requests()
+    assert queued.endpoint == "fal-ai/hidream-i1-full/image-to-image"
+    assert isinstance(queued.payload, dict)
+    header, _, encoded = str(queued.payload["image_url"]).partition(",")
+    assert header == "data:image/png;base64" and base64.b64decode(encoded) == data
+    assert queued.payload["strength"] == 0.4
+    # status and result live under the app, without the sub-path
+    assert not any("image-to-image" in str(r.url) for r in rig.transport.of("GET"))
+    assert (result.images[0].width, result.images[0].height) == (1024, 1024)
+
+
+async def test_b64_json_uses_sync_mode_and_url_mode_passes_cdn_urls(rig: Rig) -> None:
+    inline = await rig.provider.generate(TARGET, make_request(response_format="b64_json", width=880, height=1168))
+    linked = await rig.provider.generate(TARGET, make_request(response_format="url", n=2))
+    sync_modes = [r.payload["sync_mode"] for r in rig.fake.requests() if isinstance(r.payload, dict)]
+    assert sync_modes == [True, False]
+    data = inline.images[0].data
+    assert data is not None and inline.images[0].url is None
+    assert Image.open(io.BytesIO(data)).size == (880, 1168)
+    async with httpx.AsyncClient(transport=rig.transport) as client:
+        for image in linked.images:
+            assert image.data is None and image.url is not None and image.url.startswith(BASE + "/cdn/files/")
+            fetched = await client.get(image.url)
+            assert Image.open(io.BytesIO(fetched.content)).size == (1024, 1024)
+
+
+async def test_polling_backs_off_and_stays_bounded(rig_factory: Factory) -> None:
+    # 0.6 s of inference polled from 0.02 s doubling to 0.16 s: about 6 polls. A fixed 0.02 s
+    # interval would take about 30.
+    rig = rig_factory(inference_s=0.6, poll_initial_s=0.02, poll_factor=2.0, poll_max_s=0.16)
+    await rig.provider.generate(TARGET, make_request())
+    (queued,) = rig.fake.requests()
+    assert 2 <= queued.polls <= 9
+    assert rig.transport.statuses[-1] == "COMPLETED" and "IN_PROGRESS" in rig.transport.statuses
+
+
+async def test_a_queued_request_is_polled_through_the_queue(rig_factory: Factory) -> None:
+    rig = rig_factory(queue_s=0.3, inference_s=0.05)
+    result = await rig.provider.generate(TARGET, make_request())
+    assert rig.transport.statuses[0] == "IN_QUEUE" and rig.transport.statuses[-1] == "COMPLETED"
+    assert len(result.images) == 1
+
+
+async def test_deadline_expiry_cancels_the_upstream_job(rig: Rig) -> None:
+    rig.fake.fail_next("hang")
+    with pytest.raises(ProviderError) as info:
+        await rig.provider.generate(TARGET, make_request(timeout_s=0.5))
+    assert info.value.kind == ErrorKind.TIMEOUT
+    await rig.provider.aclose()  # waits for the cancel sent in the background
+    (queued,) = rig.fake.requests()
+    assert rig.fake.count("cancels") == 1
+    assert [str(r.url) for r in rig.transport.of("PUT")] == [
+        f"{BASE}/fal-ai/hidream-i1-full/requests/{queued.id}/cancel"
+    ]
+    assert queued.end == "cancelled"
+
+
+async def test_cancelling_during_the_submit_still_cancels_the_job(rig: Rig) -> None:
+    rig.transport.hold_submit = asyncio.Event()
+    task = asyncio.create_task(rig.provider.generate(TARGET, make_request()))
+    while rig.fake.count("submits") == 0:
+        await asyncio.sleep(0.005)
+    task.cancel()
+    await asyncio.sleep(0.02)
+    assert rig.fake.count("cancel_requests") == 0  # no id yet: the cancel waits for the submit reply
+    rig.transport.hold_submit.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert rig.fake.count("cancels") == 1
+
+
+@pytest.mark.parametrize(
+    ("fault", "kind", "status", "param"),
+    [
+        ("unavailable", ErrorKind.UNAVAILABLE, 503, None),
+        ("completed_with_error", ErrorKind.UNAVAILABLE, 500, None),
+        ("rejected_input", ErrorKind.REJECTED_INPUT, 422, "prompt"),
+        ("content_policy", ErrorKind.CONTENT_POLICY, 422, "prompt"),
+        ("generation_timeout", ErrorKind.TIMEOUT, 504, None),
+    ],
+)
+async def test_completed_with_error_fetches_the_result_and_maps_it(
+    rig: Rig, fault: str, kind: ErrorKind, status: int, param: str | None
+) -> None:
+    rig.fake.fail_next(fault)
+    with pytest.raises(ProviderError) as info:
+        await rig.provider.generate(TARGET, make_request())
+    assert (info.value.kind, info.value.upstream_status, info.value.param) == (kind, status, param)
+    assert rig.transport.statuses[-1] == "COMPLETED" and rig.fake.count("results") == 1
+    assert rig.fake.count("cancel_requests") == 0  # a finished request needs no cancel
+
+
+@pytest.mark.parametrize(
+    ("overrides", "param"),
+    [
+        ({"num_inference_steps": 60}, "num_inference_steps"),
+        ({"n": 5}, "n"),
+        ({"guidance_scale": 25.0}, "guidance_scale"),
+        ({"width": 5000, "height": 1024}, "size"),
+    ],
+)
+async def test_schema_violations_surface_from_the_runner_naming_the_parameter(
+    rig: Rig, overrides: dict[str, object], param: str
+) -> None:
+    with pytest.raises(ProviderError) as info:
+        await rig.provider.generate(TARGET, make_request(**overrides))
+    assert info.value.kind == ErrorKind.REJECTED_INPUT and info.value.param == param
+    assert rig.fake.count("submits") == 1  # the queue accepted it; the runner refused it
+
+
+async def test_a_refused_key_is_an_auth_error_and_makes_probe_unhealthy(rig_factory: Factory) -> None:
+    rig = rig_factory(key="wrong-id:wrong-secret")
+    with pytest.raises(ProviderError) as info:
+        await rig.provider.generate(TARGET, make_request())
+    assert info.value.kind == ErrorKind.AUTH and info.value.upstream_status == 401
+    health = await rig.provider.probe(TARGET)
+    assert not health.healthy and health.detail == "auth"
+    assert rig.fake.count("submits") == 0
+
+
+async def test_probe_is_free_and_healthy_with_a_good_key(rig: Rig) -> None:
+    health = await rig.provider.probe(TARGET)
+    assert health.healthy
+    (probe,) = rig.transport.seen
+    assert probe.method == "GET" and probe.url.path.startswith("/fal-ai/hidream-i1-full/requests/")
+    assert rig.fake.count("submits") == 0
+
+
+async def test_an_exhausted_balance_is_auth_not_quota(rig: Rig) -> None:
+    rig.fake.fail_next("locked")
+    with pytest.raises(ProviderError) as info:
+        await rig.provider.generate(TARGET, make_request())
+    assert info.value.kind == ErrorKind.AUTH and info.value.upstream_status == 403
+
+
+async def test_an_ingress_502_at_submit_is_unavailable_and_never_resubmitted(rig: Rig) -> None:
+    rig.fake.fail_next("ingress_502")
+    with pytest.raises(ProviderError) as info:
+        await rig.provider.generate(TARGET, make_request())
+    assert info.value.kind == ErrorKind.UNAVAILABLE and info.value.retryable
+    assert len(rig.transport.of("POST")) == 1 and rig.fake.count("submit_refusals") == 1
+
+
+async def test_an_ingress_502_while_polling_is_retried(rig: Rig) -> None:
+    rig.fake.fail_next("poll_ingress_502")
+    result = await rig.provider.generate(TARGET, make_request())
+    assert len(result.images) == 1
+    (queued,) = rig.fake.requests()
+    assert queued.polls == len(rig.transport.statuses) + 1  # one poll met the 502 and was repeated
+
+
+async def test_losing_the_connection_while_polling_gives_up_and_cancels(rig: Rig) -> None:
+    rig.fake.fail_next("hang")
+    rig.transport.refuse_status = True
+    with pytest.raises(ProviderError) as info:
+        await rig.provider.generate(TARGET, make_request())
+    assert info.value.kind == ErrorKind.UNAVAILABLE
+    status_attempts = [r for r in rig.transport.of("GET") if r.url.path.endswith("/status")]
+    assert len(status_attempts) == 4  # the first try and three repeats
+    await rig.provider.aclose()
+    assert rig.fake.count("cancels") == 1
