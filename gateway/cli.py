@@ -66,15 +66,14 @@ def _start_tiny_worker(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 async def _bootstrap_team(redis_url: str, data_dir: Path, settings: Settings) -> str | None:
     """On a fresh install, create a 'default' team and a first key, kept in a private file."""
-    from redis.asyncio import Redis
-
     from gateway.keys import KeyStore, TeamLimits
+    from gateway.redis_client import connect
 
     key_file = data_dir / "first-team-key"
     existing = _private_file(key_file)
     if existing:
         return existing
-    redis = Redis.from_url(redis_url)
+    redis = connect(redis_url)
     try:
         store = KeyStore(redis)
         if await store.list_teams():
