@@ -137,4 +137,6 @@ def app_from_env() -> FastAPI:
     """The uvicorn factory for `gateway serve` (every worker process builds its own app)."""
     settings = Settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # httpx logs every upstream call (probes every few seconds) at INFO; keep that for debugging.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
     return create_app(settings)
