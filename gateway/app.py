@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from gateway.api import admin, errors, health, images, models, usage
 from gateway.api.request_id import RequestIdMiddleware
+from gateway.billing_metrics import BillingMetrics
 from gateway.breaker import RouteHealth
 from gateway.catalog import load_catalog
 from gateway.dispatch import Dispatcher
@@ -108,10 +109,12 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
                 service=service,
                 health=board,
             )
+            billing = BillingMetrics(redis, metrics, interval_s=settings.billing_metrics_interval_s)
             background = [
                 asyncio.create_task(_sweep_images(store)),
                 asyncio.create_task(spool.drain_forever(meter.settle_spooled)),
                 asyncio.create_task(board.run_forever()),
+                asyncio.create_task(billing.run_forever()),
             ]
             try:
                 yield

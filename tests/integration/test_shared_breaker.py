@@ -77,16 +77,17 @@ def test_breaker_opened_by_one_gateway_process_holds_for_another(
         worker.pipeline.plan("fail", count=5)
         for _ in range(5):  # only gateway 0 sees the worker fail
             assert generate(bases[0]).headers["x-gateway-route-reason"] == "fallback_after_error"
-        started = worker.jobs_started()
-        r = generate(bases[1])
-        assert (r.headers["x-gateway-provider"], r.headers["x-gateway-route-reason"]) == ("fal", "failover_unhealthy")
-        assert worker.jobs_started() == started
-        # the other process exports the shared state on its next probe round
+        # the other process sees the shared state once its short read cache (0.5 s) expires;
+        # its next probe round exports it
         wanted = 'gateway_breaker_state{model="hidream-i1-full",provider="local_gpu"} 2.0'
         deadline = time.monotonic() + 10
         while wanted not in httpx.get(bases[1] + "/metrics").text and time.monotonic() < deadline:
             time.sleep(0.1)
         assert wanted in httpx.get(bases[1] + "/metrics").text
+        started = worker.jobs_started()
+        r = generate(bases[1])
+        assert (r.headers["x-gateway-provider"], r.headers["x-gateway-route-reason"]) == ("fal", "failover_unhealthy")
+        assert worker.jobs_started() == started
     finally:
         for proc in reversed(procs):
             proc.stop()
