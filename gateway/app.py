@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from gateway.api import admin, errors, health, images, models, usage
 from gateway.api.request_id import RequestIdMiddleware
 from gateway.billing_metrics import BillingMetrics
-from gateway.breaker import RouteHealth
+from gateway.breaker import BreakerConfig, RouteHealth
 from gateway.catalog import load_catalog
 from gateway.dispatch import Dispatcher
 from gateway.embedded_redis import EmbeddedRedis
@@ -93,7 +93,7 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
             metrics = Metrics(settings.prometheus_multiproc_dir)
             spool = SettlementSpool(settings.data_dir / "spool")
             meter = Meter(redis, spool=spool, on_redis_error=lambda op: metrics.redis_errors.labels(op).inc())
-            route_health = RouteHealth(redis)
+            route_health = RouteHealth(redis, BreakerConfig(cooldown_s=settings.breaker_cooldown_s))
             board = HealthBoard(
                 catalog, providers, metrics=metrics, route_health=route_health, interval_s=settings.probe_interval_s
             )

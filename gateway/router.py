@@ -72,7 +72,7 @@ class Router:
             ]
         stats = await self._health.stats([(r.provider, r.model) for r in routes])
         if policy.kind in BASELINE_POLICIES:
-            return self._baseline(routes, stats, policy, width, height, n)
+            return await self._baseline(routes, stats, policy, width, height, n)
         scored = [
             await self._score(
                 r, stats[(r.provider, r.model)], probes.get((r.model, r.provider)), width, height, n, policy
@@ -94,7 +94,7 @@ class Router:
         )
         return out
 
-    def _baseline(
+    async def _baseline(
         self,
         routes: Sequence[Route],
         stats: Mapping[tuple[str, str], RouteStats],
@@ -103,8 +103,13 @@ class Router:
         height: int,
         n: int,
     ) -> list[Planned]:
-        """The simple strategies peers offer: they skip a route in cooldown and look at nothing else."""
-        usable = [r for r in routes if stats[(r.provider, r.model)].state == "closed"] or list(routes)
+        """The simple strategies peers offer: they skip a route in cooldown (until its trial, as
+        peers' cooldowns expire) and look at nothing else."""
+        usable = [
+            r
+            for r in routes
+            if stats[(r.provider, r.model)].state == "closed" or await self._health.try_trial(r.provider, r.model)
+        ] or list(routes)
         if policy.kind == "round_robin":
             self._turn += 1
             shift = self._turn % len(usable)
@@ -130,6 +135,11 @@ class Router:
         observed = stats.ewma_s if stats.ewma_s is not None else policy.default_latency_s
         if stats.p95_s is not None:
             observed = max(observed, 0.5 * (observed + stats.p95_s))  # lean toward the tail
+        if probe is not None and probe.service_s is not None:
+            # A queue-fronted route: its own current measure of one job, plus the current wait.
+            # Observed end-to-end latencies hold past queue waits (counted twice with `wait`), and
+            # a route that looked slow stops being chosen, so they would never be refreshed.
+            observed = probe.service_s
         wait = probe.expected_wait_s if probe is not None and probe.expected_wait_s is not None else 0.0
         expected = observed + wait
         trial = False

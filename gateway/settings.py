@@ -48,6 +48,8 @@ class Settings(BaseSettings):
 
     # How often each process probes every route (a worker's /ready, fal's reachability).
     probe_interval_s: float = 2.0
+    # How long an open circuit breaker waits before it lets a trial request through.
+    breaker_cooldown_s: float = 10.0
     # How often each process copies team budgets and month-to-date spend from Redis into gauges.
     billing_metrics_interval_s: float = 15.0
 

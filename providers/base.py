@@ -189,6 +189,8 @@ class ProviderHealth:
     queue_depth: int | None = None
     expected_wait_s: float | None = None
     saturated: bool = False  # up, but its queue is full: a new request would be refused (429)
+    # Seconds one job takes once it starts, as the upstream measures it (queue wait excluded).
+    service_s: float | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
 

@@ -131,6 +131,7 @@ class LocalGpuProvider:
             queue_depth=sum(r.queue_depth for r in reports),
             expected_wait_s=best.expected_wait_s(),
             saturated=not open_,
+            service_s=best.report.ewma_latency_s if best.report is not None else None,
             extra={"workers": ",".join(w.url for w in ready)},
         )
 

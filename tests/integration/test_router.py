@@ -107,3 +107,28 @@ async def test_peer_baselines_ignore_queues_and_cost(health: RouteHealth, routes
     with router.attempt(routes[0]):
         assert await first("least_busy") == "fal:least_busy"
     assert await first("least_busy") == "local_gpu:least_busy"
+
+
+async def test_drains_back_to_the_gpu_once_its_queue_clears_despite_slow_past_attempts(
+    health: RouteHealth, routes: tuple[Route, ...]
+) -> None:
+    for _ in range(20):  # during a peak, attempts there included long queue waits
+        await health.record("local_gpu", "hidream-i1-full", True, 100.0)
+    probes = {
+        ("hidream-i1-full", "local_gpu"): ProviderHealth(True, expected_wait_s=1.0, service_s=5.0),
+        ("hidream-i1-full", "fal"): ProviderHealth(True),
+    }
+    assert (await _plan(health, routes, probes))[0] == ("local_gpu", "cheapest_healthy")
+    # without the worker's own measure of one job, the past waits would count against it
+    stale = {**probes, ("hidream-i1-full", "local_gpu"): ProviderHealth(True, expected_wait_s=1.0)}
+    assert (await _plan(health, routes, stale))[0] == ("fal", "latency_over_target")
+
+
+async def test_baselines_give_an_open_route_its_trial_after_the_cooldown(
+    health: RouteHealth, routes: tuple[Route, ...]
+) -> None:
+    for _ in range(2):
+        await health.record("local_gpu", "hidream-i1-full", False, None)
+    assert (await _plan(health, routes, gpu(), policy=RoutingPolicy(kind="priority")))[0][0] == "fal"
+    await asyncio.sleep(0.25)
+    assert (await _plan(health, routes, gpu(), policy=RoutingPolicy(kind="priority")))[0] == ("local_gpu", "priority")
