@@ -1,0 +1,183 @@
+"""What one run measured, and the table and ratios the benchmark prints: cost per image to the
+organisation (from the route that served each image and pricing.yaml), time to result, failures,
+and the share the owned GPUs served. Ratios are ours against each baseline from the same run."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from bench.replay import Outcome
+from bench.stack import LedgerEntry
+from gateway.breaker import percentile
+from gateway.catalog import MICROS, Catalog, parse_size
+
+LOCAL = "local_gpu"
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    scenario: str
+    policy: str
+    requests: int
+    succeeded: int
+    failed: int
+    failures: dict[str, int]  # "status: message" -> count
+    images: int
+    local_images: int
+    cost_usd: float
+    ledger_cost_usd: float  # the same, as the gateway's ledger recorded it
+    p50_s: float | None
+    p95_s: float | None
+    max_s: float | None
+    reasons: dict[str, int]  # provider/reason -> count
+    wall_s: float
+
+    @property
+    def cost_per_image_usd(self) -> float | None:
+        return self.cost_usd / self.images if self.images else None
+
+    @property
+    def local_share(self) -> float | None:
+        return self.local_images / self.images if self.images else None
+
+
+def summarize(
+    scenario: str,
+    policy: str,
+    outcomes: Sequence[Outcome],
+    ledger: Sequence[LedgerEntry],
+    catalog: Catalog,
+    size: str,
+    wall_s: float,
+) -> RunSummary:
+    width, height = parse_size(size)
+    ok = [o for o in outcomes if o.status == 200]
+    cost_micros = 0
+    for o in ok:
+        route = next(r for r in catalog.models[o.model].routes if r.provider == o.provider)
+        cost_micros += route.cost_micros(width, height, 1)
+    latencies = [o.latency_s for o in ok]
+    failures = Counter(f"{o.status}: {(o.error or '')[:80]}" for o in outcomes if o.status != 200)
+    return RunSummary(
+        scenario=scenario,
+        policy=policy,
+        requests=len(outcomes),
+        succeeded=len(ok),
+        failed=len(outcomes) - len(ok),
+        failures=dict(failures),
+        images=len(ok),
+        local_images=sum(1 for o in ok if o.provider == LOCAL),
+        cost_usd=cost_micros / MICROS,
+        ledger_cost_usd=sum(e.provider_cost_micros for e in ledger if e.status == "succeeded") / MICROS,
+        p50_s=percentile(latencies, 0.50) if latencies else None,
+        p95_s=percentile(latencies, 0.95) if latencies else None,
+        max_s=max(latencies) if latencies else None,
+        reasons=dict(Counter(f"{o.provider}/{o.reason}" for o in ok)),
+        wall_s=wall_s,
+    )
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def table(runs: Sequence[RunSummary]) -> str:
+    lines = [
+        "| scenario | policy | requests | failed | $/image | local share | p50 s | p95 s | max s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in runs:
+        lines.append(
+            f"| {r.scenario} | {r.policy} | {r.requests} | {r.failed} | {_num(r.cost_per_image_usd, '.4f')} "
+            f"| {_num(None if r.local_share is None else 100 * r.local_share, '.0f')}% | {_num(r.p50_s, '.2f')} "
+            f"| {_num(r.p95_s, '.2f')} | {_num(r.max_s, '.2f')} |"
+        )
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    scenario: str
+    ours: str
+    baseline: str
+    cost_ratio: float | None  # ours / baseline: below 1 is cheaper
+    p95_ratio: float | None  # ours / baseline: at most 1 is equal or better
+    ours_failed: int
+    baseline_failed: int
+
+    @property
+    def meets_bar(self) -> bool:
+        """Cheaper at equal or better p95, and no more failures."""
+        return (
+            self.cost_ratio is not None
+            and self.p95_ratio is not None
+            and self.cost_ratio < 1.0
+            and self.p95_ratio <= 1.0
+            and self.ours_failed <= self.baseline_failed
+        )
+
+
+def compare(runs: Sequence[RunSummary], ours: Sequence[str]) -> list[Comparison]:
+    """Each of our runs against each baseline run of the same scenario."""
+    out: list[Comparison] = []
+    for mine in (r for r in runs if r.policy in ours):
+        for other in runs:
+            if other.scenario != mine.scenario or other.policy in ours:
+                continue
+            out.append(
+                Comparison(
+                    mine.scenario,
+                    mine.policy,
+                    other.policy,
+                    _ratio(mine.cost_per_image_usd, other.cost_per_image_usd),
+                    _ratio(mine.p95_s, other.p95_s),
+                    mine.failed,
+                    other.failed,
+                )
+            )
+    return out
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def ratio_table(comparisons: Sequence[Comparison]) -> str:
+    lines = [
+        "| scenario | ours | vs | cost ratio | p95 ratio | failed (ours / theirs) | cheaper at equal or better p95 |",
+        "|---|---|---|---:|---:|---:|---|",
+    ]
+    for c in comparisons:
+        lines.append(
+            f"| {c.scenario} | {c.ours} | {c.baseline} | {_num(c.cost_ratio, '.3f')} | {_num(c.p95_ratio, '.3f')} "
+            f"| {c.ours_failed} / {c.baseline_failed} | {'yes' if c.meets_bar else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
+def matched_table(comparisons: Sequence[Comparison]) -> str:
+    """For each baseline, the cheapest of our runs (one per latency target) that is at least as fast
+    at p95 with no more failures: the latency target picked per baseline, on the same workload."""
+    lines = [
+        "| scenario | vs | best of ours at equal or better p95 | cost ratio | p95 ratio |",
+        "|---|---|---|---:|---:|",
+    ]
+    for scenario, baseline in dict.fromkeys((c.scenario, c.baseline) for c in comparisons):
+        fit = [
+            c
+            for c in comparisons
+            if (c.scenario, c.baseline) == (scenario, baseline)
+            and c.p95_ratio is not None
+            and c.cost_ratio is not None
+            and c.p95_ratio <= 1.0
+            and c.ours_failed <= c.baseline_failed
+        ]
+        best = min(fit, key=lambda c: c.cost_ratio or 0.0, default=None)
+        if best is None:
+            lines.append(f"| {scenario} | {baseline} | none | - | - |")
+        else:
+            cost, p95 = _num(best.cost_ratio, ".3f"), _num(best.p95_ratio, ".3f")
+            lines.append(f"| {scenario} | {baseline} | {best.ours} | {cost} | {p95} |")
+    return "\n".join(lines)
