@@ -32,7 +32,11 @@ REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
 
 
 def _script(name: str) -> str:
-    return resources.files("gateway").joinpath("scripts", name).read_text(encoding="utf-8")
+    """A script with the shared date helper (civil.lua) in front of it."""
+    scripts = resources.files("gateway").joinpath("scripts")
+    return scripts.joinpath("civil.lua").read_text(encoding="utf-8") + scripts.joinpath(name).read_text(
+        encoding="utf-8"
+    )
 
 
 @dataclass(frozen=True, slots=True)

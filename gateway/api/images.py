@@ -45,17 +45,7 @@ async def generations(request: Request, state: State, principal: Team) -> JSONRe
     if not isinstance(body, dict):
         raise InvalidRequestError("The request body must be a JSON object.", code="invalid_json")
     valid = validate_generation(state.catalog, Params(body, form=False))
-    result = await _until_disconnect(
-        request,
-        state.service.generate(
-            principal,
-            valid,
-            request.state.request_id,
-            await _routing(request, state, principal, valid),
-            _idempotency_key(request),
-        ),
-    )
-    return JSONResponse(result.body, headers=result.headers)
+    return await _serve(request, state, principal, valid)
 
 
 @router.post("/v1/images/edits")
@@ -98,17 +88,7 @@ async def edits(request: Request, state: State, principal: Team) -> JSONResponse
         valid = validate_generation(state.catalog, params, images=images, mask=mask)
     finally:
         await form.close()
-    result = await _until_disconnect(
-        request,
-        state.service.generate(
-            principal,
-            valid,
-            request.state.request_id,
-            await _routing(request, state, principal, valid),
-            _idempotency_key(request),
-        ),
-    )
-    return JSONResponse(result.body, headers=result.headers)
+    return await _serve(request, state, principal, valid)
 
 
 async def _decode(upload: UploadFile, param: str, limit: int, max_pixels: int) -> InputImage:
@@ -118,6 +98,13 @@ async def _decode(upload: UploadFile, param: str, limit: int, max_pixels: int) -
     if not data:
         raise InvalidRequestError(f"'{param}' is empty.", param=param, code="invalid_image")
     return await asyncio.to_thread(decode_upload, data, param=param, max_pixels=max_pixels)
+
+
+async def _serve(request: Request, state: AppState, principal: Principal, valid: ValidRequest) -> JSONResponse:
+    routing = await _routing(request, state, principal, valid)
+    work = state.service.generate(principal, valid, request.state.request_id, routing, _idempotency_key(request))
+    result = await _until_disconnect(request, work)
+    return JSONResponse(result.body, headers=result.headers)
 
 
 async def _routing(request: Request, state: AppState, principal: Principal, valid: ValidRequest) -> RoutingRequest:
