@@ -13,13 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 
-import redis.exceptions
-
-from gateway.redis_client import RedisClient
+from gateway.keys import as_str
+from gateway.redis_client import REDIS_ERRORS, RedisClient
 
 log = logging.getLogger(__name__)
-
-REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +88,7 @@ class RouteHealth:
                 fields, latencies = replies[2 * i], replies[2 * i + 1]
                 samples = [float(v) / 1000 for v in latencies]
                 stats = RouteStats(
-                    state=_text(fields[0]) or "closed",
+                    state=as_str(fields[0]) if fields[0] else "closed",
                     opened_ms=int(fields[1]) if fields[1] else None,
                     ewma_s=float(fields[2]) / 1000 if fields[2] else None,
                     p95_s=percentile(samples, 0.95) if samples else None,
@@ -116,7 +113,7 @@ class RouteHealth:
         except REDIS_ERRORS:
             return None
         self._cache.pop((provider, model), None)
-        return _text(state)
+        return as_str(state) if state is not None else None
 
     async def try_trial(self, provider: str, model: str) -> bool:
         """True when this caller may send the one trial request to an open route."""
@@ -128,10 +125,4 @@ class RouteHealth:
         except REDIS_ERRORS:
             return False
         self._cache.pop((provider, model), None)
-        return _text(got) == "trial"
-
-
-def _text(value: object) -> str | None:
-    if value is None:
-        return None
-    return value.decode() if isinstance(value, bytes) else str(value)
+        return got is not None and as_str(got) == "trial"

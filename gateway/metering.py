@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-import redis.exceptions
-
 from gateway.errors import (
     InvalidRequestError,
     QuotaExceededError,
@@ -23,12 +21,10 @@ from gateway.errors import (
     ServiceUnavailableError,
 )
 from gateway.keys import team_prefix
-from gateway.redis_client import RedisClient
+from gateway.redis_client import REDIS_ERRORS, RedisClient
 from gateway.spool import SettlementSpool, to_record
 
 log = logging.getLogger(__name__)
-
-REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
 def _script(name: str) -> str:

@@ -6,9 +6,13 @@ from __future__ import annotations
 
 from typing import TypeAlias
 
+import redis.exceptions
 from redis.asyncio import Redis, RedisCluster
 
 RedisClient: TypeAlias = Redis | RedisCluster
+
+# What "Redis is unreachable" looks like to a caller: fail closed, retry, or spool.
+REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
