@@ -81,7 +81,7 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
             embedded = EmbeddedRedis(settings.data_dir)
             embedded.start()
             url = embedded.url
-        redis = connect(url)
+        redis = connect(url, settings.redis_max_connections)
         providers = build_providers(settings, registry, catalog.providers())
         try:
             store = ImageStore(
@@ -99,11 +99,12 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
             )
             dispatcher = Dispatcher(providers, Router(route_health), route_health, board, metrics)
             service = ImageService(dispatcher, meter, store, metrics, deadline_s=settings.request_deadline_s)
+            keys = KeyStore(redis, cache_ttl_s=settings.key_cache_ttl_s)
             app.state.gateway = AppState(
                 settings=settings,
                 catalog=catalog,
                 redis=redis,
-                keys=KeyStore(redis),
+                keys=keys,
                 store=store,
                 metrics=metrics,
                 service=service,
@@ -115,12 +116,17 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
                 asyncio.create_task(spool.drain_forever(meter.settle_spooled)),
                 asyncio.create_task(board.run_forever()),
                 asyncio.create_task(billing.run_forever()),
+                asyncio.create_task(keys.follow_revocations()),
+                asyncio.create_task(route_health.flush_forever()),
             ]
             try:
                 yield
             finally:
                 for task in background:
                     task.cancel()
+                # Let them finish (the last flush of route health, closing the revocation feed)
+                # while Redis is still open.
+                await asyncio.gather(*background, return_exceptions=True)
         finally:
             for provider in providers.values():
                 await provider.aclose()

@@ -1,12 +1,17 @@
 """Per-route health shared by every gateway process through Redis: a circuit breaker fed by the
 outcome of each attempt, and observed latency (EWMA and a high percentile).
 
-Reads are cached for a fraction of a second per process so the request path stays cheap; every
-state change is one atomic script, so all processes see the same breaker.
+The request path touches Redis here only when something changes: reads are cached per process and
+refreshed in the background once stale, and successes on a closed route (nearly every request) are
+batched and written by a background flush a few times a second. Failures, and any outcome on a
+route that is not closed, are written at once: every state change is one atomic script, so all
+processes see the same breaker.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -42,9 +47,15 @@ class RouteStats:
 
 CLOSED = RouteStats("closed", None, None, None, 0)
 
+RouteKey = tuple[str, str]  # (provider, model)
+
 
 def route_key(provider: str, model: str) -> str:
     return f"gw:{{route:{provider}:{model}}}:"
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -58,21 +69,39 @@ class RouteHealth:
         self._r = redis
         self.config = config or BreakerConfig()
         self._cache_s = cache_s
-        self._cache: dict[tuple[str, str], tuple[float, RouteStats]] = {}
+        self._cache: dict[RouteKey, tuple[float, RouteStats]] = {}
+        self._refreshing: asyncio.Task[dict[RouteKey, RouteStats]] | None = None
+        self._pending: dict[RouteKey, list[int]] = {}  # batched successes: latency ms per outcome
+        self._pending_at: dict[RouteKey, int] = {}  # when the latest batched success happened (ms)
         text = resources.files("gateway").joinpath("scripts")
         self._record = redis.register_script(text.joinpath("route_record.lua").read_text(encoding="utf-8"))
         self._trial = redis.register_script(text.joinpath("route_trial.lua").read_text(encoding="utf-8"))
 
-    async def stats(self, routes: Sequence[tuple[str, str]]) -> dict[tuple[str, str], RouteStats]:
+    async def stats(self, routes: Sequence[RouteKey]) -> dict[RouteKey, RouteStats]:
+        """Each route's shared state. A route this process has never read (or whose cache an outcome
+        just invalidated) is read now; one that is merely stale is answered from the cache and
+        refreshed in the background, so the request path does not wait on Redis for it."""
         now = time.monotonic()
-        out: dict[tuple[str, str], RouteStats] = {}
-        stale = []
+        out: dict[RouteKey, RouteStats] = {}
+        missing: list[RouteKey] = []
+        stale: list[RouteKey] = []
         for route in routes:
             cached = self._cache.get(route)
-            if cached and now - cached[0] < self._cache_s:
-                out[route] = cached[1]
-            else:
+            if cached is None or self._cache_s <= 0:  # cache_s=0: always read (tests, tools)
+                missing.append(route)
+                continue
+            out[route] = cached[1]
+            if now - cached[0] >= self._cache_s:
                 stale.append(route)
+        if stale and (self._refreshing is None or self._refreshing.done()):
+            self._refreshing = asyncio.create_task(self._fetch(stale))
+        if missing:
+            out.update(await self._fetch(missing))
+        return out
+
+    async def _fetch(self, stale: Sequence[RouteKey]) -> dict[RouteKey, RouteStats]:
+        now = time.monotonic()
+        out: dict[RouteKey, RouteStats] = {}
         if stale:
             try:
                 async with self._r.pipeline(transaction=False) as pipe:
@@ -99,20 +128,66 @@ class RouteHealth:
         return out
 
     async def record(self, provider: str, model: str, ok: bool, latency_s: float | None) -> str | None:
+        """Write one outcome now (after any batched successes of the route, to keep their order);
+        returns the route's state after it, or None when Redis is unreachable."""
+        await self._flush_route((provider, model))
+        latency = [round(latency_s * 1000) if latency_s is not None else -1]
+        return await self._write((provider, model), ok, latency, _now_ms())
+
+    async def succeeded(self, provider: str, model: str, latency_s: float) -> None:
+        """A success: batched for the background flush while the route is known to be closed
+        (nothing to change but counters), written at once otherwise (it may close the breaker)."""
+        route = (provider, model)
+        cached = self._cache.get(route)
+        if cached is not None and cached[1].state == "closed":
+            self._pending.setdefault(route, []).append(round(latency_s * 1000))
+            self._pending_at[route] = _now_ms()
+            return
+        await self.record(provider, model, True, latency_s)
+
+    async def flush(self) -> None:
+        for route in list(self._pending):
+            await self._flush_route(route)
+
+    async def flush_forever(self, interval_s: float = 0.25) -> None:
+        try:
+            while True:
+                await asyncio.sleep(interval_s)
+                await self.flush()
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.flush())
+
+    async def _flush_route(self, route: RouteKey) -> None:
+        latencies = self._pending.pop(route, None)
+        at = self._pending_at.pop(route, 0)
+        if latencies:
+            await self._write(route, True, latencies, at, batch=True)
+
+    async def _write(
+        self, route: RouteKey, ok: bool, latencies_ms: Sequence[int], at_ms: int, *, batch: bool = False
+    ) -> str | None:
         c = self.config
-        k = route_key(provider, model)
+        k = route_key(*route)
         try:
             state = await self._record(
                 keys=[k + "state", k + "outcomes", k + "latency"],
                 args=[
                     1 if ok else 0,
-                    round(latency_s * 1000) if latency_s is not None else -1,
+                    " ".join(str(v) for v in latencies_ms),
                     c.window, c.min_samples, c.failure_ratio, c.consecutive_failures, c.latency_samples, c.ewma_weight,
+                    at_ms,
                 ],
             )  # fmt: skip
         except REDIS_ERRORS:
             return None
-        self._cache.pop((provider, model), None)
+        cached = self._cache.get(route)
+        if batch and cached is not None:
+            # Successes on a closed route move only the latency figures: keep answering from the
+            # cache and let the next read refresh it in the background.
+            self._cache[route] = (0.0, cached[1])
+        else:
+            self._cache.pop(route, None)  # the state may have changed: the next read waits for it
         return as_str(state) if state is not None else None
 
     async def try_trial(self, provider: str, model: str) -> bool:

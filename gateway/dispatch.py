@@ -120,7 +120,7 @@ class Dispatcher:
                     self._metrics.fallbacks.labels(route.model, route.provider).inc()
                 continue
             elapsed = time.monotonic() - t0
-            await self._health.record(route.provider, route.model, True, elapsed)
+            await self._health.succeeded(route.provider, route.model, elapsed)
             self._metrics.upstream_duration.labels(route.provider, route.model, "ok").observe(elapsed)
             self._metrics.routed.labels(route.model, route.provider, planned.reason).inc()
             return Attempted(route, result, planned.reason, elapsed)

@@ -7,7 +7,10 @@ scripts touch one cluster slot. The key-hash index is the one global lookup.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+import logging
 import secrets
 import time
 from collections.abc import Mapping
@@ -16,10 +19,14 @@ from dataclasses import dataclass
 from redis.typing import EncodableT, FieldT
 
 from gateway.catalog import micros_to_usd, usd_to_micros
-from gateway.redis_client import RedisClient
+from gateway.redis_client import REDIS_ERRORS, RedisClient
+
+log = logging.getLogger(__name__)
 
 KEY_PREFIX = "sk-gw-"
 TEAMS_SET = "gw:teams"
+# A revoked key's hash is published here so every process drops it from its cache at once.
+REVOKED_CHANNEL = "gw:keys:revoked"
 
 
 def team_prefix(team_id: str) -> str:
@@ -69,8 +76,16 @@ class TeamNotFoundError(Exception):
 
 
 class KeyStore:
-    def __init__(self, redis: RedisClient) -> None:
+    """Teams and keys. Authentication is served from a per-process cache of key hash -> principal:
+    a revoked key is dropped from every process's cache through a Redis pub/sub message, and each
+    entry also lives at most `cache_ttl_s`, so a missed message (Redis restarted, subscription
+    down) cannot keep a revoked key alive longer than that."""
+
+    def __init__(self, redis: RedisClient, *, cache_ttl_s: float = 30.0, cache_max: int = 100_000) -> None:
         self._r = redis
+        self._cache_ttl_s = cache_ttl_s
+        self._cache_max = cache_max
+        self._cache: dict[str, tuple[float, Principal]] = {}
 
     # --- teams ------------------------------------------------------------------------------
 
@@ -170,21 +185,55 @@ class KeyStore:
         if not raw:
             return False
         key = _key_from(raw)
+        digest = as_str(raw[b"hash"])
         async with self._r.pipeline(transaction=False) as pipe:
-            pipe.delete(f"gw:key:{as_str(raw[b'hash'])}")
+            pipe.delete(f"gw:key:{digest}")
             pipe.delete(f"gw:keyid:{key_id}")
             pipe.srem(team_prefix(key.team_id) + "keys", key_id)
             await pipe.execute()
+        self._cache.pop(digest, None)
+        await self._r.publish(REVOKED_CHANNEL, digest)
         return True
 
     async def authenticate(self, plain: str) -> Principal | None:
-        """One Redis read per request; revocation deletes the record, so it is seen at once."""
+        """From the cache when this process has seen the key lately, else one Redis read. Unknown
+        keys are not cached, so a key works the moment it is created."""
         if not plain.startswith(KEY_PREFIX):
             return None
-        team_id, key_id = await self._r.hmget(f"gw:key:{hash_key(plain)}", ["team_id", "id"])
+        digest = hash_key(plain)
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        team_id, key_id = await self._r.hmget(f"gw:key:{digest}", ["team_id", "id"])
         if team_id is None or key_id is None:
+            self._cache.pop(digest, None)
             return None
-        return Principal(team_id=as_str(team_id), key_id=as_str(key_id))
+        principal = Principal(team_id=as_str(team_id), key_id=as_str(key_id))
+        if len(self._cache) >= self._cache_max:
+            self._cache.clear()
+        self._cache[digest] = (now + self._cache_ttl_s, principal)
+        return principal
+
+    async def follow_revocations(self, *, retry_s: float = 1.0) -> None:
+        """Run for the life of the process: drop revoked keys from this process's cache as other
+        processes announce them. Whenever the subscription is (re)established the whole cache is
+        dropped, since messages sent while it was down are lost."""
+        while True:
+            pubsub = self._r.pubsub()
+            try:
+                await pubsub.subscribe(REVOKED_CHANNEL)
+                self._cache.clear()
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        self._cache.pop(as_str(message["data"]), None)
+            except REDIS_ERRORS:
+                log.warning("key revocation feed lost; retrying (cached keys expire within %ss)", self._cache_ttl_s)
+            finally:
+                with contextlib.suppress(*REDIS_ERRORS):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            self._cache.clear()
+            await asyncio.sleep(retry_s)
 
 
 def _team_fields(team: Team) -> dict[FieldT, EncodableT]:

@@ -143,7 +143,7 @@ class Meter:
         idem_key = idempotency.redis_key(team_id) if idempotency else p + "idem:-"
         try:
             out = await self._admit(
-                keys=[p + "team", p + "win:req", p + "win:img", p + "res", idem_key],
+                keys=[p + "team", p + "win:req", p + "win:img", p + "res", idem_key, p + "holds"],
                 args=[
                     p,
                     request_id,
@@ -254,7 +254,7 @@ class Meter:
         for name, value in outcome.fields:
             args += [name, value]
         idem_key = idem.redis_key(admission.team_id) if idem else p + "idem:-"
-        out = await self._settle(keys=[p + "res", p + "ledger", idem_key], args=args)
+        out = await self._settle(keys=[p + "res", p + "ledger", idem_key, p + "holds"], args=args)
         if out[0] == b"ok":
             return int(out[1])
         log.warning("settlement of %s found no reservation (already settled or expired)", admission.request_id)

@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     # How often each process copies team budgets and month-to-date spend from Redis into gauges.
     billing_metrics_interval_s: float = 15.0
 
+    # Redis connections per gateway process, and how long a cached API key is trusted before it is
+    # read again (revocations reach every process at once through pub/sub; this bounds a missed one).
+    redis_max_connections: int = Field(default=64, ge=2)
+    key_cache_ttl_s: float = Field(default=30.0, ge=0)
+
     log_level: str = "info"
     # Set by `gateway serve` for several worker processes (prometheus-client's multiprocess mode).
     prometheus_multiproc_dir: Path | None = Field(

@@ -7,6 +7,7 @@
 -- KEYS[1] team hash   KEYS[2] request window (zset)   KEYS[3] image window (zset)
 -- KEYS[4] reservations (hash: request_id -> "micros|images|month|deadline_ms")
 -- KEYS[5] the idempotency record for this request's Idempotency-Key (unused when ARGV[6] is '')
+-- KEYS[6] reservation deadlines (zset: request_id -> deadline_ms)
 -- ARGV[1] key prefix "gw:{t:<id>}:"   ARGV[2] request id   ARGV[3] images   ARGV[4] quote (micro-USD)
 -- ARGV[5] how long the reservation holds (ms)   ARGV[6] request fingerprint, '' without a key
 --
@@ -24,14 +25,17 @@ local team = redis.call('HMGET', KEYS[1], 'rpm', 'ipm', 'max_in_flight', 'budget
 if not team[1] then return {'no_team'} end
 local rpm, ipm, max_in_flight, budget = tonumber(team[1]), tonumber(team[2]), tonumber(team[3]), tonumber(team[4])
 
--- release reservations whose holder died
-local res = redis.call('HGETALL', KEYS[4])
-for i = 1, #res, 2 do
-  local micros, n, rmonth, deadline = string.match(res[i + 1], '^(%d+)|(%d+)|([%d-]+)|(%d+)$')
-  if tonumber(deadline) < now then
-    redis.call('HDEL', KEYS[4], res[i])
+-- release reservations whose holder died (the deadline index finds them without scanning every
+-- reservation, so admission stays cheap with thousands in flight)
+local expired = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now - 1, 'LIMIT', 0, 100)
+for _, erid in ipairs(expired) do
+  redis.call('ZREM', KEYS[6], erid)
+  local r = redis.call('HGET', KEYS[4], erid)
+  if r then
+    local micros, _, rmonth = string.match(r, '^(%d+)|(%d+)|([%d-]+)|(%d+)$')
+    redis.call('HDEL', KEYS[4], erid)
     redis.call('HINCRBY', prefix .. 'usage:' .. rmonth, 'reserved_micros', -tonumber(micros))
-    redis.call('XADD', prefix .. 'ledger', '*', 'request_id', res[i], 'status', 'expired',
+    redis.call('XADD', prefix .. 'ledger', '*', 'request_id', erid, 'status', 'expired',
       'images', '0', 'charged_micros', '0', 'provider_cost_micros', '0', 'ts_ms', tostring(now))
   end
 end
@@ -92,6 +96,7 @@ for i = 1, images do redis.call('ZADD', KEYS[3], now, rid .. ':' .. i) end
 redis.call('PEXPIRE', KEYS[2], window * 2)
 redis.call('PEXPIRE', KEYS[3], window * 2)
 redis.call('HSET', KEYS[4], rid, quote .. '|' .. images .. '|' .. month .. '|' .. (now + hold))
+redis.call('ZADD', KEYS[6], now + hold, rid)
 redis.call('HINCRBY', usage, 'reserved_micros', quote)
 if fingerprint ~= '' then
   redis.call('SET', KEYS[5], 'running|' .. fingerprint .. '|' .. rid, 'PX', hold)

@@ -5,31 +5,44 @@
 --   half_open -> closed     on the trial's success;  half_open -> open on its failure
 --
 -- KEYS[1] state hash (state, opened_ms, consecutive, ewma_ms)   KEYS[2] outcome list   KEYS[3] latency list
--- ARGV[1] 1 success / 0 failure   ARGV[2] latency ms (-1: none)   ARGV[3] window   ARGV[4] min_samples
+-- ARGV[1] 1 success / 0 failure   ARGV[2] latency ms (-1: none), or for successes several latencies
+--         separated by spaces (a batch of successes, one outcome each)   ARGV[3] window   ARGV[4] min_samples
 -- ARGV[5] failure ratio   ARGV[6] consecutive failures   ARGV[7] latency samples kept   ARGV[8] EWMA weight
+-- ARGV[9] when the outcome happened (wall-clock ms; for a batch, its latest success). A batch of
+--         successes written late resets the consecutive-failure count only if it is newer than
+--         the last failure, so batching never hides a run of failures.
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ok = ARGV[1] == '1'
-local latency = tonumber(ARGV[2])
+local latencies = {}
+for v in string.gmatch(ARGV[2], '%S+') do
+  if tonumber(v) >= 0 then latencies[#latencies + 1] = tonumber(v) end
+end
 local window, min_samples = tonumber(ARGV[3]), tonumber(ARGV[4])
 local ratio, consecutive_max = tonumber(ARGV[5]), tonumber(ARGV[6])
 
-redis.call('LPUSH', KEYS[2], ok and '1' or '0')
+local outcomes = (ok and #latencies > 1) and #latencies or 1
+for _ = 1, outcomes do redis.call('LPUSH', KEYS[2], ok and '1' or '0') end
 redis.call('LTRIM', KEYS[2], 0, window - 1)
 local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
 
-if latency >= 0 then
-  redis.call('LPUSH', KEYS[3], latency)
-  redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[7]) - 1)
+if #latencies > 0 then
   local ewma = tonumber(redis.call('HGET', KEYS[1], 'ewma_ms'))
   local w = tonumber(ARGV[8])
-  ewma = ewma and (ewma * (1 - w) + latency * w) or latency
+  for _, latency in ipairs(latencies) do
+    redis.call('LPUSH', KEYS[3], latency)
+    ewma = ewma and (ewma * (1 - w) + latency * w) or latency
+  end
+  redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[7]) - 1)
   redis.call('HSET', KEYS[1], 'ewma_ms', string.format('%.1f', ewma))
 end
 
+local at = tonumber(ARGV[9])
 if ok then
-  redis.call('HSET', KEYS[1], 'consecutive', 0)
+  if at > (tonumber(redis.call('HGET', KEYS[1], 'last_failure_ms')) or 0) then
+    redis.call('HSET', KEYS[1], 'consecutive', 0)
+  end
   if state == 'half_open' then
     redis.call('HSET', KEYS[1], 'state', 'closed')
     state = 'closed'
@@ -38,6 +51,9 @@ if ok then
 end
 
 local consecutive = redis.call('HINCRBY', KEYS[1], 'consecutive', 1)
+if at > (tonumber(redis.call('HGET', KEYS[1], 'last_failure_ms')) or 0) then
+  redis.call('HSET', KEYS[1], 'last_failure_ms', at)
+end
 if state == 'half_open' then
   redis.call('HSET', KEYS[1], 'state', 'open', 'opened_ms', now)
   return 'open'

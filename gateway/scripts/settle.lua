@@ -4,6 +4,7 @@
 -- no reservation and changes nothing.
 --
 -- KEYS[1] reservations hash   KEYS[2] ledger stream   KEYS[3] idempotency record (see admit.lua)
+-- KEYS[4] reservation deadlines (zset)
 -- ARGV[1] key prefix   ARGV[2] request id   ARGV[3] status   ARGV[4] images served
 -- ARGV[5] charge (micro-USD)   ARGV[6] provider cost (micro-USD)   ARGV[7] model
 -- ARGV[8] request fingerprint ('' without an Idempotency-Key)   ARGV[9] response to replay
@@ -18,6 +19,7 @@ if not r then return {'not_found'} end
 local reserved, _, rmonth = string.match(r, '^(%d+)|(%d+)|([%d-]+)|(%d+)$')
 reserved = tonumber(reserved)
 redis.call('HDEL', KEYS[1], rid)
+redis.call('ZREM', KEYS[4], rid)
 redis.call('HINCRBY', prefix .. 'usage:' .. rmonth, 'reserved_micros', -reserved)
 
 local t = redis.call('TIME')

@@ -72,3 +72,34 @@ async def test_latency_estimates_follow_a_slowdown(two: tuple[RouteHealth, Route
     after = (await b.stats([("w", "m")]))[("w", "m")]
     assert after.ewma_s is not None and after.ewma_s > 4.0
     assert after.p95_s == pytest.approx(5.0) and after.samples == 30
+
+
+async def test_successes_on_a_closed_route_are_batched_and_written_by_the_flush(redis_url: str) -> None:
+    client = Redis.from_url(redis_url)
+    try:
+        await client.delete("gw:{route:local_gpu:b}:state", "gw:{route:local_gpu:b}:latency")
+        health = RouteHealth(client, FAST, cache_s=60)
+        assert (await health.stats([("local_gpu", "b")]))[("local_gpu", "b")].state == "closed"  # now cached
+        for latency in (1.0, 2.0, 3.0):
+            await health.succeeded("local_gpu", "b", latency)
+        assert await client.llen("gw:{route:local_gpu:b}:latency") == 0  # nothing written yet
+        await health.flush()
+        assert await client.lrange("gw:{route:local_gpu:b}:latency", 0, -1) == [b"3000", b"2000", b"1000"]
+        ewma = float(await client.hget("gw:{route:local_gpu:b}:state", "ewma_ms") or 0)
+        assert 1000 < ewma < 3000
+    finally:
+        await client.aclose()
+
+
+async def test_a_late_batch_of_older_successes_does_not_hide_a_run_of_failures(
+    two: tuple[RouteHealth, RouteHealth],
+) -> None:
+    a, b = two
+    a._cache_s = 60  # a batches its successes (the route is known closed)
+    await a.stats([("fal", "late")])
+    await a.succeeded("fal", "late", 0.5)  # happened first...
+    await asyncio.sleep(0.01)
+    assert await b.record("fal", "late", False, None) == "closed"
+    assert await b.record("fal", "late", False, None) == "closed"
+    await a.flush()  # ...but reaches Redis after two failures
+    assert await b.record("fal", "late", False, None) == "open"  # the third failure in a row opens it

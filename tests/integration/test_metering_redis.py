@@ -119,6 +119,26 @@ async def test_expired_reservation_is_released_uncharged(redis: Redis) -> None:
     assert usage["spent_micros"] == 50_000 and usage["reserved_micros"] == 0
     statuses = [f[b"status"] for _, f in await redis.xrange(team_prefix(team) + "ledger")]
     assert statuses == [b"expired", b"succeeded"]
+    # neither reservation is left in the deadline index
+    assert await redis.zcard(team_prefix(team) + "holds") == 0
+
+
+async def test_admission_with_thousands_in_flight_releases_only_the_expired(redis: Redis) -> None:
+    """Expired reservations are found through the deadline index: live ones stay untouched, and a
+    settled request leaves nothing behind in it."""
+    team = await _team(redis, rpm=5000, ipm=5000, in_flight=5000, budget=1000.0)
+    meter = Meter(redis)
+    live = [await meter.admit(team, f"live{i}", 1, 1_000, hold_s=60) for i in range(2000)]
+    await meter.admit(team, "dead", 1, 1_000, hold_s=0.05)
+    await asyncio.sleep(0.1)
+    last = await meter.admit(team, "last", 1, 1_000, hold_s=60)
+    assert await redis.hlen(team_prefix(team) + "res") == 2001  # 2000 live + last; "dead" released
+    assert await redis.zcard(team_prefix(team) + "holds") == 2001
+    for adm in [*live, last]:
+        await meter.settle(adm, ok(1, 1_000))
+    assert await redis.zcard(team_prefix(team) + "holds") == 0
+    usage = await _usage(redis, team)
+    assert usage["spent_micros"] == 2001 * 1_000 and usage["reserved_micros"] == 0
 
 
 async def test_concurrent_admissions_never_exceed_budget_or_limits(redis_url: str) -> None:
