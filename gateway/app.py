@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from gateway.api import admin, errors, health, images, models, usage
-from gateway.api.request_id import RequestIdMiddleware
+from gateway.api.hot import GatewayApp
 from gateway.billing_metrics import BillingMetrics
 from gateway.breaker import BreakerConfig, RouteHealth
 from gateway.catalog import load_catalog
@@ -134,11 +134,10 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
             if embedded is not None:
                 embedded.stop()
 
-    app = FastAPI(title="Image gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = GatewayApp(title="Image gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     errors.install(app)
     for router in (images.router, models.router, usage.router, admin.router, health.router):
         app.include_router(router)
-    app.add_middleware(RequestIdMiddleware)
     return app
 
 

@@ -9,6 +9,10 @@ from typing import Any, ClassVar
 from providers.base import ErrorKind, ProviderError
 
 
+class ClientGone(Exception):
+    """The caller went away before its answer was ready: there is nobody to answer."""
+
+
 class GatewayError(Exception):
     status_code: ClassVar[int] = 500
     error_type: ClassVar[str] = "server_error"

@@ -12,7 +12,8 @@ from gateway.keys import Principal
 from gateway.state import AppState
 
 
-def app_state(request: Request) -> AppState:
+async def app_state(request: Request) -> AppState:
+    # async: FastAPI runs a plain `def` dependency in its thread pool, a thread hop per request
     state: AppState = request.app.state.gateway
     return state
 

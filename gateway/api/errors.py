@@ -10,7 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gateway.errors import GatewayError, InvalidRequestError, ServiceUnavailableError
+from gateway.errors import ClientGone, GatewayError, InvalidRequestError, ServiceUnavailableError
+from gateway.state import AppState
 
 log = logging.getLogger(__name__)
 
@@ -19,17 +20,19 @@ def _render(exc: GatewayError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
 
 
-def install(app: FastAPI) -> None:
-    @app.exception_handler(GatewayError)
-    async def gateway_error(_: Request, exc: GatewayError) -> JSONResponse:
-        return _render(exc)
+REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
-    @app.exception_handler(redis.exceptions.ConnectionError)
-    @app.exception_handler(redis.exceptions.TimeoutError)
-    async def redis_down(request: Request, exc: Exception) -> JSONResponse:
+
+def error_response(exc: Exception, state: AppState | None) -> JSONResponse:
+    """The response for an exception a handler raised: the one place that knows how each kind of
+    failure looks to a caller (FastAPI's handlers below and the hot path both use it)."""
+    if isinstance(exc, GatewayError):
+        return _render(exc)
+    if isinstance(exc, ClientGone):
+        return JSONResponse(None, status_code=499)  # nginx's "client closed request"; nobody reads it
+    if isinstance(exc, REDIS_DOWN):
         # Fail closed: without the accounting store nothing is served (no unmetered images).
         log.warning("redis unavailable: %s", type(exc).__name__)
-        state = getattr(request.app.state, "gateway", None)
         if state is not None:
             state.metrics.redis_errors.labels("request").inc()
         return _render(
@@ -38,6 +41,26 @@ def install(app: FastAPI) -> None:
                 headers={"retry-after": "2"},
             )
         )
+    log.exception("unhandled error", exc_info=exc)
+    body = {
+        "error": {
+            "message": "The server had an error while processing your request.",
+            "type": "server_error",
+            "param": None,
+            "code": None,
+        }
+    }
+    return JSONResponse(body, status_code=500)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(GatewayError)
+    @app.exception_handler(ClientGone)
+    @app.exception_handler(redis.exceptions.ConnectionError)
+    @app.exception_handler(redis.exceptions.TimeoutError)
+    @app.exception_handler(Exception)
+    async def failed(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(exc, getattr(request.app.state, "gateway", None))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -58,16 +81,3 @@ def install(app: FastAPI) -> None:
             }
         }
         return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", exc_info=exc)
-        body = {
-            "error": {
-                "message": "The server had an error while processing your request.",
-                "type": "server_error",
-                "param": None,
-                "code": None,
-            }
-        }
-        return JSONResponse(body, status_code=500)
