@@ -23,6 +23,7 @@ from gateway.keys import KeyStore
 from gateway.metering import Meter
 from gateway.metrics import Metrics
 from gateway.redis_client import RedisClient, connect
+from gateway.redis_scripts import script_client_for
 from gateway.router import Router
 from gateway.service import ImageService
 from gateway.settings import Settings
@@ -82,6 +83,7 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
             embedded.start()
             url = embedded.url
         redis = connect(url, settings.redis_max_connections)
+        scripts = script_client_for(url)
         providers = build_providers(settings, registry, catalog.providers())
         try:
             store = ImageStore(
@@ -92,7 +94,10 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
             )
             metrics = Metrics(settings.prometheus_multiproc_dir)
             spool = SettlementSpool(settings.data_dir / "spool")
-            meter = Meter(redis, spool=spool, on_redis_error=lambda op: metrics.redis_errors.labels(op).inc())
+            meter = Meter(
+                redis, spool=spool, scripts=scripts,
+                on_redis_error=lambda op: metrics.redis_errors.labels(op).inc(),
+            )  # fmt: skip
             route_health = RouteHealth(redis, BreakerConfig(cooldown_s=settings.breaker_cooldown_s))
             board = HealthBoard(
                 catalog, providers, metrics=metrics, route_health=route_health, interval_s=settings.probe_interval_s
@@ -131,6 +136,8 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
             for provider in providers.values():
                 await provider.aclose()
             await redis.aclose()
+            if scripts is not None:
+                await scripts.aclose()
             if embedded is not None:
                 embedded.stop()
 

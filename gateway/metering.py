@@ -22,6 +22,7 @@ from gateway.errors import (
 )
 from gateway.keys import team_prefix
 from gateway.redis_client import REDIS_ERRORS, RedisClient
+from gateway.redis_scripts import ScriptClient, register
 from gateway.spool import SettlementSpool, to_record
 
 log = logging.getLogger(__name__)
@@ -121,13 +122,15 @@ class Meter:
         on_redis_error: Callable[[str], None] | None = None,
         settle_attempts: int = 4,
         idempotency_ttl_s: int = 86400,
+        scripts: ScriptClient | None = None,
     ) -> None:
         self._r = redis
         self._spool = spool
         self._on_redis_error = on_redis_error or (lambda operation: None)
         self._idem_ttl_ms = idempotency_ttl_s * 1000
-        self._admit = redis.register_script(_script("admit.lua"))
-        self._settle = redis.register_script(_script("settle.lua"))
+        # The lean pipelined client where the URL allows it (see redis_scripts.py), else redis-py.
+        self._admit = register(redis, scripts, _script("admit.lua"))
+        self._settle = register(redis, scripts, _script("settle.lua"))
         self._settle_attempts = settle_attempts
 
     async def admit(

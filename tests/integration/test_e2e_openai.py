@@ -10,7 +10,7 @@ import secrets
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 import openai
@@ -35,9 +35,12 @@ class Stack:
     team_id: str
     key: str
     admin_key: str
+    clients: list[openai.OpenAI] = field(default_factory=list)
 
     def client(self, key: str | None = None) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.base + "/v1", api_key=key or self.key, max_retries=0)
+        made = openai.OpenAI(base_url=self.base + "/v1", api_key=key or self.key, max_retries=0)
+        self.clients.append(made)  # closed at teardown: an unclosed one leaks its sockets
+        return made
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +74,10 @@ def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -
         gw.wait_http(base + "/health")
         team = admin.post("/admin/teams", json={"name": "e2e", "monthly_budget_usd": 50.0}).json()
         key = admin.post(f"/admin/teams/{team['id']}/keys", json={"name": "e2e"}).json()["key"]
-        yield Stack(base, admin, f"http://127.0.0.1:{fal_port}", redis_server.url, team["id"], key, admin_key)
+        stack = Stack(base, admin, f"http://127.0.0.1:{fal_port}", redis_server.url, team["id"], key, admin_key)
+        yield stack
+        for client in stack.clients:
+            client.close()
     finally:
         admin.close()
         gw.stop()

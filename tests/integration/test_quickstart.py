@@ -41,10 +41,10 @@ def test_serve_on_embedded_defaults_runs_the_tiny_pipeline_end_to_end(tmp_path: 
     proc = _start(tmp_path, port, 1)
     try:
         key = _printed_key(proc)
-        client = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0)
-        raw = client.images.with_raw_response.generate(
-            model="hidream-i1-full", prompt="a small red house", extra_body={"seed": 3, "num_inference_steps": 2}
-        )
+        with openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0) as client:
+            raw = client.images.with_raw_response.generate(
+                model="hidream-i1-full", prompt="a small red house", extra_body={"seed": 3, "num_inference_steps": 2}
+            )
         assert raw.headers["x-gateway-provider"] == "local_gpu"
         data = raw.parse().data
         assert data is not None and data[0].url is not None and data[0].url.startswith(base + "/v1/files/images/")

@@ -1,0 +1,211 @@
+"""A lean, pipelined client for the two scripts every request runs (admission and settlement).
+
+redis-py spends about 90-135 us of CPU on one EVALSHA (measured on the benchmark machine: its
+connection pool, command layers and retry wrapper), which is a quarter of the gateway's budget for
+a whole request. This client speaks RESP over a few long-lived connections with hiredis (which
+redis-py uses too) and keeps many commands in flight on each one: replies come back in order, so a
+FIFO of futures pairs them. Commands queued in the same event-loop turn leave in one write.
+
+It does only EVALSHA (with SCRIPT LOAD when the server does not know a script) on a plain Redis
+server; a cluster URL, TLS or a unix socket use redis-py's own scripts (see `scripts_for`). Its
+errors are redis-py's, so callers treat "Redis unreachable" the same either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+from collections.abc import Sequence
+from typing import Any, cast
+
+import hiredis
+import redis.exceptions
+from redis.asyncio.connection import parse_url
+
+from gateway.redis_client import CLUSTER_SCHEMES, RedisClient
+
+Arg = str | int | float | bytes
+
+
+def _encode(value: Arg) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, int):
+        return str(value).encode()
+    return repr(value).encode()
+
+
+def pack(*parts: Arg) -> bytes:
+    out = [b"*%d\r\n" % len(parts)]
+    for part in parts:
+        data = _encode(part)
+        out.append(b"$%d\r\n" % len(data))
+        out.append(data)
+        out.append(b"\r\n")
+    return b"".join(out)
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self) -> None:
+        self._reader = hiredis.Reader()
+        self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._out: list[bytes] = []
+        self._transport: asyncio.Transport | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass of it
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._transport = None
+        error = redis.exceptions.ConnectionError(f"connection to Redis lost: {exc!r}")
+        while self._waiting:
+            future = self._waiting.popleft()
+            if not future.done():
+                future.set_exception(error)
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+        while True:
+            reply = self._reader.gets()
+            if reply is False:
+                return
+            future = self._waiting.popleft()
+            if not future.done():  # a caller that timed out or was cancelled leaves its reply here
+                future.set_result(reply)
+
+    def send(self, command: bytes) -> asyncio.Future[Any]:
+        if self.closed or self._transport is None:
+            raise redis.exceptions.ConnectionError("connection to Redis is closed")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting.append(future)
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._out.append(command)
+        return future
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if self._transport is not None and out:
+            self._transport.write(b"".join(out))
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+
+class ScriptClient:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        db: int = 0,
+        username: str | None = None,
+        password: str | None = None,
+        connections: int = 2,
+        timeout_s: float = 5.0,
+        connect_timeout_s: float = 2.0,
+    ) -> None:
+        self._host, self._port, self._db = host, port, db
+        self._auth = [a for a in (username, password) if a]
+        self._timeout_s = timeout_s
+        self._connect_timeout_s = connect_timeout_s
+        self._slots: list[_Connection | None] = [None] * max(1, connections)
+        self._locks = [asyncio.Lock() for _ in self._slots]
+        self._turn = 0
+
+    async def evalsha(self, sha: str, source: str, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
+        command = pack("EVALSHA", sha, len(keys), *keys, *args)
+        reply = await self._call(command)
+        if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
+            await self._call(pack("SCRIPT", "LOAD", source))
+            reply = await self._call(command)
+        if isinstance(reply, hiredis.ReplyError):
+            raise redis.exceptions.ResponseError(str(reply))
+        return reply
+
+    async def aclose(self) -> None:
+        for conn in self._slots:
+            if conn is not None:
+                conn.close()
+        self._slots = [None] * len(self._slots)
+
+    async def _call(self, command: bytes) -> Any:
+        conn = await self._connection()
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                return await conn.send(command)
+        except TimeoutError:
+            raise redis.exceptions.TimeoutError("Redis did not answer in time") from None
+
+    async def _connection(self) -> _Connection:
+        self._turn = (self._turn + 1) % len(self._slots)
+        slot = self._turn
+        conn = self._slots[slot]
+        if conn is not None and not conn.closed:
+            return conn
+        async with self._locks[slot]:
+            conn = self._slots[slot]
+            if conn is None or conn.closed:
+                conn = await self._open()
+                self._slots[slot] = conn
+            return conn
+
+    async def _open(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._connect_timeout_s):
+                _, conn = await loop.create_connection(_Connection, self._host, self._port)
+                setup = []
+                if self._auth:
+                    setup.append(conn.send(pack("AUTH", *self._auth)))
+                if self._db:
+                    setup.append(conn.send(pack("SELECT", self._db)))
+                for reply in await asyncio.gather(*setup):
+                    if isinstance(reply, hiredis.ReplyError):
+                        conn.close()
+                        raise redis.exceptions.ConnectionError(f"Redis refused the connection setup: {reply}")
+        except TimeoutError:
+            raise redis.exceptions.TimeoutError("timed out connecting to Redis") from None
+        except OSError as exc:
+            raise redis.exceptions.ConnectionError(f"cannot connect to Redis: {exc!r}") from None
+        return conn
+
+
+class Script:
+    """Called like redis-py's Script (`await script(keys=[...], args=[...])`), run by ScriptClient."""
+
+    def __init__(self, client: ScriptClient, source: str) -> None:
+        self._client = client
+        self._source = source
+        self._sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(self, keys: Sequence[Arg] = (), args: Sequence[Arg] = ()) -> Any:
+        return await self._client.evalsha(self._sha, self._source, keys, args)
+
+
+def script_client_for(url: str) -> ScriptClient | None:
+    """The lean client for a plain redis:// URL; None where redis-py's scripts are used instead."""
+    scheme = url.partition("://")[0]
+    if scheme != "redis" or scheme in CLUSTER_SCHEMES:
+        return None
+    parsed = parse_url(url)
+    if "path" in parsed or "host" not in parsed:  # a unix socket
+        return None
+    return ScriptClient(
+        str(parsed["host"]),
+        int(parsed.get("port", 6379)),
+        db=int(parsed.get("db", 0)),
+        username=parsed.get("username"),
+        password=parsed.get("password"),
+    )
+
+
+def register(redis: RedisClient, fast: ScriptClient | None, source: str) -> Any:
+    """A script callable: on the lean client when there is one, else redis-py's."""
+    return Script(fast, source) if fast is not None else redis.register_script(source)
