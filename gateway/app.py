@@ -27,6 +27,7 @@ from gateway.redis_scripts import script_client_for
 from gateway.router import Router
 from gateway.service import ImageService
 from gateway.settings import Settings
+from gateway.shedding import LoadShedder
 from gateway.spool import SettlementSpool
 from gateway.state import AppState
 from gateway.storage import ImageStore
@@ -105,6 +106,11 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
             dispatcher = Dispatcher(providers, Router(route_health), route_health, board, metrics)
             service = ImageService(dispatcher, meter, store, metrics, deadline_s=settings.request_deadline_s)
             keys = KeyStore(redis, cache_ttl_s=settings.key_cache_ttl_s)
+            shedder = LoadShedder(
+                max_in_flight=settings.max_in_flight_per_process,
+                max_lag_s=settings.shed_loop_lag_s,
+                on_shed=lambda reason: metrics.shed.labels(reason).inc(),
+            )
             app.state.gateway = AppState(
                 settings=settings,
                 catalog=catalog,
@@ -114,6 +120,7 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
                 metrics=metrics,
                 service=service,
                 health=board,
+                shedder=shedder,
             )
             billing = BillingMetrics(redis, metrics, interval_s=settings.billing_metrics_interval_s)
             background = [
@@ -123,6 +130,7 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
                 asyncio.create_task(billing.run_forever()),
                 asyncio.create_task(keys.follow_revocations()),
                 asyncio.create_task(route_health.flush_forever()),
+                asyncio.create_task(shedder.watch_loop()),
             ]
             try:
                 yield

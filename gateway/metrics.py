@@ -79,6 +79,9 @@ class Metrics:
             registry=r,
         )
         self.redis_errors = Counter("gateway_redis_errors", "Redis calls that failed", ["operation"], registry=r)
+        self.shed = Counter(
+            "gateway_shed", "Image requests refused by load shedding, before any other work", ["reason"], registry=r
+        )
         self.route_healthy = Gauge(
             "gateway_route_healthy",
             "1 when the route's free probe answered healthy",

@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     redis_max_connections: int = Field(default=64, ge=2)
     key_cache_ttl_s: float = Field(default=30.0, ge=0)
 
+    # Load shedding per worker process (gateway/shedding.py): image requests in flight at most, and
+    # the event-loop lag past which new image requests get 503 + retry-after (0 turns that off).
+    max_in_flight_per_process: int = Field(default=10_000, ge=1)
+    shed_loop_lag_s: float = Field(default=0.2, ge=0)
+
     log_level: str = "info"
     # Set by `gateway serve` for several worker processes (prometheus-client's multiprocess mode).
     prometheus_multiproc_dir: Path | None = Field(

@@ -11,6 +11,7 @@ from gateway.metrics import Metrics
 from gateway.redis_client import RedisClient
 from gateway.service import ImageService
 from gateway.settings import Settings
+from gateway.shedding import LoadShedder
 from gateway.storage import ImageStore
 
 
@@ -24,3 +25,4 @@ class AppState:
     metrics: Metrics
     service: ImageService
     health: HealthBoard
+    shedder: LoadShedder

@@ -60,7 +60,8 @@ class GatewayApp(FastAPI):
         try:
             if state is None:
                 raise RuntimeError("the gateway is not started (lifespan did not run)")
-            response = await handler(request, state, await team_principal(request, state))
+            with state.shedder.slot():  # before anything else: a refused request costs next to nothing
+                response = await handler(request, state, await team_principal(request, state))
         except ClientGone:
             return
         except Exception as exc:  # every failure leaves in OpenAI's shape, as on FastAPI's routes

@@ -52,6 +52,11 @@ async def generations(request: Request, state: AppState, principal: Principal) -
 
 @router.post("/v1/images/edits")
 async def edits(request: Request, state: State, principal: Team) -> JSONResponse:
+    with state.shedder.slot():
+        return await _edit(request, state, principal)
+
+
+async def _edit(request: Request, state: AppState, principal: Principal) -> JSONResponse:
     _require_content_type(request, "multipart/form-data")
     settings = state.settings
     limit = settings.max_upload_bytes
