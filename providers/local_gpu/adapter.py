@@ -5,8 +5,8 @@ their /ready reports (cached briefly), sends each request to the ready worker of
 variant with the lowest expected wait, and moves on to the next one on 429, 503 or a refused
 connection. It never retries a worker that timed out or failed a job: generation is not free.
 
-The HTTP client is aiohttp: on this path it costs about a fifth of httpx's CPU per call (see the
-commit that chose it), and every generation the gateway serves from its own GPUs passes here.
+Its HTTP is the lean client in http.py: every generation the gateway serves from its own GPUs is
+one exchange through it, at about a third of aiohttp's CPU and a twelfth of httpx's.
 """
 
 from __future__ import annotations
@@ -15,9 +15,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable, Sequence
-
-import aiohttp
-import yarl
+from urllib.parse import urlsplit
 
 from providers.base import (
     ErrorKind,
@@ -32,6 +30,7 @@ from providers.base import (
     RouteTarget,
 )
 from providers.local_gpu import mapping
+from providers.local_gpu.http import ConnectFailed, ExchangeBroken, ExchangeTimeout, WorkerHttp
 from providers.local_gpu.mapping import PROVIDER, ReadyReport
 
 
@@ -99,7 +98,6 @@ class LocalGpuProvider:
         connect_timeout_s: float = 5.0,
         status_ttl_s: float = 2.0,
         status_timeout_s: float = 2.0,
-        max_connections: int = 1024,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not urls:
@@ -107,29 +105,17 @@ class LocalGpuProvider:
         self._workers = [_Worker(u.rstrip("/")) for u in urls]
         self._connect_timeout_s = connect_timeout_s
         self._status_ttl_s = status_ttl_s
-        self._status_timeout = aiohttp.ClientTimeout(
-            total=status_timeout_s, sock_connect=min(connect_timeout_s, status_timeout_s)
-        )
-        self._max_connections = max_connections
+        self._status_timeout_s = status_timeout_s
         self._clock = clock
-        self._client: aiohttp.ClientSession | None = None
-
-    def _session(self) -> aiohttp.ClientSession:
-        # Made on first use, inside the event loop that will run it. Generations hold a connection
-        # for the whole job, so the pool must cover every request in flight to the workers at once
-        # (a worker's own queue, not this pool, is what bounds them).
-        if self._client is None:
-            # Idle connections are let go before a worker's own keep-alive (uvicorn: 5 s) would close them.
-            connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0, keepalive_timeout=3)
-            self._client = aiohttp.ClientSession(connector=connector, auto_decompress=False)
-        return self._client
+        # Generations hold a connection each for the whole job; a worker's own queue, not a pool
+        # limit, is what bounds them.
+        self._http = WorkerHttp(connect_timeout_s=connect_timeout_s)
 
     async def aclose(self) -> None:
         for worker in self._workers:
             if worker.refreshing is not None:
                 worker.refreshing.cancel()
-        if self._client is not None:
-            await self._client.close()
+        await self._http.aclose()
 
     # --- ImageProvider ----------------------------------------------------------------------
 
@@ -208,37 +194,32 @@ class LocalGpuProvider:
         worker.sent(self._clock())
         # The read timeout is the attempt's whole budget; the caller's asyncio.timeout is the real
         # bound, and cancelling it closes the connection, which tells the worker to drop the job.
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout_s, sock_read=request.timeout_s)
         headers = {"content-type": "application/json", "x-request-id": request.request_id}
         try:
-            async with self._session().post(
-                f"{worker.url}/v1/images/generations", data=json.dumps(body), headers=headers, timeout=timeout
-            ) as resp:
-                content = await resp.read()
-        except aiohttp.ClientConnectorError as exc:
-            raise WorkerUnreachableError(f"cannot connect to {worker.url}: {exc!r}", provider=PROVIDER) from None
-        except aiohttp.ConnectionTimeoutError:
-            raise WorkerUnreachableError(f"cannot connect to {worker.url}: timed out", provider=PROVIDER) from None
-        except (TimeoutError, aiohttp.ServerTimeoutError):
+            reply = await self._http.request(
+                "POST", f"{worker.url}/v1/images/generations", body=json.dumps(body).encode(), headers=headers,
+                timeout_s=request.timeout_s,
+            )  # fmt: skip
+        except ConnectFailed as exc:
+            raise WorkerUnreachableError(str(exc), provider=PROVIDER) from None
+        except ExchangeTimeout:
             raise ProviderTimeoutError(f"{worker.url} did not answer in time", provider=PROVIDER) from None
-        except aiohttp.ServerDisconnectedError as exc:
-            # No answer at all. If the worker cannot be reached now, it went away and the job never
-            # ran (a pooled connection it had closed): another worker may take it. If it can, it
-            # dropped the request and may have run it: not retried elsewhere.
-            if not await self._can_connect(worker):
-                raise WorkerUnreachableError(f"{worker.url} went away: {exc!r}", provider=PROVIDER) from None
-            raise ProviderUnavailableError(f"{worker.url} failed mid-request: {exc!r}", provider=PROVIDER) from None
-        except aiohttp.ClientError as exc:
-            raise ProviderUnavailableError(f"{worker.url} failed mid-request: {exc!r}", provider=PROVIDER) from None
-        if resp.status != 200:
-            raise mapping.error_from_response(resp.status, resp.headers, content)
-        return mapping.parse_generation(resp.headers, content, request)
+        except ExchangeBroken as exc:
+            # No answer. On a pooled connection to a worker that cannot be reached now, the worker
+            # went away and the job never ran (it had closed the idle connection): another worker
+            # may take it. Otherwise it dropped the request and may have run it: not retried.
+            if exc.reused and not await self._can_connect(worker):
+                raise WorkerUnreachableError(f"{worker.url} went away: {exc}", provider=PROVIDER) from None
+            raise ProviderUnavailableError(f"{worker.url} failed mid-request: {exc}", provider=PROVIDER) from None
+        if reply.status != 200:
+            raise mapping.error_from_response(reply.status, reply.headers, reply.body)
+        return mapping.parse_generation(reply.headers, reply.body, request)
 
     async def _can_connect(self, worker: _Worker) -> bool:
-        url = yarl.URL(worker.url)
+        url = urlsplit(worker.url)
         try:
             async with asyncio.timeout(self._connect_timeout_s):
-                _, writer = await asyncio.open_connection(url.host, url.port)
+                _, writer = await asyncio.open_connection(url.hostname, url.port)
         except (OSError, TimeoutError):
             return False
         writer.close()
@@ -260,10 +241,9 @@ class LocalGpuProvider:
 
     async def _read_ready(self, worker: _Worker) -> None:
         try:
-            async with self._session().get(f"{worker.url}/ready", timeout=self._status_timeout) as resp:
-                content = await resp.read()
-            report = mapping.parse_ready(resp.status, resp.headers, content)
-        except (aiohttp.ClientError, TimeoutError, ProviderBadResponseError):
+            reply = await self._http.request("GET", f"{worker.url}/ready", timeout_s=self._status_timeout_s)
+            report = mapping.parse_ready(reply.status, reply.headers, reply.body)
+        except (ConnectFailed, ExchangeTimeout, ExchangeBroken, ProviderBadResponseError):
             worker.reachable = False
             worker.report = None
         else:
