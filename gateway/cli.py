@@ -91,6 +91,8 @@ async def _bootstrap_team(redis_url: str, data_dir: Path, settings: Settings) ->
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from gateway.server import CoalescingHttpToolsProtocol
+
     settings = Settings()
     try:
         load_catalog(settings.pricing_file)
@@ -137,7 +139,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         uvicorn.run(
             "gateway.app:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
-            log_level=settings.log_level, access_log=False,
+            log_level=settings.log_level, access_log=False, loop="uvloop", http=CoalescingHttpToolsProtocol,
+            backlog=args.backlog,
         )  # fmt: skip
     except EmbeddedRedisError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
@@ -248,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1, help="worker processes")
+    serve.add_argument(
+        "--backlog", type=int, default=8192, help="pending connections the listening socket holds (bursts)"
+    )
     serve.add_argument("--tiny-worker", action="store_true", help="also start a tiny HiDream worker on the CPU")
     serve.set_defaults(func=cmd_serve)
 

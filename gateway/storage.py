@@ -4,13 +4,13 @@ URLs signed with an HMAC and an expiry, so a URL works without an API key until 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlencode
 
 from gateway.ids import RandomIds
 
@@ -23,7 +23,11 @@ CONTENT_TYPES = {v: k for k, v in EXTENSIONS.items()}
 @dataclass(frozen=True, slots=True)
 class StoredImage:
     name: str  # "<random>.<ext>"
-    path: Path
+    file: str  # its path (a str: pathlib costs more than the write on the request path)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.file)
 
 
 class ImageStore:
@@ -34,20 +38,21 @@ class ImageStore:
         self._ids = RandomIds()
         self.ttl_s = ttl_s
         root.mkdir(parents=True, exist_ok=True)
+        self._dir = str(root) + os.sep
 
     async def put(self, data: bytes, content_type: str) -> StoredImage:
         name = f"{self._ids.urlsafe(18)}.{EXTENSIONS.get(content_type, 'bin')}"
-        path = self.root / name
+        file = self._dir + name
         if len(data) <= INLINE_WRITE_BYTES:
-            _write_new(path, data)  # a small write costs less than a hop to a thread and back
+            _write_new(file, data)  # a small write costs less than a hop to a thread and back
         else:
-            await asyncio.to_thread(_write_new, path, data)
-        return StoredImage(name, path)
+            await asyncio.to_thread(_write_new, file, data)
+        return StoredImage(name, file)
 
     def signed_url(self, name: str, now: float | None = None) -> str:
+        # name is URL-safe base64 plus an extension, sig is hex: nothing to escape
         expires = int((now if now is not None else time.time()) + self.ttl_s)
-        query = urlencode({"expires": expires, "sig": self._sign(name, expires)})
-        return f"{self.public_url}/v1/files/images/{name}?{query}"
+        return f"{self.public_url}/v1/files/images/{name}?expires={expires}&sig={self._sign(name, expires)}"
 
     def verify(self, name: str, expires: int, sig: str, now: float | None = None) -> bool:
         if expires < (now if now is not None else time.time()):
@@ -79,7 +84,7 @@ class ImageStore:
         return hmac.new(self._key, f"{name}:{expires}".encode(), hashlib.sha256).hexdigest()
 
 
-def _write_new(path: Path, data: bytes) -> None:
+def _write_new(path: str, data: bytes) -> None:
     """Create the file (a fresh random name: O_EXCL) and write it whole. No temporary file and
     rename: nobody can ask for it before its URL is returned, which happens after this."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -89,6 +94,7 @@ def _write_new(path: Path, data: bytes) -> None:
             view = view[os.write(fd, view) :]
     except BaseException:
         os.close(fd)
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
         raise
     os.close(fd)
