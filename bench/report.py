@@ -121,23 +121,25 @@ class Comparison:
 
 def compare(runs: Sequence[RunSummary], ours: Sequence[str]) -> list[Comparison]:
     """Each of our runs against each baseline run of the same scenario."""
-    out: list[Comparison] = []
-    for mine in (r for r in runs if r.policy in ours):
-        for other in runs:
-            if other.scenario != mine.scenario or other.policy in ours:
-                continue
-            out.append(
-                Comparison(
-                    mine.scenario,
-                    mine.policy,
-                    other.policy,
-                    _ratio(mine.cost_per_image_usd, other.cost_per_image_usd),
-                    _ratio(mine.p95_s, other.p95_s),
-                    mine.failed,
-                    other.failed,
-                )
-            )
-    return out
+    return [
+        versus(mine, other)
+        for mine in runs
+        if mine.policy in ours
+        for other in runs
+        if other.scenario == mine.scenario and other.policy not in ours
+    ]
+
+
+def versus(mine: RunSummary, other: RunSummary) -> Comparison:
+    return Comparison(
+        mine.scenario,
+        mine.policy,
+        other.policy,
+        _ratio(mine.cost_per_image_usd, other.cost_per_image_usd),
+        _ratio(mine.p95_s, other.p95_s),
+        mine.failed,
+        other.failed,
+    )
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

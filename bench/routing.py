@@ -3,11 +3,13 @@ policy, in three scenarios (normal; one GPU worker killed halfway; fal failing f
 against two GPU workers of fixed capacity and a fake fal, all real processes on loopback.
 
     .venv/bin/python -m bench.routing [--quick] [--scenarios normal,...] [--policies priority,...]
-                                      [--targets 60,120] [--capacity-rps R]
+                                      [--targets 60,120] [--match-p95] [--capacity-rps R]
 
 Prints a markdown table per policy and scenario (cost per image to the organisation, p50/p95 time
 to result, failed requests, share served by the owned GPUs) and ours against each baseline, and
-writes everything, each request included, as JSON under bench/results/.
+writes everything, each request included, as JSON under bench/results/. With --match-p95, ours
+also runs once per baseline with that baseline's measured p95 as its latency target: the cost of
+each baseline's time to result, when ours is asked for it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.replay import Events, Replayed, replay
-from bench.report import Comparison, RunSummary, compare, matched_table, ratio_table, summarize, table
+from bench.report import Comparison, RunSummary, compare, matched_table, ratio_table, summarize, table, versus
 from bench.scaling import TimeScale, write_scaled_pricing
 from bench.stack import FAL_KEY, Stack, StackConfig
 from bench.workload import Workload, describe
@@ -60,10 +62,14 @@ FAL_ERRORS = (0.75, 0.95)
 class PolicyRun:
     kind: str
     target_real_s: float | None = None  # ours only
+    matches: str | None = None  # ours, with this baseline's p95 (same scenario) as the target
 
     @property
     def label(self) -> str:
-        return self.kind if self.target_real_s is None else f"{self.kind}@{self.target_real_s:g}s"
+        if self.target_real_s is None:
+            return self.kind
+        label = f"{self.kind}@{self.target_real_s:g}s"
+        return label if self.matches is None else f"{label} (p95 of {self.matches})"
 
     def headers(self) -> dict[str, str]:
         out = {"x-gateway-routing-policy": self.kind}
@@ -152,6 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--policies", default=",".join(BASELINES), help="the baselines to run")
     parser.add_argument("--targets", default=",".join(f"{t:g}" for t in REAL_TARGETS_S),
                         help="latency targets for ours, in real-world seconds (one run each)")  # fmt: skip
+    parser.add_argument("--match-p95", action="store_true",
+                        help="also run ours once per baseline, with that baseline's p95 as the target")  # fmt: skip
     parser.add_argument("--capacity-rps", type=float, help="the owned GPUs' capacity (default: measured)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
@@ -168,29 +176,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     catalog = load_catalog(config.pricing_file)
     stack = Stack(config)
     runs: list[Run] = []
+    matched: list[Comparison] = []
     try:
         stack.start()
         plan = make_plan(asyncio.run(stack.time_jobs()), args.quick, args.capacity_rps)
         _print_plan(plan, workdir)
         for scenario in scenarios:
-            for policy in policies:
-                run = run_one(stack, plan, scenario, policy, catalog)
-                runs.append(run)
-                s = run.summary
-                print(f"  {scenario:<14} {policy.label:<16} {s.succeeded}/{s.requests} ok, "
-                      f"{run.replayed.wall_s:.1f} s, load {run.load_1m:.1f}", flush=True)  # fmt: skip
+            done = [_run_and_log(stack, plan, scenario, policy, catalog) for policy in policies]
+            runs += done
+            if args.match_p95:
+                for base in [r.summary for r in done if r.summary.policy in baselines and r.summary.p95_s]:
+                    assert base.p95_s is not None
+                    ours = PolicyRun(OURS, round(SCALE.real(base.p95_s), 1), matches=base.policy)
+                    run = _run_and_log(stack, plan, scenario, ours, catalog)
+                    runs.append(run)
+                    matched.append(versus(run.summary, base))
     finally:
         stack.stop()
     summaries = [r.summary for r in runs]
-    comparisons = compare(summaries, [p.label for p in policies if p.kind == OURS])
+    comparisons = compare(
+        [s for s in summaries if "(p95 of" not in s.policy], [p.label for p in policies if p.kind == OURS]
+    )
     print("\n" + table(summaries) + "\n")
     print(ratio_table(comparisons) + "\n")
     if len({c.ours for c in comparisons}) > 1:
         print(matched_table(comparisons) + "\n")
+    if matched:
+        print("Ours with each baseline's p95 as its latency target, against that baseline:\n")
+        print(ratio_table(matched) + "\n")
     elapsed = time.monotonic() - began
-    path = _write(args.out, plan, runs, comparisons, elapsed, workdir)
+    path = _write(args.out, plan, runs, [*comparisons, *matched], elapsed, workdir)
     print(f"total {elapsed:.0f} s; results in {path}; process logs in {workdir}")
     return 0
+
+
+def _run_and_log(stack: Stack, plan: Plan, scenario: str, policy: PolicyRun, catalog: Catalog) -> Run:
+    run = run_one(stack, plan, scenario, policy, catalog)
+    s = run.summary
+    print(f"  {scenario:<14} {policy.label:<16} {s.succeeded}/{s.requests} ok, "
+          f"{run.replayed.wall_s:.1f} s, load {run.load_1m:.1f}", flush=True)  # fmt: skip
+    return run
 
 
 def _print_plan(plan: Plan, workdir: Path) -> None:

@@ -149,8 +149,7 @@ class Stack:
             "GATEWAY_FAL_POLL_MAX_S": str(c.fal_poll_max_s),
             "GATEWAY_REQUEST_DEADLINE_S": str(c.request_deadline_s),
             "GATEWAY_LOG_LEVEL": "warning",
-            # Scaled like every other duration. The gateway reads it only once Settings has a
-            # breaker_cooldown_s field; until then its breakers cool down for 10 bench seconds.
+            # Scaled like every other duration (Settings.breaker_cooldown_s).
             "GATEWAY_BREAKER_COOLDOWN_S": str(c.breaker_cooldown_s),
         }
 

@@ -86,8 +86,9 @@ class _Route(_Strict):
 
 class _Routing(_Strict):
     policy: Literal["balanced", "cheapest", "fastest", "priority", "round_robin", "least_busy"] = "balanced"
-    latency_target_s: float = Field(default=30.0, gt=0)
-    usd_per_late_second: float = Field(default=0.01, ge=0)
+    latency_target_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    usd_per_late_second: float = Field(default=0.01, ge=0, allow_inf_nan=False)
+    default_latency_s: float = Field(default=15.0, gt=0, allow_inf_nan=False)
 
 
 class _Model(_Strict):
@@ -139,7 +140,7 @@ class RoutingPolicy:
     latency_target_s: float = 30.0
     # Dollars a second of expected time past the target is worth (balanced policy).
     usd_per_late_second: float = 0.01
-    # Expected time of a route with no observations yet.
+    # Expected time to result, in seconds, of a route with no observations yet (pricing.yaml).
     default_latency_s: float = 15.0
 
 
@@ -337,6 +338,7 @@ def _build(parsed: _File) -> Catalog:
                 kind=m.routing.policy,
                 latency_target_s=m.routing.latency_target_s,
                 usd_per_late_second=m.routing.usd_per_late_second,
+                default_latency_s=m.routing.default_latency_s,
             ),
         )
     return Catalog(models=models)

@@ -1,16 +1,18 @@
 """Free active probes of every configured route (a worker's /ready, fal's reachability), run in the
-background so that neither the request path nor /ready waits on an upstream."""
+background so that neither the request path nor /ready waits on an upstream; and, for the router,
+each probe brought up to the moment by providers that can estimate their queues without I/O."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
 
 from gateway.breaker import RouteHealth
 from gateway.catalog import Catalog, Route
 from gateway.metrics import Metrics
-from providers.base import ImageProvider, ProviderHealth
+from providers.base import ImageProvider, ProviderHealth, QueueEstimator, RouteTarget
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +39,17 @@ class HealthBoard:
         self._timeout_s = probe_timeout_s
         self._current: dict[RouteId, ProviderHealth] = {}
         self._refreshed = False
+        self._estimated: dict[RouteId, tuple[QueueEstimator, RouteTarget]] = {
+            (r.model, r.provider): (p, r.target)
+            for r in self._routes
+            if isinstance(p := providers[r.provider], QueueEstimator)
+        }
 
     def current(self) -> Mapping[RouteId, ProviderHealth]:
-        """The last probe of each route (empty before the first round)."""
-        return self._current
+        """The last probe of each route (empty before the first round), with the queue wait of
+        routes whose provider can estimate it brought up to now: a probe round is up to one
+        interval old, and at a peak many jobs are sent in that time."""
+        return _LiveProbes(self._current, self._estimated)
 
     async def refresh(self) -> None:
         results = await asyncio.gather(*(self._probe(r) for r in self._routes))
@@ -86,3 +95,34 @@ class HealthBoard:
             return await asyncio.wait_for(self._providers[route.provider].probe(route.target), self._timeout_s)
         except Exception as exc:  # a failing probe marks the route unhealthy, nothing more
             return ProviderHealth(healthy=False, detail=f"probe failed: {type(exc).__name__}")
+
+
+class _LiveProbes(Mapping[RouteId, ProviderHealth]):
+    """A read-only view of the last probes; a route's live wait is asked for only when it is read
+    (the router reads the few routes of one model)."""
+
+    __slots__ = ("_estimated", "_probes")
+
+    def __init__(
+        self,
+        probes: Mapping[RouteId, ProviderHealth],
+        estimated: Mapping[RouteId, tuple[QueueEstimator, RouteTarget]],
+    ) -> None:
+        self._probes = probes
+        self._estimated = estimated
+
+    def __getitem__(self, key: RouteId) -> ProviderHealth:
+        health = self._probes[key]
+        estimator = self._estimated.get(key)
+        if estimator is None or not health.healthy or health.expected_wait_s is None:
+            return health
+        wait = estimator[0].expected_wait_now(estimator[1])
+        if wait is None or wait == health.expected_wait_s:
+            return health
+        return replace(health, expected_wait_s=wait)
+
+    def __iter__(self) -> Iterator[RouteId]:
+        return iter(self._probes)
+
+    def __len__(self) -> int:
+        return len(self._probes)

@@ -2,8 +2,10 @@
 
 Routes whose breaker is open (and not granting this request a trial), whose free probe says they
 are down, or whose queue is full or slower than the latency target are dropped; the rest are
-ordered by the policy's score (balanced by default: expected cost plus a penalty per second of
-expected time over the target). Saturated routes come back only when nothing else is left.
+ordered by the policy's score. Balanced (the default): a route expected within the latency target
+beats any route expected past it, the cheapest first; only when none is within it are they ordered
+by cost plus a price per expected second late. Saturated routes come back only when nothing else
+is left.
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ class _Scored:
     score: float
     excluded: str | None  # why it was dropped, None when kept
     trial: bool = False
+    late: bool = False  # expected past the latency target (balanced): after every route within it
+
+    def order(self) -> tuple[bool, bool, float]:
+        return (not self.trial, self.late, self.score)
 
 
 class Router:
@@ -79,8 +85,8 @@ class Router:
             )
             for r in routes
         ]
-        kept = sorted((s for s in scored if s.excluded is None), key=lambda s: s.score)
-        saturated = sorted((s for s in scored if s.excluded == "saturated"), key=lambda s: s.score)
+        kept = sorted((s for s in scored if s.excluded is None), key=_Scored.order)
+        saturated = sorted((s for s in scored if s.excluded == "saturated"), key=_Scored.order)
         plan = kept + saturated
         cheapest = min(scored, key=lambda s: s.cost_micros) if scored else None
         out: list[Planned] = []
@@ -162,10 +168,14 @@ class Router:
             case "fastest":
                 score = expected
             case _:
+                # Waiting within the target is free; past it a route is chosen only when no route
+                # is within it, and then a late second costs usd_per_late_second. The microsecond
+                # term breaks ties in cost toward the shorter expected time.
                 score = cost / MICROS + late * policy.usd_per_late_second + expected * 1e-6
         if trial:
             score = float("-inf")  # the one trial request goes first, so the route can recover
-        return _Scored(route, cost, expected, score, excluded, trial)
+        balanced = policy.kind not in ("cheapest", "fastest")
+        return _Scored(route, cost, expected, score, excluded, trial, late=balanced and late > 0)
 
 
 def _reason(index: int, s: _Scored, cheapest: _Scored | None, policy: RoutingPolicy, kept_count: int) -> str:

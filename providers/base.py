@@ -212,6 +212,16 @@ class ImageProvider(Protocol):
     async def aclose(self) -> None: ...
 
 
+@runtime_checkable
+class QueueEstimator(Protocol):
+    """Optional, for providers fronted by queues of their own (the owned GPU workers): how long a
+    job sent to the route now would wait before it starts, from what the adapter already knows
+    (the last load report plus the jobs it sent since). Synchronous and without I/O: the router
+    asks on every request, between the background probes. None when it cannot tell."""
+
+    def expected_wait_now(self, target: RouteTarget) -> float | None: ...
+
+
 def sniff_content_type(data: bytes) -> str | None:
     """The image type from magic bytes (never from a filename or a declared type)."""
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
@@ -221,4 +231,3 @@ def sniff_content_type(data: bytes) -> str | None:
     if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "image/webp"
     return None
-

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 
 from gateway.breaker import BreakerConfig, RouteHealth
-from gateway.catalog import Route, RoutingPolicy, load_catalog
+from gateway.catalog import Catalog, Route, RoutingPolicy, load_catalog
+from gateway.health import HealthBoard
 from gateway.router import Router
-from providers.base import ProviderHealth
+from providers.base import ImageRequest, ImageResult, ProviderHealth, RouteTarget
+from providers.local_gpu import LocalGpuProvider
+from tests.contract.cases.local_gpu import make_request
+from tests.fakes.stand_in_pipeline import StandInPipeline
+from tests.fakes.worker_server import running_worker, wait_until
+from worker.jobs import JobSpec
 
 CFG = BreakerConfig(consecutive_failures=2, cooldown_s=0.2)
 POLICY = RoutingPolicy(latency_target_s=30.0)
@@ -26,8 +32,13 @@ async def health(redis_url: str) -> AsyncIterator[RouteHealth]:
 
 
 @pytest.fixture
-def routes() -> tuple[Route, ...]:
-    return load_catalog(Path(__file__).resolve().parents[2] / "pricing.yaml").models["hidream-i1-full"].routes
+def catalog() -> Catalog:
+    return load_catalog(Path(__file__).resolve().parents[2] / "pricing.yaml")
+
+
+@pytest.fixture
+def routes(catalog: Catalog) -> tuple[Route, ...]:
+    return catalog.models["hidream-i1-full"].routes
 
 
 def gpu(wait: float = 1.0, *, healthy: bool = True, saturated: bool = False) -> dict[tuple[str, str], ProviderHealth]:
@@ -132,3 +143,106 @@ async def test_baselines_give_an_open_route_its_trial_after_the_cooldown(
     assert (await _plan(health, routes, gpu(), policy=RoutingPolicy(kind="priority")))[0][0] == "fal"
     await asyncio.sleep(0.25)
     assert (await _plan(health, routes, gpu(), policy=RoutingPolicy(kind="priority")))[0] == ("local_gpu", "priority")
+
+
+def queue(service_s: float, wait_s: float) -> dict[tuple[str, str], ProviderHealth]:
+    return {
+        ("hidream-i1-full", "local_gpu"): ProviderHealth(True, expected_wait_s=wait_s, service_s=service_s),
+        ("hidream-i1-full", "fal"): ProviderHealth(True),
+    }
+
+
+async def test_spills_over_as_soon_as_the_expected_time_passes_the_target(
+    health: RouteHealth, routes: tuple[Route, ...]
+) -> None:
+    # 20 s of work + 12 s of queue = 32 s, 2 s past the 30 s target. fal (never observed: 15 s)
+    # is within it, so it goes first though the GPU is $0.038 cheaper and 2 late seconds are
+    # priced at only $0.02: waiting is free up to the target, and past it the teams would rather pay.
+    assert (await _plan(health, routes, queue(20.0, 12.0)))[0] == ("fal", "latency_over_target")
+    assert (await _plan(health, routes, queue(20.0, 10.0)))[0] == ("local_gpu", "cheapest_healthy")
+
+
+async def test_when_every_route_is_late_cost_and_the_price_of_lateness_decide(
+    health: RouteHealth, routes: tuple[Route, ...]
+) -> None:
+    for _ in range(5):
+        await health.record("fal", "hidream-i1-full", True, 40.0)  # fal is slow today: 10 s late
+    # GPU 5 s late: $0.014 + 5 x $0.01 = $0.064 against fal's $0.0524 + 10 x $0.01 = $0.1524
+    assert (await _plan(health, routes, queue(20.0, 15.0)))[0] == ("local_gpu", "cheapest_healthy")
+    # GPU 25 s late (its wait alone is within the target): $0.264 against $0.1524
+    assert (await _plan(health, routes, queue(25.0, 30.0)))[0] == ("fal", "latency_over_target")
+
+
+async def test_a_route_never_observed_is_expected_to_take_the_policys_default_latency(
+    health: RouteHealth, routes: tuple[Route, ...]
+) -> None:
+    gpu_late = queue(20.0, 12.0)  # 32 s, 2 s past the target
+    quick = RoutingPolicy(latency_target_s=30.0, default_latency_s=15.0)
+    slow = RoutingPolicy(latency_target_s=30.0, default_latency_s=45.0)
+    assert (await _plan(health, routes, gpu_late, policy=quick))[0][0] == "fal"
+    assert (await _plan(health, routes, gpu_late, policy=slow))[0][0] == "local_gpu"  # both late: cost decides
+    await health.record("fal", "hidream-i1-full", True, 10.0)
+    assert (await _plan(health, routes, gpu_late, policy=slow))[0][0] == "fal"  # observed: the default is gone
+
+
+class _IdleFal:
+    """A provider that is always up and never queues (stands in for fal: no queue estimate)."""
+
+    name = "fal"
+
+    async def generate(self, target: RouteTarget, request: ImageRequest) -> ImageResult:
+        raise AssertionError("not called")
+
+    async def probe(self, target: RouteTarget) -> ProviderHealth:
+        return ProviderHealth(True)
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_jobs_sent_since_the_last_probe_round_count_at_once_and_drain_with_time(
+    health: RouteHealth, catalog: Catalog, routes: tuple[Route, ...]
+) -> None:
+    """Between probe rounds the router sees each GPU queue as the adapter knows it now: every job
+    it sent since the round adds one job's time, and the worker works that off as time passes."""
+    now = [1000.0]  # the adapter's clock, moved by hand: nothing here depends on real time
+    pipeline = StandInPipeline()
+    jobs: list[asyncio.Task[ImageResult]] = []
+    with running_worker("full", max_queue=4, pipeline=pipeline) as worker:
+        request = make_request()
+        units = JobSpec("p", None, request.n, 1024, 1024, request.num_inference_steps, 5.0, 0)
+        worker.state.queue.seed_estimate(units, 10.0)  # the worker says: one job takes 10 s
+        gpu = LocalGpuProvider([worker.url], connect_timeout_s=2.0, status_ttl_s=3600, clock=lambda: now[0])
+        board = HealthBoard(catalog, {"local_gpu": gpu, "fal": _IdleFal()}, interval_s=3600)
+        router = Router(health)
+        target_25s = RoutingPolicy(latency_target_s=25.0)
+
+        async def first(probes: Mapping[tuple[str, str], ProviderHealth]) -> tuple[str, str]:
+            plan = await router.plan(routes, probes, width=1024, height=1024, n=1, policy=target_25s)
+            return plan[0].route.provider, plan[0].reason
+
+        try:
+            await board.refresh()  # the probe round: an idle worker, 10 s a job
+            assert await first(board.current()) == ("local_gpu", "cheapest_healthy")
+            pipeline.plan("hold", 2)
+            jobs = [asyncio.create_task(gpu.generate(FULL_TARGET, make_request())) for _ in range(2)]
+            in_worker = worker.state.queue
+            await asyncio.to_thread(wait_until, lambda: in_worker.in_flight + in_worker.waiting == 2, "2 jobs in")
+
+            last_round = {(m, p): h for m, by in (await board.snapshot()).items() for p, h in by.items()}
+            assert last_round[LOCAL_FULL].expected_wait_s == 0.0  # the round still says "idle" ...
+            assert await first(last_round) == ("local_gpu", "cheapest_healthy")  # ... and would pile on
+            assert board.current()[LOCAL_FULL].expected_wait_s == 20.0  # two jobs of 10 s since
+            assert await first(board.current()) == ("fal", "latency_over_target")  # 20 s + 10 s > 25 s
+
+            now[0] += 15.0  # a job and a half later, with no probe round in between
+            assert board.current()[LOCAL_FULL].expected_wait_s == 5.0
+            assert await first(board.current()) == ("local_gpu", "cheapest_healthy")  # 5 s + 10 s
+        finally:
+            pipeline.release.set()
+            await asyncio.gather(*jobs, return_exceptions=True)
+            await gpu.aclose()
+
+
+FULL_TARGET = RouteTarget("local_gpu", "hidream-i1-full", "hidream-i1-full", None, 4)
+LOCAL_FULL = ("hidream-i1-full", "local_gpu")

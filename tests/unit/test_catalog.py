@@ -94,3 +94,32 @@ def test_parse_size_rejects_malformed(size: str) -> None:
 
 def test_parse_size_reads_width_then_height() -> None:
     assert parse_size("1360x768") == (1360, 768)
+
+
+def test_routing_policy_comes_from_the_file_with_the_latency_of_an_unobserved_route(
+    pricing_file: Path, tmp_path: Path
+) -> None:
+    full = load_catalog(pricing_file, KNOWN).models["hidream-i1-full"]
+    policy = full.routing
+    assert (policy.kind, policy.latency_target_s, policy.default_latency_s) == ("balanced", 30.0, 15.0)
+    custom = _mutated(pricing_file, tmp_path, "default_latency_s: 15\n", "default_latency_s: 4.5\n")
+    assert load_catalog(custom, KNOWN).models["hidream-i1-full"].routing.default_latency_s == 4.5
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0", "Input should be greater than 0"),
+        ("-5", "Input should be greater than 0"),
+        (".inf", "Input should be a finite number"),
+        ("soon", "Input should be a valid number"),
+    ],
+)
+def test_bad_default_latency_is_refused_with_its_line(
+    pricing_file: Path, tmp_path: Path, value: str, message: str
+) -> None:
+    bad = _mutated(pricing_file, tmp_path, "default_latency_s: 15\n", f"default_latency_s: {value}\n")
+    line = next(i for i, t in enumerate(bad.read_text().splitlines(), 1) if f"default_latency_s: {value}" in t)
+    with pytest.raises(CatalogError) as info:
+        load_catalog(bad, KNOWN)
+    assert str(info.value).startswith(f"{bad}:{line}: models.hidream-i1-full.routing.default_latency_s: {message}")

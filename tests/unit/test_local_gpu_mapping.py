@@ -179,3 +179,17 @@ async def test_build_needs_worker_urls() -> None:
     assert isinstance(provider, LocalGpuProvider)
     assert provider.name == "local_gpu"
     await provider.aclose()
+
+
+def test_png_size_is_read_from_the_header_as_pil_reads_it() -> None:
+    import io as _io
+
+    from PIL import Image as _Image
+
+    from providers.local_gpu.mapping import png_size
+
+    for w, h in ((1024, 1024), (1360, 768), (1, 3)):
+        buf = _io.BytesIO()
+        _Image.new("RGB", (w, h)).save(buf, "PNG")
+        assert png_size(buf.getvalue()) == (w, h)
+    assert png_size(b"\x89PNG\r\n\x1a\n" + b"\x00" * 8) is None  # too short to hold an IHDR
