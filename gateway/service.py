@@ -182,7 +182,7 @@ class ImageService:
             item: dict[str, str] = {"revised_prompt": valid.prompt}
             if valid.response_format == "b64_json":
                 assert img.data is not None  # _check_result guarantees bytes for b64_json
-                item["b64_json"] = base64.b64encode(img.data).decode("ascii")
+                item["b64_json"] = img.b64 if img.b64 is not None else base64.b64encode(img.data).decode("ascii")
             elif img.data is not None:
                 stored = await self._store.put(img.data, img.content_type)
                 item["url"] = self._store.signed_url(stored.name)

@@ -73,6 +73,9 @@ class GeneratedImage:
     height: int
     data: bytes | None = None
     url: str | None = None  # a provider CDN URL that may pass through to the caller
+    # The provider's own base64 of `data`, when it sent one: a b64_json answer reuses it instead of
+    # encoding megabytes again.
+    b64: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

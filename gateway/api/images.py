@@ -6,9 +6,11 @@ import asyncio
 import json
 from collections.abc import Awaitable
 from dataclasses import replace
+from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
@@ -34,7 +36,14 @@ router = APIRouter()
 IMAGE_FIELDS = ("image", "image[]")
 
 
-async def generations(request: Request, state: AppState, principal: Principal) -> JSONResponse:
+class JsonBytesResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+async def generations(request: Request, state: AppState, principal: Principal) -> Response:
     """POST /v1/images/generations, served by the hot path (gateway/api/hot.py) rather than a
     FastAPI route: every image request passes here, and the framework's per-request machinery
     cost more than the rest of the gateway's own work."""
@@ -51,12 +60,12 @@ async def generations(request: Request, state: AppState, principal: Principal) -
 
 
 @router.post("/v1/images/edits")
-async def edits(request: Request, state: State, principal: Team) -> JSONResponse:
+async def edits(request: Request, state: State, principal: Team) -> Response:
     with state.shedder.slot():
         return await _edit(request, state, principal)
 
 
-async def _edit(request: Request, state: AppState, principal: Principal) -> JSONResponse:
+async def _edit(request: Request, state: AppState, principal: Principal) -> Response:
     _require_content_type(request, "multipart/form-data")
     settings = state.settings
     limit = settings.max_upload_bytes
@@ -107,11 +116,13 @@ async def _decode(upload: UploadFile, param: str, limit: int, max_pixels: int) -
     return await asyncio.to_thread(decode_upload, data, param=param, max_pixels=max_pixels)
 
 
-async def _serve(request: Request, state: AppState, principal: Principal, valid: ValidRequest) -> JSONResponse:
+async def _serve(request: Request, state: AppState, principal: Principal, valid: ValidRequest) -> Response:
     routing = await _routing(request, state, principal, valid)
     work = state.service.generate(principal, valid, request.state.request_id, routing, _idempotency_key(request))
     result = await _until_disconnect(request, work)
-    return JSONResponse(result.body, headers=result.headers)
+    # orjson: a b64_json answer holds megabytes of text, which json.dumps took ~14 ms to escape for a
+    # 2 MiB image (orjson: ~0.5 ms); small answers are faster too.
+    return JsonBytesResponse(result.body, headers=result.headers)
 
 
 async def _routing(request: Request, state: AppState, principal: Principal, valid: ValidRequest) -> RoutingRequest:

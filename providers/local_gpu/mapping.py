@@ -186,7 +186,7 @@ def _decode_image(b64: str, request: ImageRequest) -> GeneratedImage:
     width, height = size
     if (width, height) != (request.width, request.height):
         raise ProviderBadResponseError(f"asked for {request.size}, got an image of {width}x{height}", provider=PROVIDER)
-    return GeneratedImage(content_type=content_type, width=width, height=height, data=data)
+    return GeneratedImage(content_type=content_type, width=width, height=height, data=data, b64=b64)
 
 
 def png_size(data: bytes) -> tuple[int, int] | None:
