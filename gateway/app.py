@@ -138,8 +138,8 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
                 for task in background:
                     task.cancel()
                 # Let them finish (the last flush of route health, closing the revocation feed)
-                # while Redis is still open.
-                await asyncio.gather(*background, return_exceptions=True)
+                # while Redis is still open, but never hold up shutdown for long.
+                await asyncio.wait(background, timeout=5)
         finally:
             for provider in providers.values():
                 await provider.aclose()

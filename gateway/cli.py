@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import secrets
 import shutil
 import signal
@@ -88,6 +89,14 @@ async def _bootstrap_team(redis_url: str, data_dir: Path, settings: Settings) ->
         await redis.aclose()
 
 
+def _raise_open_files_limit() -> None:
+    """Thousands of generations in flight hold two sockets each (caller and upstream): lift the
+    soft limit on open files to the hard one (often 1024 -> 1048576)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 1 << 20, hard))
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -99,6 +108,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except CatalogError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
+    _raise_open_files_limit()
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     os.environ["GATEWAY_DATA_DIR"] = str(data_dir)
@@ -146,11 +156,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
     finally:
+        # The worker and Redis stop side by side: the worker may take a while to let go of a job.
         if worker is not None:
             worker.terminate()
-            worker.wait(timeout=30)
         if embedded is not None:
             embedded.stop()
+        if worker is not None:
+            worker.wait(timeout=30)
     return 0
 
 
