@@ -1,8 +1,14 @@
-"""FalProvider: the gateway's client for fal.ai's queue API (submit, poll status, fetch the result,
-cancel). Body shapes live in mapping.py; this module owns URLs, headers, timing and I/O.
+"""FalProvider: the gateway's client for fal.ai's queue API (submit, watch status, fetch the result,
+cancel). Body shapes live in mapping.py, when to look in timing.py; this module owns URLs, headers
+and I/O.
 
 The whole call runs under one deadline (request.timeout_s). A call that runs out of time or whose
 awaiting task is cancelled cancels the fal request too, so nobody pays for an image nobody waits for.
+
+Watching a request costs one to three calls: the status stream (§2.3) while the job's time is
+unknown or long, and polls timed from how long the app's recent requests took once it is known
+(timing.py has the measured reasons). Polling, backing off, also takes over when no stream slot is
+free, when the stream gives out, and while fal refuses streams.
 """
 
 from __future__ import annotations
@@ -12,15 +18,11 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-
-import httpx
+from collections.abc import Mapping
 
 from providers.base import (
     ImageRequest,
     ImageResult,
-    ProviderBadResponseError,
     ProviderError,
     ProviderHealth,
     ProviderTimeoutError,
@@ -29,24 +31,11 @@ from providers.base import (
 )
 from providers.fal import mapping
 from providers.fal.errors import PROVIDER, error_from_response, error_from_status
-from providers.fal.mapping import FalInput, QueueStatus, Submission
+from providers.fal.http import AiohttpFal, FalHttp, Reply
+from providers.fal.mapping import QueueStatus, Submission, SubmitBody
+from providers.fal.timing import CompletionTimes, PollPolicy
 
 log = logging.getLogger(__name__)
-
-
-@contextmanager
-def _translated(step: str) -> Iterator[None]:
-    """httpx's own errors become provider errors here and nowhere else."""
-    try:
-        yield
-    except httpx.TimeoutException as exc:
-        raise ProviderUnavailableError(f"fal {step}: no answer ({type(exc).__name__})", provider=PROVIDER) from exc
-    except httpx.DecodingError as exc:
-        raise ProviderBadResponseError(f"fal {step}: undecodable body", provider=PROVIDER) from exc
-    except httpx.TransportError as exc:
-        raise ProviderUnavailableError(f"fal {step}: {type(exc).__name__}", provider=PROVIDER) from exc
-    except httpx.HTTPError as exc:
-        raise ProviderBadResponseError(f"fal {step}: {type(exc).__name__}", provider=PROVIDER) from exc
 
 
 class FalProvider:
@@ -61,32 +50,36 @@ class FalProvider:
         poll_factor: float = 1.5,
         poll_max_s: float = 2.0,
         connect_timeout_s: float = 5.0,
+        first_look_fraction: float = 0.8,
+        status_stream: bool = True,
+        max_streams: int = 6000,
+        stream_pause_s: float = 60.0,
         read_timeout_s: float = 30.0,
         cancel_timeout_s: float = 2.0,
         probe_timeout_s: float = 5.0,
         transient_retries: int = 3,
         max_connections: int = 100,
-        transport: httpx.AsyncBaseTransport | None = None,
+        http: FalHttp | None = None,
     ) -> None:
-        if not (0 < poll_initial_s <= poll_max_s and poll_factor >= 1.0):
-            raise ValueError("fal polling needs 0 < initial <= max and factor >= 1")
+        self._policy = PollPolicy(poll_initial_s, poll_factor, poll_max_s, first_look_fraction)
+        if max_streams < 0:
+            raise ValueError("max_streams must be >= 0")
         self._queue_url = queue_url.rstrip("/")
-        self._poll_initial_s = poll_initial_s
-        self._poll_factor = poll_factor
-        self._poll_max_s = poll_max_s
+        self._times = CompletionTimes()
+        # Streams open at most (each holds a connection); beyond, requests poll.
+        self._max_streams = max_streams if status_stream else 0
+        self._streams_open = 0
+        self._stream_pause_s = stream_pause_s
+        self._streams_paused_until = 0.0  # fal refused a stream: everyone polls until then
         self._transient_retries = transient_retries
         self._cancel_timeout_s = cancel_timeout_s
-        self._cancel_timeout = httpx.Timeout(cancel_timeout_s, connect=min(cancel_timeout_s, connect_timeout_s))
-        self._probe_timeout = httpx.Timeout(probe_timeout_s, connect=min(probe_timeout_s, connect_timeout_s))
+        self._probe_timeout_s = probe_timeout_s
         # Every URL we call is checked to live under queue_url (mapping.parse_submission), so the
-        # key in the default headers never leaves fal.
-        self._client = httpx.AsyncClient(
-            headers={"Authorization": f"Key {key}"},
-            timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections // 2),
-            follow_redirects=False,
-            transport=transport,
-        )
+        # key the client sends never leaves fal.
+        self._http = http or AiohttpFal(
+            key, connect_timeout_s=connect_timeout_s, read_timeout_s=read_timeout_s,
+            max_connections=max_connections, max_streams=self._max_streams,
+        )  # fmt: skip
         # Cancels still on their way (deadline expiries do not wait for them); drained in aclose.
         self._background: set[asyncio.Task[None]] = set()
 
@@ -96,13 +89,13 @@ class FalProvider:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        await self._client.aclose()
+        await self._http.aclose()
 
     # --- ImageProvider ----------------------------------------------------------------------------
 
     async def generate(self, target: RouteTarget, request: ImageRequest) -> ImageResult:
         endpoint = mapping.endpoint_for(target, request)
-        body = mapping.fal_input(request)
+        body = mapping.submit_body(request)
         started = time.monotonic()
         submitting: asyncio.Task[Submission] | None = None
         try:
@@ -111,7 +104,7 @@ class FalProvider:
                 submitting = asyncio.ensure_future(self._submit(endpoint, body, request.timeout_s))
                 submission = await asyncio.shield(submitting)
                 try:
-                    status = await self._until_completed(submission)
+                    status = await self._until_completed(endpoint, submission)
                 except ProviderError:
                     self._cancel_upstream(submitting)  # we lost track of it; it may still run
                     raise
@@ -137,11 +130,10 @@ class FalProvider:
             return ProviderHealth(healthy=False, detail=str(exc))
         url = f"{self._queue_url}/{app}/requests/{uuid.uuid4()}/status"
         try:
-            with _translated("probe"):
-                response = await self._client.get(url, timeout=self._probe_timeout)
+            reply = await self._http.send("GET", url, step="probe", timeout_s=self._probe_timeout_s)
         except ProviderError as exc:
             return ProviderHealth(healthy=False, detail=f"unreachable: {exc.message}")
-        code = response.status_code
+        code = reply.status
         if code in (401, 403):
             return ProviderHealth(healthy=False, detail="auth")
         if code == 429:
@@ -152,59 +144,101 @@ class FalProvider:
 
     # --- the queue protocol -----------------------------------------------------------------------
 
-    async def _submit(self, endpoint: str, body: FalInput, timeout_s: float) -> Submission:
+    async def _submit(self, endpoint: str, body: SubmitBody, timeout_s: float) -> Submission:
         headers: dict[str, str] = {}
         if timeout_s > 1.0:
             # fal's start deadline (§5.1): a request still queued when we stop waiting never runs.
             headers["X-Fal-Request-Timeout"] = str(round(timeout_s, 3))
-        with _translated("submit"):
-            response = await self._client.post(f"{self._queue_url}/{endpoint}", json=body, headers=headers)
+        reply = await self._http.send(
+            "POST", f"{self._queue_url}/{endpoint}", step="submit", headers=headers, body=body
+        )
         # A submit is never repeated, not even after an ingress 5xx: a repeat may be a second job.
-        if not response.is_success:
-            raise error_from_response(response.status_code, response.headers, response.content)
-        submission = mapping.parse_submission(response.content, queue_url=self._queue_url)
+        if not reply.ok:
+            raise error_from_response(reply.status, reply.headers, reply.body)
+        submission = mapping.parse_submission(reply.body, queue_url=self._queue_url)
         log.debug("fal request %s queued on %s", submission.request_id, endpoint)
         return submission
 
-    async def _until_completed(self, submission: Submission) -> QueueStatus:
-        """Poll the returned status_url, backing off from poll_initial_s by poll_factor up to poll_max_s."""
-        delay = self._poll_initial_s
+    async def _until_completed(self, endpoint: str, submission: Submission) -> QueueStatus:
+        """Look first when the endpoint's recent requests were nearly done; then at each look follow
+        the status stream if it is worth it and a slot is free (once per request), else poll with
+        backoff (timing.PollPolicy)."""
+        submitted = time.monotonic()
+        expected = self._times.expected_s(endpoint)
+        streaming = self._stream_slot_free() and self._policy.should_stream(expected, 0.0)
+        await asyncio.sleep(self._policy.first_look_s(expected, streaming=streaming))
+        may_stream = True
         while True:
-            await asyncio.sleep(delay)
-            response = await self._get(submission.status_url, "status", params={"logs": "0"})
-            status = mapping.parse_status(response.status_code, response.headers, response.content)
+            status: QueueStatus | None = None
+            elapsed = time.monotonic() - submitted
+            if may_stream and self._stream_slot_free() and self._policy.should_stream(expected, elapsed):
+                may_stream = False  # a stream that gave out is not retried: polls take over
+                status = await self._watch(submission)
+            if status is None:
+                status = await self._poll(submission)
+            elapsed = time.monotonic() - submitted
             if status.state == "COMPLETED":
+                if status.error is None and status.error_type is None:
+                    self._times.observe(endpoint, elapsed)
                 return status
-            delay = min(delay * self._poll_factor, self._poll_max_s)
+            await asyncio.sleep(self._policy.next_wait_s(elapsed))
+
+    def _stream_slot_free(self) -> bool:
+        return self._streams_open < self._max_streams and time.monotonic() >= self._streams_paused_until
+
+    async def _poll(self, submission: Submission) -> QueueStatus:
+        reply = await self._get(submission.status_url, "status", params={"logs": "0"})
+        return mapping.parse_status(reply.status, reply.headers, reply.body)
+
+    async def _watch(self, submission: Submission) -> QueueStatus | None:
+        """The status stream until COMPLETED; None if it gave out first, or fal would not stream
+        (then nobody streams for stream_pause_s). A poll decides what any failure means."""
+        self._streams_open += 1
+        try:
+            url = submission.status_url + "/stream"
+            async with self._http.stream(url, step="status stream", params={"logs": "0"}) as events:
+                if events.status != 200 or not events.headers.get("content-type", "").startswith("text/event-stream"):
+                    self._streams_paused_until = time.monotonic() + self._stream_pause_s
+                    log.info("fal refused a status stream (%s); polling instead", events.status)
+                    return None
+                decoder = mapping.EventStreamDecoder()
+                async for line in events.lines:
+                    data = decoder.feed(line)
+                    if data is not None and (status := mapping.parse_status_event(data)).state == "COMPLETED":
+                        return status
+        except ProviderError as exc:
+            log.debug("fal status stream gave out (%s); polling instead", exc.message)
+        finally:
+            self._streams_open -= 1
+        return None
 
     async def _result(self, submission: Submission, status: QueueStatus) -> ImageResult:
         # A failed request's result repeats the error's own status and body (§2.4), which says more
         # than the status's error_type; so the result is fetched either way.
-        response = await self._get(submission.response_url, "result")
-        if not response.is_success:
-            raise error_from_response(response.status_code, response.headers, response.content)
+        reply = await self._get(submission.response_url, "result")
+        if not reply.ok:
+            raise error_from_response(reply.status, reply.headers, reply.body)
         if status.error is not None or status.error_type is not None:
             raise error_from_status(status.error_type)
-        upstream_id = response.headers.get("x-fal-request-id") or submission.request_id
-        return mapping.result_from_output(response.content, upstream_request_id=upstream_id)
+        upstream_id = reply.headers.get("x-fal-request-id") or submission.request_id
+        return mapping.result_from_output(reply.body, upstream_request_id=upstream_id)
 
-    async def _get(self, url: str, step: str, params: Mapping[str, str] | None = None) -> httpx.Response:
+    async def _get(self, url: str, step: str, params: Mapping[str, str] | None = None) -> Reply:
         """A GET, repeated on a refused/reset connection or an ingress 5xx (both safe for a read)."""
-        delay = self._poll_initial_s
+        delay = self._policy.initial_s
         for attempt in range(self._transient_retries + 1):
             last = attempt == self._transient_retries
             try:
-                with _translated(step):
-                    response = await self._client.get(url, params=params)
+                reply = await self._http.send("GET", url, step=step, params=params)
             except ProviderUnavailableError:
                 if last:
                     raise
             else:
-                if last or not mapping.is_ingress_error(response.status_code, response.headers):
-                    return response
+                if last or not mapping.is_ingress_error(reply.status, reply.headers):
+                    return reply
             log.debug("fal %s: transient failure, retrying in %.2f s", step, delay)
             await asyncio.sleep(delay)
-            delay = min(delay * self._poll_factor, self._poll_max_s)
+            delay = min(delay * self._policy.factor, self._policy.max_s)
         raise AssertionError("unreachable")
 
     def _cancel_upstream(self, submitting: asyncio.Task[Submission]) -> asyncio.Task[None]:
@@ -218,10 +252,11 @@ class FalProvider:
         try:
             async with asyncio.timeout(self._cancel_timeout_s):
                 submission = await submitting
-                with _translated("cancel"):
-                    response = await self._client.put(submission.cancel_url, timeout=self._cancel_timeout)
+                reply = await self._http.send(
+                    "PUT", submission.cancel_url, step="cancel", timeout_s=self._cancel_timeout_s
+                )
         except (ProviderError, TimeoutError) as exc:
             log.info("fal cancel not sent: %s", exc)
             return
         # 2xx: cancelled; 400 ALREADY_COMPLETED / 404 NOT_FOUND: nothing left to cancel (§2.5).
-        log.debug("fal request %s cancel answered %s", submission.request_id, response.status_code)
+        log.debug("fal request %s cancel answered %s", submission.request_id, reply.status)

@@ -81,11 +81,34 @@ def test_b64_json_asks_for_sync_mode() -> None:
 def test_edit_sends_the_image_as_a_data_uri_with_strength_to_the_image_to_image_endpoint() -> None:
     data = png()
     edit = req(images=(InputImage(data, "image/png", 32, 24),), strength=0.4)
-    out = mapping.fal_input(edit)
+    sent = mapping.submit_body(edit)
+    out = json.loads(b"".join(sent.pieces()))
     assert out["image_url"] == "data:image/png;base64," + base64.b64encode(data).decode()
     assert out["strength"] == 0.4
+    assert {k: v for k, v in out.items() if k != "image_url"} == mapping.fal_input(edit)
     assert mapping.endpoint_for(TARGET, edit) == "fal-ai/hidream-i1-full/image-to-image"
     assert mapping.endpoint_for(TARGET, req()) == "fal-ai/hidream-i1-full"
+
+
+@pytest.mark.parametrize("extra", [0, 1, 2])  # sizes that leave 0, 1 or 2 bytes past a multiple of 3
+def test_a_large_edit_image_is_sent_in_pieces_that_join_to_one_exact_data_uri(extra: int) -> None:
+    data = bytes(range(256)) * (2 * mapping.DATA_URI_PIECE // 256) + b"\x89" * extra
+    edit = req(images=(InputImage(data, "image/webp", 1, 1),), prompt='a "quoted" fox')
+    sent = mapping.submit_body(edit)
+    pieces = list(sent.pieces())
+    assert len(pieces) >= 4  # head, at least three pieces of the image, tail
+    assert max(len(p) for p in pieces) <= 4 * mapping.DATA_URI_PIECE // 3  # no piece holds the whole image
+    joined = b"".join(pieces)
+    assert len(joined) == sent.length
+    out = json.loads(joined)
+    assert out["image_url"] == "data:image/webp;base64," + base64.b64encode(data).decode()
+    assert out["prompt"] == 'a "quoted" fox'
+
+
+def test_a_generation_body_is_the_input_as_json() -> None:
+    sent = mapping.submit_body(req(seed=3))
+    joined = b"".join(sent.pieces())
+    assert len(joined) == sent.length and json.loads(joined) == mapping.fal_input(req(seed=3))
 
 
 def test_edits_fal_cannot_do_are_refused_naming_the_parameter() -> None:
@@ -170,6 +193,29 @@ def test_status_replies_parse_by_their_state() -> None:
 def test_status_replies_that_break_the_protocol_are_bad(code: int, data: object) -> None:
     with pytest.raises(ProviderBadResponseError):
         mapping.parse_status(code, {}, body(data))
+
+
+def test_stream_events_parse_like_poll_replies_without_an_http_code() -> None:
+    queued = mapping.parse_status_event(json.dumps({"status": "IN_QUEUE", "queue_position": 0}))
+    assert (queued.state, queued.queue_position) == ("IN_QUEUE", 0)
+    done = mapping.parse_status_event(json.dumps({"status": "COMPLETED", "logs": None, "error_type": "x"}))
+    assert (done.state, done.error_type) == ("COMPLETED", "x")
+    for broken in ('{"status": "IN_QUEUE"}', '{"status": "COMPLETED"}', "not json", '{"status": "FAILED"}'):
+        with pytest.raises(ProviderBadResponseError):
+            mapping.parse_status_event(broken)
+
+
+def test_the_event_stream_decoder_yields_each_events_data_and_skips_comments() -> None:
+    lines = [
+        ": keep-alive", "",  # a comment alone is no event
+        'data: {"status": "IN_QUEUE",', 'data:"queue_position": 0}', "id: 7", "",  # two data lines, one event
+        "event: status", 'data: {"status": "IN_PROGRESS", "logs": []}', "",
+        "data: trailing without its blank line",
+    ]  # fmt: skip
+    decoder = mapping.EventStreamDecoder()
+    events = [e for e in (decoder.feed(line) for line in lines) if e is not None]
+    assert events == ['{"status": "IN_QUEUE",\n"queue_position": 0}', '{"status": "IN_PROGRESS", "logs": []}']
+    assert [mapping.parse_status_event(e).state for e in events] == ["IN_QUEUE", "IN_PROGRESS"]
 
 
 def test_non_2xx_status_reply_is_mapped_as_an_error() -> None:
