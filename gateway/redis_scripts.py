@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
+import time
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -49,24 +50,45 @@ def pack(*parts: Arg) -> bytes:
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self) -> None:
+    """One connection with many commands in flight. A watchdog, armed while replies are awaited,
+    fails every waiting call with TimeoutError and drops the connection once the oldest has waited
+    `timeout_s` (one timer per connection instead of one per call)."""
+
+    def __init__(self, timeout_s: float) -> None:
         self._reader = hiredis.Reader()
-        self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
         self._out: list[bytes] = []
         self._transport: asyncio.Transport | None = None
+        self._timeout_s = timeout_s
+        self._watchdog: asyncio.TimerHandle | None = None
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass of it
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._fail_all(redis.exceptions.ConnectionError(f"connection to Redis lost: {exc!r}"))
+
+    def _fail_all(self, error: Exception) -> None:
         self.closed = True
-        self._transport = None
-        error = redis.exceptions.ConnectionError(f"connection to Redis lost: {exc!r}")
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         while self._waiting:
-            future = self._waiting.popleft()
+            future, _ = self._waiting.popleft()
             if not future.done():
                 future.set_exception(error)
+        self.close()
+
+    def _check(self) -> None:
+        self._watchdog = None
+        if not self._waiting:
+            return
+        late = time.monotonic() - self._waiting[0][1]
+        if late >= self._timeout_s:
+            self._fail_all(redis.exceptions.TimeoutError("Redis did not answer in time"))
+        else:
+            self._watchdog = asyncio.get_running_loop().call_later(self._timeout_s - late, self._check)
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
@@ -74,17 +96,20 @@ class _Connection(asyncio.Protocol):
             reply = self._reader.gets()
             if reply is False:
                 return
-            future = self._waiting.popleft()
-            if not future.done():  # a caller that timed out or was cancelled leaves its reply here
+            future, _ = self._waiting.popleft()
+            if not future.done():  # a caller that was cancelled leaves its reply here
                 future.set_result(reply)
 
     def send(self, command: bytes) -> asyncio.Future[Any]:
         if self.closed or self._transport is None:
             raise redis.exceptions.ConnectionError("connection to Redis is closed")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._waiting.append(future)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._waiting.append((future, time.monotonic()))
+        if self._watchdog is None:
+            self._watchdog = loop.call_later(self._timeout_s, self._check)
         if not self._out:
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop.call_soon(self._flush)
         self._out.append(command)
         return future
 
@@ -137,11 +162,7 @@ class ScriptClient:
 
     async def _call(self, command: bytes) -> Any:
         conn = await self._connection()
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                return await conn.send(command)
-        except TimeoutError:
-            raise redis.exceptions.TimeoutError("Redis did not answer in time") from None
+        return await conn.send(command)
 
     async def _connection(self) -> _Connection:
         self._turn = (self._turn + 1) % len(self._slots)
@@ -160,7 +181,7 @@ class ScriptClient:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._connect_timeout_s):
-                _, conn = await loop.create_connection(_Connection, self._host, self._port)
+                _, conn = await loop.create_connection(lambda: _Connection(self._timeout_s), self._host, self._port)
                 setup = []
                 if self._auth:
                     setup.append(conn.send(pack("AUTH", *self._auth)))

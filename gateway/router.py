@@ -93,11 +93,12 @@ class Router:
         for i, s in enumerate(plan):
             reason = _reason(i, s, cheapest, policy, kept_count=len(kept))
             out.append(Planned(s.route, reason, s.cost_micros, s.expected_s, s.score))
-        log.debug(
-            "routing %s: %s",
-            routes[0].model if routes else "?",
-            [(s.route.provider, s.excluded or "ok", round(s.score, 6), round(s.expected_s, 2)) for s in scored],
-        )
+        if log.isEnabledFor(logging.DEBUG):  # the candidate list is built only when it is logged
+            log.debug(
+                "routing %s: %s",
+                routes[0].model if routes else "?",
+                [(s.route.provider, s.excluded or "ok", round(s.score, 6), round(s.expected_s, 2)) for s in scored],
+            )
         return out
 
     async def _baseline(

@@ -198,7 +198,7 @@ class LocalGpuProvider:
         try:
             reply = await self._http.request(
                 "POST", f"{worker.url}/v1/images/generations", body=json.dumps(body).encode(), headers=headers,
-                timeout_s=request.timeout_s,
+                timeout_s=None,  # generate()'s asyncio.timeout bounds the whole attempt
             )  # fmt: skip
         except ConnectFailed as exc:
             raise WorkerUnreachableError(str(exc), provider=PROVIDER) from None

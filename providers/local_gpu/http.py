@@ -123,8 +123,10 @@ class WorkerHttp:
         *,
         body: bytes = b"",
         headers: Mapping[str, str] | None = None,
-        timeout_s: float,
+        timeout_s: float | None,
     ) -> Reply:
+        """One exchange. timeout_s=None: no timer of its own (the caller bounds it, and cancelling
+        the call closes the connection)."""
         parts = urlsplit(url)
         host, port = parts.hostname or "127.0.0.1", parts.port or 80
         head = [f"{method} {parts.path or '/'}{'?' + parts.query if parts.query else ''} HTTP/1.1",
@@ -133,11 +135,14 @@ class WorkerHttp:
         request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
         conn, reused = await self._take(host, port)
         try:
-            async with asyncio.timeout(timeout_s):
+            if timeout_s is None:
                 reply = await conn.exchange(request)
+            else:
+                async with asyncio.timeout(timeout_s):
+                    reply = await conn.exchange(request)
         except TimeoutError:
             conn.close()
-            raise ExchangeTimeout(f"no answer from {host}:{port} within {timeout_s:.1f} s") from None
+            raise ExchangeTimeout(f"no answer from {host}:{port} within {timeout_s} s") from None
         except ConnectionResetError as exc:
             conn.close()
             raise ExchangeBroken(str(exc), reused=reused, sent=True) from None

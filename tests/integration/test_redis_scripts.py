@@ -94,3 +94,21 @@ def test_cluster_tls_and_unix_urls_use_redis_py() -> None:
     assert script_client_for("rediss://127.0.0.1:6380") is None
     assert script_client_for("unix:///tmp/redis.sock") is None
     assert script_client_for("redis://127.0.0.1:6379/3") is not None
+
+
+async def test_a_silent_server_times_out_every_waiting_call() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1 << 20)  # takes the commands, never answers
+        await reader.read(1)
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = ScriptClient("127.0.0.1", port, timeout_s=0.2)
+    try:
+        results = await asyncio.gather(*(Script(client, "return 1")() for _ in range(3)), return_exceptions=True)
+        assert all(isinstance(r, redis.exceptions.TimeoutError) for r in results), results
+    finally:
+        await client.aclose()
+        server.close()
+        await asyncio.sleep(0.05)
