@@ -51,6 +51,19 @@ class _CoalescingTransport:
         return getattr(self._transport, name)
 
 
+# A scope extension: a callable telling whether the caller's connection is still open, so a
+# served request is charged only if its answer was handed to a live connection (ASGI itself drops
+# a response to a caller that left without a word).
+CONNECTION_OPEN = "gateway.connection_open"
+
+
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(_CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None:
+            extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
+            extensions[CONNECTION_OPEN] = lambda: not cycle.disconnected

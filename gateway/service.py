@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,10 +35,27 @@ from providers.base import (
 log = logging.getLogger(__name__)
 
 
+class Delivery:
+    """Settles a served request exactly once, after its answer was handed to the caller's
+    connection: delivered, it is charged; the caller gone first, it is settled as cancelled and
+    charged nothing. Never called (the process died), the reservation expires uncharged."""
+
+    def __init__(self, settle: Callable[[bool], Awaitable[None]]) -> None:
+        self._settle = settle
+        self.done = False
+
+    async def __call__(self, delivered: bool) -> None:
+        if self.done:
+            return
+        self.done = True
+        await self._settle(delivered)
+
+
 @dataclass(frozen=True, slots=True)
 class ImagesResponse:
     body: dict[str, Any]
     headers: dict[str, str] = field(default_factory=dict)
+    delivery: Delivery | None = None  # None: nothing left to settle (a replay)
 
 
 class ImageService:
@@ -109,6 +127,7 @@ class ImageService:
         in_flight.inc()
         outcome = Settlement("failed", 0, 0, 0, spec.id, _fields(principal, valid, None, 0.0, "internal"))
         status = "failed"
+        handed_over = False
         try:
             attempt = await self._dispatcher.call(valid, request_id, started + self._deadline_s, routing)
             upstream_s = attempt.upstream_s
@@ -135,7 +154,20 @@ class ImageService:
                 replay,
             )
             status = "succeeded"
-            return ImagesResponse(body, {**headers, **admission.limits.headers()})
+            served = outcome
+            elapsed = time.monotonic() - started
+
+            async def settle(delivered: bool) -> None:
+                in_flight.dec()
+                if delivered:
+                    await self._settle(admission, served, principal, "succeeded", elapsed)
+                    self._metrics.overhead.labels(spec.id).observe(max(0.0, elapsed - upstream_s))
+                else:
+                    gone = Settlement("cancelled", 0, 0, 0, spec.id, _fields(principal, valid, None, elapsed, "gone"))
+                    await self._settle(admission, gone, principal, "cancelled", elapsed)
+
+            handed_over = True
+            return ImagesResponse(body, {**headers, **admission.limits.headers()}, Delivery(settle))
         except asyncio.CancelledError:
             status = "cancelled"
             outcome = Settlement(
@@ -149,11 +181,9 @@ class ImageService:
             )
             raise
         finally:
-            in_flight.dec()
-            elapsed = time.monotonic() - started
-            await self._settle(admission, outcome, principal, status, elapsed)
-            if status == "succeeded":
-                self._metrics.overhead.labels(spec.id).observe(max(0.0, time.monotonic() - started - upstream_s))
+            if not handed_over:  # a served request is settled by its Delivery, once answered
+                in_flight.dec()
+                await self._settle(admission, outcome, principal, status, time.monotonic() - started)
 
     async def _settle(
         self, admission: Admission, outcome: Settlement, principal: Principal, status: str, elapsed: float

@@ -66,4 +66,10 @@ class GatewayApp(FastAPI):
             return
         except Exception as exc:  # every failure leaves in OpenAI's shape, as on FastAPI's routes
             response = error_response(exc, state)
-        await response(scope, receive, send)
+        try:
+            await response(scope, receive, send)
+        finally:
+            # If sending failed before the settlement ran, the request is settled as not delivered.
+            delivery = getattr(response, "delivery", None)
+            if delivery is not None:
+                await delivery(False)
