@@ -208,19 +208,7 @@ class Stack:
     # --- redis ------------------------------------------------------------------------------------
 
     def _wait_redis(self) -> None:
-        client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=0.2)
-        try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    if client.ping():
-                        return
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
-        finally:
-            client.close()
+        wait_for_redis(self.redis_url)
 
     def _clear_route_health(self) -> None:
         """Breaker states and latency history are shared through Redis; each run starts without."""
@@ -266,3 +254,20 @@ class Stack:
             key = client.post(f"/admin/teams/{team_id}/keys", json={"name": "bench"})
             key.raise_for_status()
             return team_id, str(key.json()["key"])
+
+
+def wait_for_redis(url: str, timeout_s: float = 10.0) -> None:
+    """Until a redis-server just started answers PING (both benchmarks start their own)."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.2)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if client.ping():
+                    return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+    finally:
+        client.close()

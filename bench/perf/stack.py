@@ -12,16 +12,15 @@ in the way and a key made at run time. Reusable by every bench.perf scenario:
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import redis
 
 from bench.perf.pricing import write_pricing
+from bench.stack import wait_for_redis
 from gateway.embedded_redis import find_redis_server
 from tests.fakes.server import free_port
 from tests.processes import Process, python
@@ -173,19 +172,7 @@ class PerfStack:
         return self._procs[name].tail(lines)
 
     def _wait_redis(self) -> None:
-        client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-        try:
-            while True:
-                try:
-                    if client.ping():
-                        return
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
-        finally:
-            client.close()
+        wait_for_redis(self.redis_url)
 
 
 @contextmanager
