@@ -27,7 +27,7 @@ from gateway.redis_scripts import script_client_for
 from gateway.router import Router
 from gateway.service import ImageService
 from gateway.settings import Settings
-from gateway.shedding import LoadShedder
+from gateway.shedding import AcceptQueue, LoadShedder
 from gateway.spool import SettlementSpool
 from gateway.state import AppState
 from gateway.storage import ImageStore
@@ -106,9 +106,12 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
             dispatcher = Dispatcher(providers, Router(route_health), route_health, board, metrics)
             service = ImageService(dispatcher, meter, store, metrics, deadline_s=settings.request_deadline_s)
             keys = KeyStore(redis, cache_ttl_s=settings.key_cache_ttl_s)
+            accept_queue = AcceptQueue()
             shedder = LoadShedder(
                 max_in_flight=settings.max_in_flight_per_process,
                 max_lag_s=settings.shed_loop_lag_s,
+                max_accept_queue=settings.shed_accept_queue,
+                accept_queue=accept_queue,
                 on_shed=lambda reason: metrics.shed.labels(reason).inc(),
             )
             app.state.gateway = AppState(
@@ -140,6 +143,7 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
                 # Let them finish (the last flush of route health, closing the revocation feed)
                 # while Redis is still open, but never hold up shutdown for long.
                 await asyncio.wait(background, timeout=5)
+                accept_queue.close()
         finally:
             for provider in providers.values():
                 await provider.aclose()

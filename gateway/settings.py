@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     # at 0.2 s a burst of 5,000 was mostly shed; at 2 s one process took and held all of them.
     max_in_flight_per_process: int = Field(default=10_000, ge=1)
     shed_loop_lag_s: float = Field(default=2.0, ge=0)
+    # ...and the connections waiting to be accepted past which new image requests are refused
+    # (0 turns that off). A held burst of 5,000 peaked at 342; a sustained 2x overload at 3,700
+    # (the kernel's cap, net.core.somaxconn, is 4,096 here). At 1,024, 19 % of a 1x load was shed.
+    shed_accept_queue: int = Field(default=2048, ge=0)
 
     log_level: str = "info"
     # Set by `gateway serve` for several worker processes (prometheus-client's multiprocess mode).

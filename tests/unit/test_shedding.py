@@ -45,3 +45,48 @@ async def test_a_blocked_event_loop_is_seen_as_lag_and_sheds_until_it_clears() -
         assert shed == ["loop_lag"]
     finally:
         watcher.cancel()
+
+
+async def test_a_long_accept_queue_sheds_until_it_drains() -> None:
+    shed: list[str] = []
+    waiting = [0]
+    s = LoadShedder(
+        max_in_flight=100, max_lag_s=0, max_accept_queue=10, accept_queue=lambda: waiting[0], tick_s=0.005,
+        on_shed=shed.append,
+    )  # fmt: skip
+    watcher = asyncio.create_task(s.watch_loop())
+    try:
+        waiting[0] = 50
+        await asyncio.sleep(0.05)
+        with pytest.raises(OverloadedError) as info, s.slot():
+            pass
+        assert info.value.reason == "accept_queue"
+        waiting[0] = 3
+        await asyncio.sleep(0.05)
+        with s.slot():
+            pass
+        assert shed == ["accept_queue"]
+    finally:
+        watcher.cancel()
+
+
+def test_the_accept_queue_of_a_real_listening_socket_is_read() -> None:
+    import socket
+
+    from gateway.shedding import AcceptQueue
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    clients = [socket.create_connection(server.getsockname()) for _ in range(5)]  # never accepted
+    queue = AcceptQueue()
+    try:
+        deadline = time.monotonic() + 2
+        while (queue() or 0) < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert (queue() or 0) >= 5  # this process may listen elsewhere too (nothing queued there)
+    finally:
+        queue.close()
+        for c in clients:
+            c.close()
+        server.close()
