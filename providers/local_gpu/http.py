@@ -36,10 +36,9 @@ class ExchangeTimeout(Exception):
 class ExchangeBroken(Exception):
     """The connection broke before the whole answer came back."""
 
-    def __init__(self, message: str, *, reused: bool, sent: bool) -> None:
+    def __init__(self, message: str, *, reused: bool) -> None:
         super().__init__(message)
         self.reused = reused  # on a pooled connection: the worker may have closed it while idle
-        self.sent = sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +144,7 @@ class WorkerHttp:
             raise ExchangeTimeout(f"no answer from {host}:{port} within {timeout_s} s") from None
         except ConnectionResetError as exc:
             conn.close()
-            raise ExchangeBroken(str(exc), reused=reused, sent=True) from None
+            raise ExchangeBroken(str(exc), reused=reused) from None
         except BaseException:
             conn.close()  # cancelled: closing tells the worker to drop the job
             raise
