@@ -25,7 +25,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.perf.loadclient import Answer, ClientError, Connection, encode_request, error_code, raise_open_files_limit
+from bench.perf.loadclient import (
+    Answer,
+    ClientError,
+    Connection,
+    encode_request,
+    error_code,
+    raise_open_files_limit,
+    run_async,
+)
 from bench.perf.options import WORKROOT
 from bench.perf.peaks import PeakSampler
 from bench.perf.pngs import make_png
@@ -134,7 +142,7 @@ def _closed_loop(
         return time.monotonic() - started
 
     with PeakSampler(pgid, every_s=0.05) as sampler:
-        seconds = _run(main)
+        seconds = run_async(main)
     if errors:
         print(f"    {len(errors)} errors, e.g. {errors[0]}", flush=True)
     times.sort()
@@ -144,17 +152,6 @@ def _closed_loop(
         p50_ms=1000 * times[len(times) // 2] if times else float("nan"),
         rss_before_mib=sampler.rss_before, peak_rss_mib=sampler.peak_rss,
     )  # fmt: skip
-
-
-def _run(main: Callable[[], Awaitable[float]]) -> float:
-    async def wrapped() -> float:
-        return await main()
-
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(wrapped())
-    return uvloop.run(wrapped())
 
 
 # --- the exchanges ----------------------------------------------------------------------------------

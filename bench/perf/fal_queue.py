@@ -10,24 +10,16 @@ import random
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 from bench.perf.pngs import PngCache
 from bench.perf.replies import Reply, json_reply
+from tests.fakes.fal_schema import PRESETS  # fal's image_size presets (fal-api.md §6.1)
 
 Phase = Literal["IN_QUEUE", "IN_PROGRESS", "COMPLETED"]
 
-# fal's image_size presets (fal-api.md §6.1).
-PRESETS: Mapping[str, tuple[int, int]] = {
-    "square_hd": (1024, 1024),
-    "square": (512, 512),
-    "portrait_4_3": (768, 1024),
-    "portrait_16_9": (576, 1024),
-    "landscape_4_3": (1024, 768),
-    "landscape_16_9": (1024, 576),
-}
 KEEP_S = 300.0  # finished jobs are forgotten after this, so a long run does not grow without bound
 
 

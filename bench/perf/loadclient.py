@@ -11,7 +11,7 @@ import asyncio
 import json
 import resource
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -142,3 +142,16 @@ def error_code(answer: Answer) -> str:
         return f"{error.get('code') or error.get('type')}: {str(error.get('message'))[:60]}"
     except (ValueError, AttributeError):
         return "-"
+
+
+def run_async(main: Callable[[], Awaitable[float]]) -> float:
+    """Run a scenario's client on uvloop when it is installed (it is, with uvicorn[standard])."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(_call(main))
+    return uvloop.run(_call(main))
+
+
+async def _call(main: Callable[[], Awaitable[float]]) -> float:
+    return await main()

@@ -15,13 +15,20 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
 
-from bench.perf.loadclient import Answer, ClientError, Connection, encode_request, percentile, raise_open_files_limit
+from bench.perf.loadclient import (
+    Answer,
+    ClientError,
+    Connection,
+    encode_request,
+    percentile,
+    raise_open_files_limit,
+    run_async,
+)
 from bench.perf.options import WORKROOT
 from bench.perf.peaks import PeakSampler
 from bench.perf.pricing import ROOT
@@ -111,7 +118,7 @@ def _capacity(gateway: Server, concurrency: int = 32, seconds: float = 3.0) -> f
         await asyncio.gather(*(caller(started + seconds) for _ in range(concurrency)))
         return done / (time.monotonic() - started)
 
-    return _run(main)
+    return run_async(main)
 
 
 def _step(stack: PerfStack, gateway: Server, multiple: float, capacity: float, args: argparse.Namespace) -> Step:
@@ -154,7 +161,7 @@ def _step(stack: PerfStack, gateway: Server, multiple: float, capacity: float, a
         return time.monotonic() - started
 
     with PeakSampler(gateway.pgid, every_s=0.2) as sampler:
-        elapsed = _run(main)
+        elapsed = run_async(main)
     step.peak_rss_mib = sampler.peak_rss
     step.sent = n - step.client_overflow
     ok: list[float] = []
@@ -193,17 +200,6 @@ def _charged(url: str, admin_key: str, team_id: str, settle_s: float = 10.0) -> 
             return now
         last = now
         time.sleep(1.0)
-
-
-def _run(main: Callable[[], Awaitable[float]]) -> float:
-    async def wrapped() -> float:
-        return await main()
-
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(wrapped())
-    return uvloop.run(wrapped())
 
 
 def _line(s: Step) -> str:
