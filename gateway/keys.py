@@ -231,7 +231,7 @@ class KeyStore:
                 log.warning("key revocation feed lost; retrying (cached keys expire within %ss)", self._cache_ttl_s)
             finally:
                 with contextlib.suppress(*REDIS_ERRORS):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
             self._cache.clear()
             await asyncio.sleep(retry_s)
 
