@@ -15,9 +15,9 @@ import redis.exceptions
 from prometheus_client import Gauge
 
 from gateway.catalog import micros_to_usd
-from gateway.keys import TEAMS_SET, as_str, team_prefix
+from gateway.keys import TEAMS_SET, team_prefix
 from gateway.metrics import Metrics
-from gateway.redis_client import RedisClient
+from gateway.redis_client import RedisClient, as_str
 from gateway.usage import parse_month
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from redis.typing import EncodableT, FieldT
 
 from gateway.catalog import micros_to_usd, usd_to_micros
-from gateway.redis_client import REDIS_ERRORS, RedisClient
+from gateway.redis_client import REDIS_ERRORS, RedisClient, as_str
 
 log = logging.getLogger(__name__)
 
@@ -246,10 +246,6 @@ def _team_fields(team: Team) -> dict[FieldT, EncodableT]:
         "created": team.created,
         "allow_provider_pinning": int(team.allow_provider_pinning),
     }
-
-
-def as_str(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _team_from(team_id: str, raw: Mapping[bytes | str, bytes | str]) -> Team:

@@ -32,3 +32,8 @@ def connect(url: str, max_connections: int = 64) -> RedisClient:
         health_check_interval=10,
     )  # fmt: skip
     return Redis.from_pool(pool)
+
+
+def as_str(value: bytes | str) -> str:
+    """A reply as text, whether the client decodes responses or not."""
+    return value.decode() if isinstance(value, bytes) else value
