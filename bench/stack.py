@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import redis
 
-from gateway.embedded_redis import find_redis_server
 from gateway.keys import team_prefix
+from gateway.redis.embedded import find_redis_server
 from tests.fakes.server import free_port
 from tests.processes import Process, python
 

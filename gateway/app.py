@@ -17,13 +17,13 @@ from gateway.billing_metrics import BillingMetrics
 from gateway.breaker import BreakerConfig, RouteHealth
 from gateway.catalog import load_catalog
 from gateway.dispatch import Dispatcher
-from gateway.embedded_redis import EmbeddedRedis
 from gateway.health import HealthBoard
 from gateway.keys import KeyStore
 from gateway.metering import Meter
 from gateway.metrics import Metrics
-from gateway.redis_client import RedisClient, connect
-from gateway.redis_scripts import script_client_for
+from gateway.redis.client import RedisClient, connect
+from gateway.redis.embedded import EmbeddedRedis
+from gateway.redis.scripts import script_client_for
 from gateway.router import Router
 from gateway.service import ImageService
 from gateway.settings import Settings

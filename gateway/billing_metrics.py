@@ -17,7 +17,7 @@ from prometheus_client import Gauge
 from gateway.catalog import micros_to_usd
 from gateway.keys import TEAMS_SET, team_prefix
 from gateway.metrics import Metrics
-from gateway.redis_client import RedisClient, as_str
+from gateway.redis.client import RedisClient, as_str
 from gateway.usage import parse_month
 
 log = logging.getLogger(__name__)

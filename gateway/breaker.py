@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 
-from gateway.redis_client import REDIS_ERRORS, RedisClient, as_str
+from gateway.redis.client import REDIS_ERRORS, RedisClient, as_str
 
 log = logging.getLogger(__name__)
 

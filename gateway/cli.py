@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from gateway.catalog import CatalogError, load_catalog
-from gateway.embedded_redis import EmbeddedRedis, EmbeddedRedisError
+from gateway.redis.embedded import EmbeddedRedis, EmbeddedRedisError
 from gateway.settings import Settings
 
 
@@ -68,7 +68,7 @@ def _start_tiny_worker(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
 async def _bootstrap_team(redis_url: str, data_dir: Path, settings: Settings) -> str | None:
     """On a fresh install, create a 'default' team and a first key, kept in a private file."""
     from gateway.keys import KeyStore, TeamLimits
-    from gateway.redis_client import connect
+    from gateway.redis.client import connect
 
     key_file = data_dir / "first-team-key"
     existing = _private_file(key_file)

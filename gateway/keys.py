@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from redis.typing import EncodableT, FieldT
 
 from gateway.catalog import micros_to_usd, usd_to_micros
-from gateway.redis_client import REDIS_ERRORS, RedisClient, as_str
+from gateway.redis.client import REDIS_ERRORS, RedisClient, as_str
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from gateway.errors import (
     ServiceUnavailableError,
 )
 from gateway.keys import team_prefix
-from gateway.redis_client import REDIS_ERRORS, RedisClient
-from gateway.redis_scripts import ScriptClient, register
+from gateway.redis.client import REDIS_ERRORS, RedisClient
+from gateway.redis.scripts import ScriptClient, register
 from gateway.spool import SettlementSpool, to_record
 
 log = logging.getLogger(__name__)

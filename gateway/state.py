@@ -8,7 +8,7 @@ from gateway.catalog import Catalog
 from gateway.health import HealthBoard
 from gateway.keys import KeyStore
 from gateway.metrics import Metrics
-from gateway.redis_client import RedisClient
+from gateway.redis.client import RedisClient
 from gateway.service import ImageService
 from gateway.settings import Settings
 from gateway.shedding import LoadShedder

@@ -14,7 +14,7 @@ from typing import Any
 from gateway.catalog import micros_to_usd
 from gateway.errors import InvalidRequestError
 from gateway.keys import team_prefix
-from gateway.redis_client import RedisClient, as_str
+from gateway.redis.client import RedisClient, as_str
 
 MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 

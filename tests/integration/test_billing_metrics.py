@@ -11,7 +11,7 @@ from gateway.billing_metrics import BillingMetrics
 from gateway.keys import KeyStore, TeamLimits
 from gateway.metering import Admission, Meter, Settlement
 from gateway.metrics import Metrics
-from gateway.redis_client import connect
+from gateway.redis.client import connect
 from gateway.usage import month_usage, parse_month
 from tests.redis_server import RedisServer
 

@@ -19,7 +19,7 @@ from gateway.errors import InvalidRequestError, QuotaExceededError, RateLimitErr
 from gateway.keys import KeyStore, TeamLimits, team_prefix
 from gateway.metering import Admission, Idempotency, Meter, Replay, Settlement, StillRunning
 from gateway.metrics import Metrics
-from gateway.redis_client import RedisClient, connect
+from gateway.redis.client import RedisClient, connect
 from gateway.usage import ledger_lines, month_usage, parse_month
 from tests.fakes.server import free_port
 from tests.fakes.worker_server import running_worker

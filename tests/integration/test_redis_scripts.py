@@ -11,7 +11,7 @@ import pytest
 import redis.exceptions
 from redis.asyncio import Redis
 
-from gateway.redis_scripts import Script, ScriptClient, script_client_for
+from gateway.redis.scripts import Script, ScriptClient, script_client_for
 from tests.redis_server import RedisServer
 
 ECHO = "redis.call('INCR', KEYS[1]); return {ARGV[1], tonumber(ARGV[2]) * 2, redis.call('GET', KEYS[1])}"

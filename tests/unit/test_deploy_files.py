@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway.billing_metrics import BillingMetrics
 from gateway.metrics import Metrics
-from gateway.redis_client import connect
+from gateway.redis.client import connect
 from worker.metrics import WorkerMetrics
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -24,7 +24,7 @@ import hiredis
 import redis.exceptions
 from redis.asyncio.connection import parse_url
 
-from gateway.redis_client import CLUSTER_SCHEMES, RedisClient
+from gateway.redis.client import CLUSTER_SCHEMES, RedisClient
 
 Arg = str | int | float | bytes
 
