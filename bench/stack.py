@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import redis
 
-from gateway.keys import team_prefix
+from gateway.accounting.keys import team_prefix
 from gateway.redis.embedded import find_redis_server
 from tests.fakes.server import free_port
 from tests.processes import Process, python

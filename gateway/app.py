@@ -11,15 +11,16 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from gateway.accounting.billing_metrics import BillingMetrics
+from gateway.accounting.keys import KeyStore
+from gateway.accounting.metering import Meter
+from gateway.accounting.spool import SettlementSpool
 from gateway.api import admin, errors, health, images, models, usage
 from gateway.api.hot import GatewayApp
-from gateway.billing_metrics import BillingMetrics
 from gateway.breaker import BreakerConfig, RouteHealth
 from gateway.catalog import load_catalog
 from gateway.dispatch import Dispatcher
 from gateway.health import HealthBoard
-from gateway.keys import KeyStore
-from gateway.metering import Meter
 from gateway.metrics import Metrics
 from gateway.redis.client import RedisClient, connect
 from gateway.redis.embedded import EmbeddedRedis
@@ -28,7 +29,6 @@ from gateway.router import Router
 from gateway.service import ImageService
 from gateway.settings import Settings
 from gateway.shedding import AcceptQueue, LoadShedder
-from gateway.spool import SettlementSpool
 from gateway.state import AppState
 from gateway.storage import ImageStore
 from providers.base import ImageProvider

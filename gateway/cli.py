@@ -67,7 +67,7 @@ def _start_tiny_worker(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 async def _bootstrap_team(redis_url: str, data_dir: Path, settings: Settings) -> str | None:
     """On a fresh install, create a 'default' team and a first key, kept in a private file."""
-    from gateway.keys import KeyStore, TeamLimits
+    from gateway.accounting.keys import KeyStore, TeamLimits
     from gateway.redis.client import connect
 
     key_file = data_dir / "first-team-key"

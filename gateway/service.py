@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.accounting.keys import Principal
+from gateway.accounting.metering import Admission, Idempotency, Meter, Replay, Settlement, StillRunning
 from gateway.catalog import micros_to_usd
 from gateway.dispatch import Dispatcher, RoutingRequest
 from gateway.errors import (
@@ -23,8 +25,6 @@ from gateway.errors import (
     GatewayError,
     UpstreamTimeoutError,
 )
-from gateway.keys import Principal
-from gateway.metering import Admission, Idempotency, Meter, Replay, Settlement, StillRunning
 from gateway.metrics import Metrics
 from gateway.storage import ImageStore
 from gateway.validation import ValidRequest

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.accounting.keys import KeyStore
 from gateway.catalog import Catalog
 from gateway.health import HealthBoard
-from gateway.keys import KeyStore
 from gateway.metrics import Metrics
 from gateway.redis.client import RedisClient
 from gateway.service import ImageService

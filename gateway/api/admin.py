@@ -7,9 +7,9 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.accounting.keys import ApiKey, Team, TeamLimits, TeamNotFoundError
 from gateway.api.deps import Admin, State
 from gateway.errors import NotFoundError
-from gateway.keys import ApiKey, Team, TeamLimits, TeamNotFoundError
 
 router = APIRouter(prefix="/admin", dependencies=[Admin])
 

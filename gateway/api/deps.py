@@ -7,8 +7,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from gateway.accounting.keys import Principal
 from gateway.errors import AuthenticationError, PermissionDeniedError
-from gateway.keys import Principal
 from gateway.state import AppState
 
 

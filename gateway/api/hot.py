@@ -17,12 +17,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from gateway.accounting.keys import Principal
 from gateway.api import images
 from gateway.api.deps import team_principal
 from gateway.api.errors import error_response
 from gateway.errors import ClientGone
 from gateway.ids import RandomIds
-from gateway.keys import Principal
 from gateway.state import AppState
 
 Handler = Callable[[Request, AppState, Principal], Awaitable[Response]]

@@ -15,6 +15,7 @@ from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
+from gateway.accounting.keys import Principal
 from gateway.api.deps import State, Team
 from gateway.catalog import POLICIES
 from gateway.dispatch import RoutingRequest
@@ -26,7 +27,6 @@ from gateway.errors import (
     PermissionDeniedError,
     UnsupportedMediaError,
 )
-from gateway.keys import Principal
 from gateway.server import CONNECTION_OPEN
 from gateway.service import Delivery, ImagesResponse
 from gateway.state import AppState

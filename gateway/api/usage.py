@@ -8,10 +8,10 @@ from typing import Any, Literal
 from fastapi import APIRouter, Query
 from fastapi.responses import PlainTextResponse
 
+from gateway.accounting.keys import TeamNotFoundError
+from gateway.accounting.usage import ledger_lines, month_usage, parse_month, to_csv
 from gateway.api.deps import Admin, State, Team
 from gateway.errors import NotFoundError
-from gateway.keys import TeamNotFoundError
-from gateway.usage import ledger_lines, month_usage, parse_month, to_csv
 
 router = APIRouter()
 

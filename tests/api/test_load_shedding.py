@@ -6,7 +6,7 @@ from __future__ import annotations
 import redis
 from fastapi.testclient import TestClient
 
-from gateway.keys import team_prefix
+from gateway.accounting.keys import team_prefix
 from gateway.state import AppState
 from tests.api.conftest import admin_headers
 

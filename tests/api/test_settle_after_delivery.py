@@ -10,8 +10,8 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from gateway.accounting.keys import Principal, team_prefix
 from gateway.app import create_app
-from gateway.keys import Principal, team_prefix
 from gateway.settings import Settings
 from gateway.state import AppState
 from gateway.validation import Params, validate_generation

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway.billing_metrics import BillingMetrics
-from gateway.keys import KeyStore, TeamLimits
-from gateway.metering import Admission, Meter, Settlement
+from gateway.accounting.billing_metrics import BillingMetrics
+from gateway.accounting.keys import KeyStore, TeamLimits
+from gateway.accounting.metering import Admission, Meter, Settlement
+from gateway.accounting.usage import month_usage, parse_month
 from gateway.metrics import Metrics
 from gateway.redis.client import connect
-from gateway.usage import month_usage, parse_month
 from tests.redis_server import RedisServer
 
 LIMITS = TeamLimits(requests_per_minute=100, images_per_minute=100, max_in_flight=10)

@@ -18,7 +18,7 @@ import pytest
 import redis
 from PIL import Image
 
-from gateway.keys import team_prefix
+from gateway.accounting.keys import team_prefix
 from tests.fakes.server import free_port
 from tests.processes import Process, python
 from tests.redis_server import RedisServer

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from gateway.keys import KeyStore, TeamLimits, hash_key
+from gateway.accounting.keys import KeyStore, TeamLimits, hash_key
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
+from gateway.accounting.keys import KeyStore, TeamLimits, team_prefix
+from gateway.accounting.metering import Meter, Settlement
 from gateway.errors import InvalidRequestError, QuotaExceededError, RateLimitError
-from gateway.keys import KeyStore, TeamLimits, team_prefix
-from gateway.metering import Meter, Settlement
 
 
 @pytest.fixture
@@ -162,7 +162,7 @@ async def test_concurrent_admissions_never_exceed_budget_or_limits(redis_url: st
 
 
 async def test_idempotent_retry_replays_and_is_charged_once(redis: Redis) -> None:
-    from gateway.metering import Idempotency, Replay, StillRunning
+    from gateway.accounting.metering import Idempotency, Replay, StillRunning
 
     team = await _team(redis)
     meter = Meter(redis)
@@ -184,7 +184,7 @@ async def test_idempotent_retry_replays_and_is_charged_once(redis: Redis) -> Non
 
 
 async def test_failed_first_attempt_lets_the_same_key_run_again(redis: Redis) -> None:
-    from gateway.metering import Idempotency, Replay, StillRunning
+    from gateway.accounting.metering import Idempotency, Replay, StillRunning
 
     team = await _team(redis)
     meter = Meter(redis)

@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from gateway.keys import team_prefix
+from gateway.accounting.keys import team_prefix
 from tests.fakes.server import free_port, serve_in_thread
 from tests.fakes.worker_server import RunningWorker, running_worker
 from tests.processes import ROOT, Process, python

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from gateway.keys import KeyStore, TeamLimits, team_prefix
-from gateway.metering import Admission, Meter, Settlement
-from gateway.spool import SettlementSpool, to_record
+from gateway.accounting.keys import KeyStore, TeamLimits, team_prefix
+from gateway.accounting.metering import Admission, Meter, Settlement
+from gateway.accounting.spool import SettlementSpool, to_record
 from tests.redis_server import RedisServer
 
 

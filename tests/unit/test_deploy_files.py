@@ -14,7 +14,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from gateway.billing_metrics import BillingMetrics
+from gateway.accounting.billing_metrics import BillingMetrics
 from gateway.metrics import Metrics
 from gateway.redis.client import connect
 from worker.metrics import WorkerMetrics

@@ -3,7 +3,7 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
-from gateway.keys import KeyStore, TeamLimits, TeamNotFoundError, hash_key
+from gateway.accounting.keys import KeyStore, TeamLimits, TeamNotFoundError, hash_key
 
 
 @pytest.fixture

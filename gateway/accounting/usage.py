@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from gateway.accounting.keys import team_prefix
 from gateway.catalog import micros_to_usd
 from gateway.errors import InvalidRequestError
-from gateway.keys import team_prefix
 from gateway.redis.client import RedisClient, as_str
 
 MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")

@@ -14,23 +14,23 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from gateway.accounting.keys import team_prefix
+from gateway.accounting.spool import SettlementSpool, to_record
 from gateway.errors import (
     InvalidRequestError,
     QuotaExceededError,
     RateLimitError,
     ServiceUnavailableError,
 )
-from gateway.keys import team_prefix
 from gateway.redis.client import REDIS_ERRORS, RedisClient
 from gateway.redis.scripts import ScriptClient, register
-from gateway.spool import SettlementSpool, to_record
 
 log = logging.getLogger(__name__)
 
 
 def _script(name: str) -> str:
     """A script with the shared date helper (civil.lua) in front of it."""
-    scripts = resources.files("gateway").joinpath("scripts")
+    scripts = resources.files("gateway.accounting").joinpath("scripts")
     return scripts.joinpath("civil.lua").read_text(encoding="utf-8") + scripts.joinpath(name).read_text(
         encoding="utf-8"
     )

@@ -14,11 +14,11 @@ from collections.abc import Callable
 import redis.exceptions
 from prometheus_client import Gauge
 
+from gateway.accounting.keys import TEAMS_SET, team_prefix
+from gateway.accounting.usage import parse_month
 from gateway.catalog import micros_to_usd
-from gateway.keys import TEAMS_SET, team_prefix
 from gateway.metrics import Metrics
 from gateway.redis.client import RedisClient, as_str
-from gateway.usage import parse_month
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class BillingMetrics:
 
 def _spend_by_model(usage: dict[str, int]) -> dict[str, int]:
     """Micro-USD per model from the month's per-day fields `d|<day>|<model>|spent_micros`
-    (written by scripts/settle.lua; gateway.usage reads them back for the usage API)."""
+    (written by scripts/settle.lua; gateway.accounting.usage reads them back for the usage API)."""
     out: dict[str, int] = {}
     for field, value in usage.items():
         parts = field.split("|")
