@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 from bench.replay import Outcome
 from bench.stack import LedgerEntry
-from gateway.breaker import percentile
 from gateway.catalog import MICROS, Catalog, parse_size
+from gateway.routing.breaker import percentile
 
 LOCAL = "local_gpu"
 

@@ -101,7 +101,7 @@ def stack_config(workdir: Path) -> StackConfig:
         fal_poll_factor=1.5,
         fal_poll_max_s=s(6.0),
         request_deadline_s=s(300.0),
-        breaker_cooldown_s=s(10.0),  # gateway.breaker.BreakerConfig's default
+        breaker_cooldown_s=s(10.0),  # gateway.routing.breaker.BreakerConfig's default
     )
 
 

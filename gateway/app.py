@@ -17,15 +17,15 @@ from gateway.accounting.metering import Meter
 from gateway.accounting.spool import SettlementSpool
 from gateway.api import admin, errors, health, images, models, usage
 from gateway.api.hot import GatewayApp
-from gateway.breaker import BreakerConfig, RouteHealth
 from gateway.catalog import load_catalog
-from gateway.dispatch import Dispatcher
-from gateway.health import HealthBoard
 from gateway.metrics import Metrics
 from gateway.redis.client import RedisClient, connect
 from gateway.redis.embedded import EmbeddedRedis
 from gateway.redis.scripts import script_client_for
-from gateway.router import Router
+from gateway.routing.breaker import BreakerConfig, RouteHealth
+from gateway.routing.dispatch import Dispatcher
+from gateway.routing.health import HealthBoard
+from gateway.routing.router import Router
 from gateway.service import ImageService
 from gateway.settings import Settings
 from gateway.shedding import AcceptQueue, LoadShedder

@@ -19,13 +19,13 @@ from typing import Any
 from gateway.accounting.keys import Principal
 from gateway.accounting.metering import Admission, Idempotency, Meter, Replay, Settlement, StillRunning
 from gateway.catalog import micros_to_usd
-from gateway.dispatch import Dispatcher, RoutingRequest
 from gateway.errors import (
     ConflictError,
     GatewayError,
     UpstreamTimeoutError,
 )
 from gateway.metrics import Metrics
+from gateway.routing.dispatch import Dispatcher, RoutingRequest
 from gateway.storage import ImageStore
 from gateway.validation import ValidRequest
 from providers.base import (

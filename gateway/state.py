@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 from gateway.accounting.keys import KeyStore
 from gateway.catalog import Catalog
-from gateway.health import HealthBoard
 from gateway.metrics import Metrics
 from gateway.redis.client import RedisClient
+from gateway.routing.health import HealthBoard
 from gateway.service import ImageService
 from gateway.settings import Settings
 from gateway.shedding import LoadShedder

@@ -18,7 +18,6 @@ from starlette.formparsers import MultiPartException
 from gateway.accounting.keys import Principal
 from gateway.api.deps import State, Team
 from gateway.catalog import POLICIES
-from gateway.dispatch import RoutingRequest
 from gateway.errors import (
     ClientGone,
     InvalidRequestError,
@@ -27,6 +26,7 @@ from gateway.errors import (
     PermissionDeniedError,
     UnsupportedMediaError,
 )
+from gateway.routing.dispatch import RoutingRequest
 from gateway.server import CONNECTION_OPEN
 from gateway.service import Delivery, ImagesResponse
 from gateway.state import AppState

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from gateway.breaker import BreakerConfig, RouteHealth
+from gateway.routing.breaker import BreakerConfig, RouteHealth
 
 FAST = BreakerConfig(window=10, min_samples=6, failure_ratio=0.5, consecutive_failures=3, cooldown_s=0.2, trial_s=5)
 

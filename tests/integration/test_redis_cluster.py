@@ -17,10 +17,10 @@ from gateway.accounting.billing_metrics import BillingMetrics
 from gateway.accounting.keys import KeyStore, TeamLimits, team_prefix
 from gateway.accounting.metering import Admission, Idempotency, Meter, Replay, Settlement, StillRunning
 from gateway.accounting.usage import ledger_lines, month_usage, parse_month
-from gateway.breaker import BreakerConfig, RouteHealth, route_key
 from gateway.errors import InvalidRequestError, QuotaExceededError, RateLimitError
 from gateway.metrics import Metrics
 from gateway.redis.client import RedisClient, connect
+from gateway.routing.breaker import BreakerConfig, RouteHealth, route_key
 from tests.fakes.server import free_port
 from tests.fakes.worker_server import running_worker
 from tests.processes import Process, python

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from gateway.breaker import BreakerConfig, RouteHealth
 from gateway.catalog import Catalog, Route, RoutingPolicy, load_catalog
-from gateway.health import HealthBoard
-from gateway.router import Router
+from gateway.routing.breaker import BreakerConfig, RouteHealth
+from gateway.routing.health import HealthBoard
+from gateway.routing.router import Router
 from providers.base import ImageRequest, ImageResult, ProviderHealth, RouteTarget
 from providers.local_gpu import LocalGpuProvider
 from tests.contract.cases.local_gpu import make_request

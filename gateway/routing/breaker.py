@@ -72,7 +72,7 @@ class RouteHealth:
         self._refreshing: asyncio.Task[dict[RouteKey, RouteStats]] | None = None
         self._pending: dict[RouteKey, list[int]] = {}  # batched successes: latency ms per outcome
         self._pending_at: dict[RouteKey, int] = {}  # when the latest batched success happened (ms)
-        text = resources.files("gateway").joinpath("scripts")
+        text = resources.files("gateway.routing").joinpath("scripts")
         self._record = redis.register_script(text.joinpath("route_record.lua").read_text(encoding="utf-8"))
         self._trial = redis.register_script(text.joinpath("route_trial.lua").read_text(encoding="utf-8"))
 

@@ -15,8 +15,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from gateway.breaker import RouteHealth, RouteStats
 from gateway.catalog import BASELINE_POLICIES, MICROS, Route, RoutingPolicy
+from gateway.routing.breaker import RouteHealth, RouteStats
 from providers.base import ProviderHealth
 
 log = logging.getLogger(__name__)

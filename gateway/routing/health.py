@@ -9,9 +9,9 @@ import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
 
-from gateway.breaker import RouteHealth
 from gateway.catalog import Catalog, Route
 from gateway.metrics import Metrics
+from gateway.routing.breaker import RouteHealth
 from providers.base import ImageProvider, ProviderHealth, QueueEstimator, RouteTarget
 
 log = logging.getLogger(__name__)

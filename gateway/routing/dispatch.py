@@ -9,7 +9,6 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from gateway.breaker import RouteHealth
 from gateway.catalog import Route, RoutingPolicy
 from gateway.errors import (
     InvalidRequestError,
@@ -17,9 +16,10 @@ from gateway.errors import (
     UpstreamTimeoutError,
     from_provider_error,
 )
-from gateway.health import HealthBoard
 from gateway.metrics import Metrics
-from gateway.router import Router
+from gateway.routing.breaker import RouteHealth
+from gateway.routing.health import HealthBoard
+from gateway.routing.router import Router
 from gateway.validation import ValidRequest
 from providers.base import (
     ImageProvider,
