@@ -18,6 +18,7 @@ from gateway.accounting.spool import SettlementSpool
 from gateway.api import admin, errors, health, images, models, usage
 from gateway.api.hot import GatewayApp
 from gateway.catalog import load_catalog
+from gateway.images.storage import ImageStore
 from gateway.metrics import Metrics
 from gateway.redis.client import RedisClient, connect
 from gateway.redis.embedded import EmbeddedRedis
@@ -30,7 +31,6 @@ from gateway.service import ImageService
 from gateway.settings import Settings
 from gateway.shedding import AcceptQueue, LoadShedder
 from gateway.state import AppState
-from gateway.storage import ImageStore
 from providers.base import ImageProvider
 from providers.registry import ProviderFactory, default_registry
 

@@ -24,10 +24,10 @@ from gateway.errors import (
     GatewayError,
     UpstreamTimeoutError,
 )
+from gateway.images.storage import ImageStore
+from gateway.images.validation import ValidRequest
 from gateway.metrics import Metrics
 from gateway.routing.dispatch import Dispatcher, RoutingRequest
-from gateway.storage import ImageStore
-from gateway.validation import ValidRequest
 from providers.base import (
     GeneratedImage,
 )

@@ -6,13 +6,13 @@ from dataclasses import dataclass
 
 from gateway.accounting.keys import KeyStore
 from gateway.catalog import Catalog
+from gateway.images.storage import ImageStore
 from gateway.metrics import Metrics
 from gateway.redis.client import RedisClient
 from gateway.routing.health import HealthBoard
 from gateway.service import ImageService
 from gateway.settings import Settings
 from gateway.shedding import LoadShedder
-from gateway.storage import ImageStore
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 
 from gateway.api.deps import State
 from gateway.errors import NotFoundError, PermissionDeniedError
-from gateway.storage import CONTENT_TYPES
+from gateway.images.storage import CONTENT_TYPES
 
 router = APIRouter()
 

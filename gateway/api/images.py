@@ -26,11 +26,11 @@ from gateway.errors import (
     PermissionDeniedError,
     UnsupportedMediaError,
 )
+from gateway.images.validation import Params, ValidRequest, check_edit_inputs, decode_upload, validate_generation
 from gateway.routing.dispatch import RoutingRequest
 from gateway.server import CONNECTION_OPEN
 from gateway.service import Delivery, ImagesResponse
 from gateway.state import AppState
-from gateway.validation import Params, ValidRequest, check_edit_inputs, decode_upload, validate_generation
 from providers.base import InputImage
 
 router = APIRouter()

@@ -16,11 +16,11 @@ from gateway.errors import (
     UpstreamTimeoutError,
     from_provider_error,
 )
+from gateway.images.validation import ValidRequest
 from gateway.metrics import Metrics
 from gateway.routing.breaker import RouteHealth
 from gateway.routing.health import HealthBoard
 from gateway.routing.router import Router
-from gateway.validation import ValidRequest
 from providers.base import (
     ImageProvider,
     ImageRequest,

@@ -3,7 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
-from gateway.storage import ImageStore
+from gateway.images.storage import ImageStore
 
 
 async def test_signed_url_verifies_until_it_expires(tmp_path: Path) -> None:

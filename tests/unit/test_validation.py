@@ -10,7 +10,7 @@ from PIL import Image
 
 from gateway.catalog import Catalog, load_catalog
 from gateway.errors import GatewayError, InvalidRequestError, ModelNotFoundError
-from gateway.validation import Params, check_edit_inputs, decode_upload, validate_generation
+from gateway.images.validation import Params, check_edit_inputs, decode_upload, validate_generation
 
 
 @pytest.fixture(scope="module")
