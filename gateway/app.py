@@ -17,6 +17,7 @@ from gateway.accounting.metering import Meter
 from gateway.accounting.spool import SettlementSpool
 from gateway.api import admin, errors, health, images, models, usage
 from gateway.api.hot import GatewayApp
+from gateway.api.shedding import AcceptQueue, LoadShedder
 from gateway.catalog import load_catalog
 from gateway.images.storage import ImageStore
 from gateway.metrics import Metrics
@@ -29,7 +30,6 @@ from gateway.routing.health import HealthBoard
 from gateway.routing.router import Router
 from gateway.service import ImageService
 from gateway.settings import Settings
-from gateway.shedding import AcceptQueue, LoadShedder
 from gateway.state import AppState
 from providers.base import ImageProvider
 from providers.registry import ProviderFactory, default_registry

@@ -100,7 +100,7 @@ def _raise_open_files_limit() -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from gateway.server import CoalescingHttpToolsProtocol
+    from gateway.api.server import CoalescingHttpToolsProtocol
 
     settings = Settings()
     try:

@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     redis_max_connections: int = Field(default=64, ge=2)
     key_cache_ttl_s: float = Field(default=30.0, ge=0)
 
-    # Load shedding per worker process (gateway/shedding.py): image requests in flight at most, and
+    # Load shedding per worker process (gateway/api/shedding.py): image requests in flight at most, and
     # the event-loop lag past which new image requests get 503 + retry-after (0 turns that off).
     # Generations take seconds, so a burst that delays admission by a second or two is absorbed:
     # at 0.2 s a burst of 5,000 was mostly shed; at 2 s one process took and held all of them.

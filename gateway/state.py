@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.accounting.keys import KeyStore
+from gateway.api.shedding import LoadShedder
 from gateway.catalog import Catalog
 from gateway.images.storage import ImageStore
 from gateway.metrics import Metrics
@@ -12,7 +13,6 @@ from gateway.redis.client import RedisClient
 from gateway.routing.health import HealthBoard
 from gateway.service import ImageService
 from gateway.settings import Settings
-from gateway.shedding import LoadShedder
 
 
 @dataclass(frozen=True, slots=True)

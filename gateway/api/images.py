@@ -17,6 +17,7 @@ from starlette.formparsers import MultiPartException
 
 from gateway.accounting.keys import Principal
 from gateway.api.deps import State, Team
+from gateway.api.server import CONNECTION_OPEN
 from gateway.catalog import POLICIES
 from gateway.errors import (
     ClientGone,
@@ -28,7 +29,6 @@ from gateway.errors import (
 )
 from gateway.images.validation import Params, ValidRequest, check_edit_inputs, decode_upload, validate_generation
 from gateway.routing.dispatch import RoutingRequest
-from gateway.server import CONNECTION_OPEN
 from gateway.service import Delivery, ImagesResponse
 from gateway.state import AppState
 from providers.base import InputImage

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.server import JOIN_UP_TO, _CoalescingTransport
+from gateway.api.server import JOIN_UP_TO, _CoalescingTransport
 
 
 class RecordingTransport:

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from gateway.shedding import LoadShedder, OverloadedError
+from gateway.api.shedding import LoadShedder, OverloadedError
 
 
 def test_slots_are_counted_and_released_and_the_cap_refuses() -> None:
@@ -73,7 +73,7 @@ async def test_a_long_accept_queue_sheds_until_it_drains() -> None:
 def test_the_accept_queue_of_a_real_listening_socket_is_read() -> None:
     import socket
 
-    from gateway.shedding import AcceptQueue
+    from gateway.api.shedding import AcceptQueue
 
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
