@@ -31,8 +31,8 @@ from gateway.routing.router import Router
 from gateway.service import ImageService
 from gateway.settings import Settings
 from gateway.state import AppState
+from gateway.upstreams import ProviderFactory, default_registry
 from providers.base import ImageProvider
-from providers.registry import ProviderFactory, default_registry
 
 log = logging.getLogger("gateway")
 

@@ -10,7 +10,6 @@ from email.utils import formatdate
 import pytest
 from PIL import Image
 
-from gateway.settings import Settings
 from providers.base import (
     ErrorKind,
     ImageRequest,
@@ -19,7 +18,6 @@ from providers.base import (
     ProviderRejectedInputError,
     RouteTarget,
 )
-from providers.local_gpu import LocalGpuProvider, build
 from providers.local_gpu.mapping import (
     error_from_response,
     generation_body,
@@ -171,14 +169,6 @@ def test_ready_reports() -> None:
         parse_ready(200, {}, b"OK")
     with pytest.raises(ProviderBadResponseError):
         parse_ready(404, {}, json.dumps(body).encode())
-
-
-async def test_build_needs_worker_urls() -> None:
-    assert build(Settings(local_gpu_urls=[])) is None
-    provider = build(Settings(local_gpu_urls="http://gpu-1:8100/, http://gpu-2:8100"))  # type: ignore[arg-type]
-    assert isinstance(provider, LocalGpuProvider)
-    assert provider.name == "local_gpu"
-    await provider.aclose()
 
 
 def test_png_size_is_read_from_the_header_as_pil_reads_it() -> None:
