@@ -3,6 +3,7 @@ upstream that injects the upstream's real failure modes and reports what the ups
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -52,3 +53,22 @@ class ContractCase:
 
 CaseFactory = Callable[[], AbstractAsyncContextManager[ContractCase]]
 CaseIterator = AsyncIterator[ContractCase]
+
+
+def image_request(default_format: str, **overrides: object) -> ImageRequest:
+    """A small generation request as the gateway hands it to an adapter; each case picks the
+    response format its upstream answers natively, which `overrides` may change."""
+    fields: dict[str, object] = {
+        "request_id": uuid.uuid4().hex,
+        "model": "hidream-i1-full",
+        "prompt": "a lighthouse at dusk",
+        "n": 1,
+        "width": 1024,
+        "height": 1024,
+        "response_format": default_format,
+        "num_inference_steps": 4,
+        "guidance_scale": 5.0,
+        "timeout_s": 30.0,
+    }
+    fields.update(overrides)
+    return ImageRequest(**fields)  # type: ignore[arg-type]

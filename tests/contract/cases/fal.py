@@ -3,13 +3,12 @@ loopback port, the adapter pointed at it with short poll intervals."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import ExitStack, asynccontextmanager
 
 from providers.base import ImageRequest, RouteTarget
 from providers.fal import FalProvider
-from tests.contract.harness import ContractCase, Fault
+from tests.contract.harness import ContractCase, Fault, image_request
 from tests.fakes.fal_server import create_app
 from tests.fakes.fal_state import FakeFal
 from tests.fakes.server import serve_in_thread
@@ -51,20 +50,7 @@ class FalUpstream:
 
 
 def make_request(**overrides: object) -> ImageRequest:
-    fields: dict[str, object] = {
-        "request_id": uuid.uuid4().hex,
-        "model": "hidream-i1-full",
-        "prompt": "a lighthouse at dusk",
-        "n": 1,
-        "width": 1024,
-        "height": 1024,
-        "response_format": "url",
-        "num_inference_steps": 4,
-        "guidance_scale": 5.0,
-        "timeout_s": 30.0,
-    }
-    fields.update(overrides)
-    return ImageRequest(**fields)  # type: ignore[arg-type]
+    return image_request("url", **overrides)
 
 
 @asynccontextmanager

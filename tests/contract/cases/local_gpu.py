@@ -4,13 +4,12 @@ where it has one (see tests/fakes/worker_server.py); the counts are the worker's
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from providers.base import ImageRequest, RouteTarget
 from providers.local_gpu import LocalGpuProvider
-from tests.contract.harness import ContractCase, Fault
+from tests.contract.harness import ContractCase, Fault, image_request
 from tests.fakes.worker_server import RunningWorker, running_worker
 
 # A worker has no credentials and no account to run out of, and no fal-style COMPLETED-with-error.
@@ -51,20 +50,7 @@ class WorkerUpstream:
 
 
 def make_request(**overrides: object) -> ImageRequest:
-    fields: dict[str, object] = {
-        "request_id": uuid.uuid4().hex,
-        "model": "hidream-i1-full",
-        "prompt": "a lighthouse at dusk",
-        "n": 1,
-        "width": 1024,
-        "height": 1024,
-        "response_format": "b64_json",
-        "num_inference_steps": 4,
-        "guidance_scale": 5.0,
-        "timeout_s": 30.0,
-    }
-    fields.update(overrides)
-    return ImageRequest(**fields)  # type: ignore[arg-type]
+    return image_request("b64_json", **overrides)
 
 
 @asynccontextmanager
