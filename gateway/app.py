@@ -8,6 +8,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI
 
@@ -21,6 +22,7 @@ from gateway.api.shedding import AcceptQueue, LoadShedder
 from gateway.catalog import load_catalog
 from gateway.images.storage import ImageStore
 from gateway.metrics import Metrics
+from gateway.periodic import repeat
 from gateway.redis.client import RedisClient, connect
 from gateway.redis.embedded import EmbeddedRedis
 from gateway.redis.scripts import script_client_for
@@ -62,12 +64,10 @@ async def _signing_key(redis: RedisClient, settings: Settings) -> bytes:
     return value.encode() if isinstance(value, str) else bytes(value)
 
 
-async def _sweep_images(store: ImageStore, every_s: float = 300.0) -> None:
-    while True:
-        removed = await asyncio.to_thread(store.sweep)
-        if removed:
-            log.info("removed %d expired images", removed)
-        await asyncio.sleep(every_s)
+async def _sweep_images(store: ImageStore) -> None:
+    removed = await asyncio.to_thread(store.sweep)
+    if removed:
+        log.info("removed %d expired images", removed)
 
 
 def create_app(settings: Settings | None = None, registry: Mapping[str, ProviderFactory] | None = None) -> FastAPI:
@@ -127,7 +127,7 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
             )
             billing = BillingMetrics(redis, metrics, interval_s=settings.billing_metrics_interval_s)
             background = [
-                asyncio.create_task(_sweep_images(store)),
+                asyncio.create_task(repeat(partial(_sweep_images, store), 300.0, "image sweep")),
                 asyncio.create_task(spool.drain_forever(meter.settle_spooled)),
                 asyncio.create_task(board.run_forever()),
                 asyncio.create_task(billing.run_forever()),

@@ -7,7 +7,6 @@ Every replica exports the same values, so dashboards take `max by (team)`, never
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 
@@ -18,6 +17,7 @@ from gateway.accounting.keys import TEAMS_SET, team_prefix
 from gateway.accounting.usage import parse_month
 from gateway.catalog import micros_to_usd
 from gateway.metrics import Metrics
+from gateway.periodic import repeat
 from gateway.redis.client import RedisClient, as_str
 
 log = logging.getLogger(__name__)
@@ -108,12 +108,7 @@ class BillingMetrics:
         self._names[team_id] = name
 
     async def run_forever(self) -> None:
-        while True:
-            try:
-                await self.refresh()
-            except Exception:  # a bad record must never stop the loop
-                log.exception("budget metrics refresh failed")
-            await asyncio.sleep(self._interval_s)
+        await repeat(self.refresh, self._interval_s, "budget metrics refresh")
 
 
 def _spend_by_model(usage: dict[str, int]) -> dict[str, int]:

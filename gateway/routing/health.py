@@ -11,6 +11,7 @@ from dataclasses import replace
 
 from gateway.catalog import Catalog, Route
 from gateway.metrics import Metrics
+from gateway.periodic import repeat
 from gateway.routing.breaker import RouteHealth
 from providers.base import ImageProvider, ProviderHealth, QueueEstimator, RouteTarget
 
@@ -83,12 +84,7 @@ class HealthBoard:
         return out
 
     async def run_forever(self) -> None:
-        while True:
-            try:
-                await self.refresh()
-            except Exception:  # a probe round must never stop the loop
-                log.exception("probe round failed")
-            await asyncio.sleep(self._interval_s)
+        await repeat(self.refresh, self._interval_s, "probe round")
 
     async def _probe(self, route: Route) -> ProviderHealth:
         try:
