@@ -83,18 +83,24 @@ def _num(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def table(runs: Sequence[RunSummary]) -> str:
-    lines = [
-        "| scenario | policy | requests | failed | $/image | local share | p50 s | p95 s | max s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in runs:
-        lines.append(
-            f"| {r.scenario} | {r.policy} | {r.requests} | {r.failed} | {_num(r.cost_per_image_usd, '.4f')} "
-            f"| {_num(None if r.local_share is None else 100 * r.local_share, '.0f')}% | {_num(r.p50_s, '.2f')} "
-            f"| {_num(r.p95_s, '.2f')} | {_num(r.max_s, '.2f')} |"
-        )
+def markdown(header: Sequence[str], align: str, rows: Sequence[Sequence[object]]) -> str:
+    """A markdown table; `align` has one letter per column, l(eft) or r(ight)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def table(runs: Sequence[RunSummary]) -> str:
+    header = ("scenario", "policy", "requests", "failed", "$/image", "local share", "p50 s", "p95 s", "max s")
+    rows = [
+        (
+            r.scenario, r.policy, r.requests, r.failed, _num(r.cost_per_image_usd, ".4f"),
+            _num(None if r.local_share is None else 100 * r.local_share, ".0f") + "%",
+            _num(r.p50_s, ".2f"), _num(r.p95_s, ".2f"), _num(r.max_s, ".2f"),
+        )  # fmt: skip
+        for r in runs
+    ]
+    return markdown(header, "llrrrrrrr", rows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,25 +153,22 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def ratio_table(comparisons: Sequence[Comparison]) -> str:
-    lines = [
-        "| scenario | ours | vs | cost ratio | p95 ratio | failed (ours / theirs) | cheaper at equal or better p95 |",
-        "|---|---|---|---:|---:|---:|---|",
+    header = ("scenario", "ours", "vs", "cost ratio", "p95 ratio", "failed (ours / theirs)",
+              "cheaper at equal or better p95")  # fmt: skip
+    rows = [
+        (
+            c.scenario, c.ours, c.baseline, _num(c.cost_ratio, ".3f"), _num(c.p95_ratio, ".3f"),
+            f"{c.ours_failed} / {c.baseline_failed}", "yes" if c.meets_bar else "no",
+        )  # fmt: skip
+        for c in comparisons
     ]
-    for c in comparisons:
-        lines.append(
-            f"| {c.scenario} | {c.ours} | {c.baseline} | {_num(c.cost_ratio, '.3f')} | {_num(c.p95_ratio, '.3f')} "
-            f"| {c.ours_failed} / {c.baseline_failed} | {'yes' if c.meets_bar else 'no'} |"
-        )
-    return "\n".join(lines)
+    return markdown(header, "lllrrrl", rows)
 
 
 def matched_table(comparisons: Sequence[Comparison]) -> str:
     """For each baseline, the cheapest of our runs (one per latency target) that is at least as fast
     at p95 with no more failures: the latency target picked per baseline, on the same workload."""
-    lines = [
-        "| scenario | vs | best of ours at equal or better p95 | cost ratio | p95 ratio |",
-        "|---|---|---|---:|---:|",
-    ]
+    rows: list[tuple[str, ...]] = []
     for scenario, baseline in dict.fromkeys((c.scenario, c.baseline) for c in comparisons):
         fit = [
             c
@@ -178,8 +181,8 @@ def matched_table(comparisons: Sequence[Comparison]) -> str:
         ]
         best = min(fit, key=lambda c: c.cost_ratio or 0.0, default=None)
         if best is None:
-            lines.append(f"| {scenario} | {baseline} | none | - | - |")
+            rows.append((scenario, baseline, "none", "-", "-"))
         else:
-            cost, p95 = _num(best.cost_ratio, ".3f"), _num(best.p95_ratio, ".3f")
-            lines.append(f"| {scenario} | {baseline} | {best.ours} | {cost} | {p95} |")
-    return "\n".join(lines)
+            rows.append((scenario, baseline, best.ours, _num(best.cost_ratio, ".3f"), _num(best.p95_ratio, ".3f")))
+    header = ("scenario", "vs", "best of ours at equal or better p95", "cost ratio", "p95 ratio")
+    return markdown(header, "lllrr", rows)
