@@ -19,6 +19,7 @@ from gateway.accounting.spool import SettlementSpool
 from gateway.api import admin, errors, health, images, models, usage
 from gateway.api.hot import GatewayApp
 from gateway.api.shedding import AcceptQueue, LoadShedder
+from gateway.api.state import AppState
 from gateway.catalog import load_catalog
 from gateway.images.storage import ImageStore
 from gateway.metrics import Metrics
@@ -32,7 +33,6 @@ from gateway.routing.health import HealthBoard
 from gateway.routing.router import Router
 from gateway.service import ImageService
 from gateway.settings import Settings
-from gateway.state import AppState
 from gateway.upstreams import ProviderFactory, default_registry
 from providers.base import ImageProvider
 

@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from gateway.accounting.keys import Principal
+from gateway.api.state import AppState
 from gateway.errors import AuthenticationError, PermissionDeniedError
-from gateway.state import AppState
 
 
 async def app_state(request: Request) -> AppState:

@@ -10,8 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gateway.api.state import AppState
 from gateway.errors import ClientGone, GatewayError, InvalidRequestError, ServiceUnavailableError
-from gateway.state import AppState
 
 log = logging.getLogger(__name__)
 

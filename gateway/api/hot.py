@@ -21,9 +21,9 @@ from gateway.accounting.keys import Principal
 from gateway.api import images
 from gateway.api.deps import team_principal
 from gateway.api.errors import error_response
+from gateway.api.state import AppState
 from gateway.errors import ClientGone
 from gateway.ids import RandomIds
-from gateway.state import AppState
 
 Handler = Callable[[Request, AppState, Principal], Awaitable[Response]]
 

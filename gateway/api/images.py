@@ -18,6 +18,7 @@ from starlette.formparsers import MultiPartException
 from gateway.accounting.keys import Principal
 from gateway.api.deps import State, Team
 from gateway.api.server import CONNECTION_OPEN
+from gateway.api.state import AppState
 from gateway.catalog import POLICIES
 from gateway.errors import (
     ClientGone,
@@ -30,7 +31,6 @@ from gateway.errors import (
 from gateway.images.validation import Params, ValidRequest, check_edit_inputs, decode_upload, validate_generation
 from gateway.routing.dispatch import RoutingRequest
 from gateway.service import Delivery, ImagesResponse
-from gateway.state import AppState
 from providers.base import InputImage
 
 router = APIRouter()

@@ -7,7 +7,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from gateway.accounting.keys import team_prefix
-from gateway.state import AppState
+from gateway.api.state import AppState
 from tests.api.conftest import admin_headers
 
 

@@ -11,10 +11,10 @@ import redis
 from fastapi.testclient import TestClient
 
 from gateway.accounting.keys import Principal, team_prefix
+from gateway.api.state import AppState
 from gateway.app import create_app
 from gateway.images.validation import Params, validate_generation
 from gateway.settings import Settings
-from gateway.state import AppState
 from tests.api.conftest import ADMIN, admin_headers
 from tests.fakes.stand_in_pipeline import StandInPipeline
 from tests.fakes.worker_server import running_worker
