@@ -47,6 +47,13 @@ class Params:
     """Read typed values from a body; `form` bodies carry every scalar as a string."""
 
     def __init__(self, raw: Mapping[str, object], *, form: bool) -> None:
+        # Every string of the body, read or not, names and values alike: what we do not read today
+        # may be passed upstream tomorrow, and an error message that quotes it must still encode.
+        for name, value in raw.items():
+            if _unsendable(name):
+                raise _unsendable_error(name.encode("unicode_escape").decode("ascii"))
+            if _unsendable(value):
+                raise _unsendable_error(name)
         # JSON null and empty form fields mean "not sent".
         self._raw = {k: v for k, v in raw.items() if v is not None and not (form and v == "")}
         self._form = form
@@ -98,6 +105,48 @@ class Params:
         if number is None or not math.isfinite(number):
             raise InvalidRequestError(f"'{name}' must be a number.", param=name, code="invalid_type")
         return number
+
+
+def _unsendable(value: object) -> bool:
+    """Whether a JSON value holds, at any depth, text that cannot be sent upstream (walked with a
+    stack, not recursion: a body may nest as deep as the JSON parser allowed)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if _unsendable_text(item):
+                return True
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, dict):
+            pending.extend(item)
+            pending.extend(item.values())
+    return False
+
+
+def _unsendable_text(text: str) -> bool:
+    """A lone UTF-16 surrogate (a JSON escape such as \\ud800 without its pair) is not a character:
+    no UTF-8 encoder takes it, and an upstream that echoes it answers what nobody can parse. NUL is
+    a character, but no prompt needs one, and C-string tokenizers and text stores cut or refuse it."""
+    if "\x00" in text:
+        return True
+    if text.isascii():  # nearly every prompt: no surrogate possible, nothing more to check
+        return False
+    try:
+        text.encode("utf-8")  # ~7x faster than searching for the surrogate range
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _unsendable_error(param: str) -> InvalidRequestError:
+    # The message does not quote the value: it would not encode either.
+    return InvalidRequestError(
+        f"'{param}' holds a NUL character or an unpaired UTF-16 surrogate (\\ud800-\\udfff), "
+        "which is not text that can be sent on.",
+        param=param,
+        code="invalid_text",
+    )
 
 
 def _int_in(params: Params, name: str, rng: IntRange) -> int:

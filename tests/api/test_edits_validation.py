@@ -55,6 +55,8 @@ def _edit(client: TestClient, key: str, files: list[tuple[str, tuple[str, bytes,
         ([("image", ("a.png", png(), "image/png"))], {"model": "hidream-i1-dev"}, 400, "model", None),
         ([("image", ("a.png", b"", "image/png"))], {}, 400, "image", None),
         ([("photo", ("a.png", png(), "image/png"))], {}, 400, "photo", None),
+        ([("image", ("a.png", png(), "image/png"))], {"prompt": "a\x00cat"}, 400, "prompt", "invalid_text"),
+        ([("image", ("a.png", png(), "image/png"))], {"negative_prompt": "\x00"}, 400, "negative_prompt", None),
     ],
 )
 def test_bad_uploads_name_their_parameter_and_cost_nothing(
