@@ -60,7 +60,7 @@ async def generations(request: Request, state: AppState, principal: Principal) -
     raw = await _read_limited(request, 1024 * 1024)
     try:
         body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # nested past the parser's depth
         raise InvalidRequestError("We could not parse the JSON body of your request.", code="invalid_json") from None
     if not isinstance(body, dict):
         raise InvalidRequestError("The request body must be a JSON object.", code="invalid_json")

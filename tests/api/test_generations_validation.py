@@ -48,3 +48,11 @@ def test_a_surrogate_pair_is_one_character_and_accepted(bare_client: TestClient,
     r = bare_client.post("/v1/images/generations", content=body, headers=auth)
     # past validation: refused only because this app has no provider configured
     assert r.status_code == 503 and r.json()["error"]["code"] == "service_unavailable", r.text
+
+
+def test_json_nested_deeper_than_the_parser_goes_is_a_400(bare_client: TestClient, key: str) -> None:
+    depth = 100_000  # 200 KB, within the body limit
+    body = b'{"prompt": "a cat", "deep": ' + b"[" * depth + b"]" * depth + b"}"
+    auth = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    r = bare_client.post("/v1/images/generations", content=body, headers=auth)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json", r.text
