@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
+from typing import Literal
 
 from gateway.redis.client import REDIS_ERRORS, RedisClient, as_str
 
@@ -47,6 +48,7 @@ class RouteStats:
 CLOSED = RouteStats("closed", None, None, None, 0)
 
 RouteKey = tuple[str, str]  # (provider, model)
+Trial = Literal["trial", "open", "closed"]
 
 
 def route_key(provider: str, model: str) -> str:
@@ -189,14 +191,19 @@ class RouteHealth:
             self._cache.pop(route, None)  # the state may have changed: the next read waits for it
         return as_str(state) if state is not None else None
 
-    async def try_trial(self, provider: str, model: str) -> bool:
-        """True when this caller may send the one trial request to an open route."""
+    async def try_trial(self, provider: str, model: str) -> Trial:
+        """Ask for the one trial request to a route this process last saw open: "trial" when this
+        caller may send it, "open" when not (cooling down, or another caller holds the trial), and
+        "closed" when the breaker has closed since this process read it (the route is usable)."""
         c = self.config
         try:
             got = await self._trial(
                 keys=[route_key(provider, model) + "state"], args=[int(c.cooldown_s * 1000), int(c.trial_s * 1000)]
             )
         except REDIS_ERRORS:
-            return False
+            return "open"
         self._cache.pop((provider, model), None)
-        return got is not None and as_str(got) == "trial"
+        answer = as_str(got) if got is not None else None
+        if answer == "trial":
+            return "trial"
+        return "closed" if answer == "closed" else "open"

@@ -1,11 +1,12 @@
 """The router: orders the routes able to serve a request by one score and says why.
 
-Routes whose breaker is open (and not granting this request a trial), whose free probe says they
-are down, or whose queue is full or slower than the latency target are dropped; the rest are
-ordered by the policy's score. Balanced (the default): a route expected within the latency target
-beats any route expected past it, the cheapest first; only when none is within it are they ordered
-by cost plus a price per expected second late. Saturated routes come back only when nothing else
-is left.
+Routes whose breaker is open, whose free probe says they are down, or whose queue is full or
+slower than the latency target are dropped; the rest are ordered by the policy's score. Balanced
+(the default): a route expected within the latency target beats any route expected past it, the
+cheapest first; only when none is within it are they ordered by cost plus a price per expected
+second late. Saturated routes come back only when nothing else is left. A request may take the
+trial of at most one open route, which then goes first: a trial is claimed only for a route that
+will be tried, since one claimed and unused shuts the route for everyone until it expires.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gateway.catalog import BASELINE_POLICIES, MICROS, Route, RoutingPolicy
 from gateway.routing.breaker import RouteHealth, RouteStats
@@ -39,6 +40,7 @@ class _Scored:
     score: float
     excluded: str | None  # why it was dropped, None when kept
     trial: bool = False
+    claimable: bool = False  # dropped only for its open breaker: it may take this request's trial
     late: bool = False  # expected past the latency target (balanced): after every route within it
 
     def order(self) -> tuple[bool, bool, float]:
@@ -79,12 +81,12 @@ class Router:
         stats = await self._health.stats([(r.provider, r.model) for r in routes])
         if policy.kind in BASELINE_POLICIES:
             return await self._baseline(routes, stats, policy, width, height, n)
-        scored = [
-            await self._score(
-                r, stats[(r.provider, r.model)], probes.get((r.model, r.provider)), width, height, n, policy
-            )
-            for r in routes
-        ]
+        scored = await self._claim_trial(
+            [
+                _score(r, stats[(r.provider, r.model)], probes.get((r.model, r.provider)), width, height, n, policy)
+                for r in routes
+            ]
+        )
         kept = sorted((s for s in scored if s.excluded is None), key=_Scored.order)
         saturated = sorted((s for s in scored if s.excluded == "saturated"), key=_Scored.order)
         plan = kept + saturated
@@ -101,6 +103,22 @@ class Router:
             )
         return out
 
+    async def _claim_trial(self, scored: list[_Scored]) -> list[_Scored]:
+        """Give this request the trial of the best open route that nothing else excludes, if its
+        cool-down is over and no other request holds it; that route goes first. A route whose
+        breaker has closed since this process read it is kept as scored."""
+        out = list(scored)
+        for i in sorted((i for i, s in enumerate(out) if s.claimable), key=lambda i: out[i].order()):
+            s = out[i]
+            answer = await self._health.try_trial(s.route.provider, s.route.model)
+            if answer == "closed":
+                out[i] = replace(s, excluded=None, claimable=False)
+            elif answer == "trial":
+                # The one trial request goes first, so it is sure to be tried and the route can recover.
+                out[i] = replace(s, excluded=None, claimable=False, trial=True, score=float("-inf"))
+                break
+        return out
+
     async def _baseline(
         self,
         routes: Sequence[Route],
@@ -111,72 +129,78 @@ class Router:
         n: int,
     ) -> list[Planned]:
         """The simple strategies peers offer: they skip a route in cooldown (until its trial, as
-        peers' cooldowns expire) and look at nothing else."""
-        usable = [
-            r
-            for r in routes
-            if stats[(r.provider, r.model)].state == "closed" or await self._health.try_trial(r.provider, r.model)
-        ] or list(routes)
-        if policy.kind == "round_robin":
+        peers' cooldowns expire) and look at nothing else. As above, at most one trial, first."""
+        usable: list[Route] = []
+        trial: Route | None = None
+        for r in routes:
+            if stats[(r.provider, r.model)].state == "closed":
+                usable.append(r)
+            elif trial is None:
+                answer = await self._health.try_trial(r.provider, r.model)
+                if answer == "closed":
+                    usable.append(r)
+                elif answer == "trial":
+                    trial = r
+        if not usable and trial is None:
+            usable = list(routes)
+        if policy.kind == "round_robin" and usable:
             self._turn += 1
             shift = self._turn % len(usable)
             usable = usable[shift:] + usable[:shift]
         elif policy.kind == "least_busy":
             usable.sort(key=lambda r: self._in_flight.get((r.provider, r.model), 0))
+        ordered = usable if trial is None else [trial, *usable]
         return [
             Planned(r, policy.kind if i == 0 else "fallback_after_error", r.cost_micros(width, height, n), 0.0, 0.0)
-            for i, r in enumerate(usable)
+            for i, r in enumerate(ordered)
         ]
 
-    async def _score(
-        self,
-        route: Route,
-        stats: RouteStats,
-        probe: ProviderHealth | None,
-        width: int,
-        height: int,
-        n: int,
-        policy: RoutingPolicy,
-    ) -> _Scored:
-        cost = route.cost_micros(width, height, n)
-        observed = stats.ewma_s if stats.ewma_s is not None else policy.default_latency_s
-        if stats.p95_s is not None:
-            observed = max(observed, 0.5 * (observed + stats.p95_s))  # lean toward the tail
-        if probe is not None and probe.service_s is not None:
-            # A queue-fronted route: its own current measure of one job, plus the current wait.
-            # Observed end-to-end latencies hold past queue waits (counted twice with `wait`), and
-            # a route that looked slow stops being chosen, so they would never be refreshed.
-            observed = probe.service_s
-        wait = probe.expected_wait_s if probe is not None and probe.expected_wait_s is not None else 0.0
-        expected = observed + wait
-        trial = False
-        excluded: str | None = None
-        if stats.state in ("open", "half_open"):
-            trial = await self._health.try_trial(route.provider, route.model)
-            if not trial:
-                excluded = "breaker_open"
-        if excluded is None and probe is not None:
-            if not probe.healthy:
-                excluded = "unhealthy"
-            elif probe.saturated:
-                excluded = "saturated"
-        if excluded is None and policy.kind != "cheapest" and wait > policy.latency_target_s:
+
+def _score(
+    route: Route,
+    stats: RouteStats,
+    probe: ProviderHealth | None,
+    width: int,
+    height: int,
+    n: int,
+    policy: RoutingPolicy,
+) -> _Scored:
+    cost = route.cost_micros(width, height, n)
+    observed = stats.ewma_s if stats.ewma_s is not None else policy.default_latency_s
+    if stats.p95_s is not None:
+        observed = max(observed, 0.5 * (observed + stats.p95_s))  # lean toward the tail
+    if probe is not None and probe.service_s is not None:
+        # A queue-fronted route: its own current measure of one job, plus the current wait.
+        # Observed end-to-end latencies hold past queue waits (counted twice with `wait`), and
+        # a route that looked slow stops being chosen, so they would never be refreshed.
+        observed = probe.service_s
+    wait = probe.expected_wait_s if probe is not None and probe.expected_wait_s is not None else 0.0
+    expected = observed + wait
+    excluded: str | None = None
+    if probe is not None:
+        if not probe.healthy:
+            excluded = "unhealthy"
+        elif probe.saturated:
             excluded = "saturated"
-        late = max(0.0, expected - policy.latency_target_s)
-        match policy.kind:
-            case "cheapest":
-                score = cost / MICROS
-            case "fastest":
-                score = expected
-            case _:
-                # Waiting within the target is free; past it a route is chosen only when no route
-                # is within it, and then a late second costs usd_per_late_second. The microsecond
-                # term breaks ties in cost toward the shorter expected time.
-                score = cost / MICROS + late * policy.usd_per_late_second + expected * 1e-6
-        if trial:
-            score = float("-inf")  # the one trial request goes first, so the route can recover
-        balanced = policy.kind not in ("cheapest", "fastest")
-        return _Scored(route, cost, expected, score, excluded, trial, late=balanced and late > 0)
+    if excluded is None and policy.kind != "cheapest" and wait > policy.latency_target_s:
+        excluded = "saturated"
+    claimable = False
+    if stats.state in ("open", "half_open"):
+        claimable = excluded is None  # a trial is no use on a route that is down or full anyway
+        excluded = "breaker_open"
+    late = max(0.0, expected - policy.latency_target_s)
+    match policy.kind:
+        case "cheapest":
+            score = cost / MICROS
+        case "fastest":
+            score = expected
+        case _:
+            # Waiting within the target is free; past it a route is chosen only when no route
+            # is within it, and then a late second costs usd_per_late_second. The microsecond
+            # term breaks ties in cost toward the shorter expected time.
+            score = cost / MICROS + late * policy.usd_per_late_second + expected * 1e-6
+    balanced = policy.kind not in ("cheapest", "fastest")
+    return _Scored(route, cost, expected, score, excluded, claimable=claimable, late=balanced and late > 0)
 
 
 def _reason(index: int, s: _Scored, cheapest: _Scored | None, policy: RoutingPolicy, kept_count: int) -> str:

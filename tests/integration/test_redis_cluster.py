@@ -153,7 +153,7 @@ async def _open_trial_close(a: RouteHealth, b: RouteHealth, routes: list[tuple[s
         assert states == ["closed", "closed", "open"]
         assert (await a.stats([(provider, model)]))[(provider, model)].state == "open"
         grants = [await h.try_trial(provider, model) for h in (a, b, a)]
-        assert grants == [True, False, False]
+        assert grants == ["trial", "open", "open"]
         assert await b.record(provider, model, True, 1.2) == "closed"
         stats = (await a.stats([(provider, model)]))[(provider, model)]
         assert stats.state == "closed" and stats.samples == 2 and stats.ewma_s is not None

@@ -89,6 +89,70 @@ async def test_open_breaker_removes_a_route_until_its_trial(health: RouteHealth,
     assert (await _plan(health, routes, gpu()))[0] == ("local_gpu", "cheapest_healthy")
 
 
+async def _state(health: RouteHealth, provider: str) -> str:
+    return (await health.stats([(provider, "hidream-i1-full")]))[(provider, "hidream-i1-full")].state
+
+
+async def _open(health: RouteHealth, provider: str) -> None:
+    for _ in range(CFG.consecutive_failures):
+        await health.record(provider, "hidream-i1-full", False, None)
+
+
+@pytest.fixture
+async def no_cooldown(redis_url: str) -> AsyncIterator[RouteHealth]:
+    """Route health whose open breakers grant their trial at once (no waiting in the test)."""
+    client = Redis.from_url(redis_url)
+    yield RouteHealth(client, BreakerConfig(consecutive_failures=2, cooldown_s=0), cache_s=0)
+    await client.aclose()
+
+
+@pytest.mark.parametrize("kind", ["balanced", "priority"])
+async def test_a_trial_is_claimed_only_for_the_route_tried_first(
+    no_cooldown: RouteHealth, routes: tuple[Route, ...], kind: str
+) -> None:
+    """Both routes open: one request takes one trial, for the route it tries first; the other route
+    stays open, its trial left for the next request (claimed and unused, it was lost for 120 s)."""
+    await _open(no_cooldown, "local_gpu")
+    await _open(no_cooldown, "fal")
+    policy = RoutingPolicy(kind=kind, latency_target_s=30.0)  # type: ignore[arg-type]
+    first = await _plan(no_cooldown, routes, gpu(), policy=policy)
+    assert len(first) == 1
+    tried = first[0][0]
+    other = "fal" if tried == "local_gpu" else "local_gpu"
+    assert (await _state(no_cooldown, tried), await _state(no_cooldown, other)) == ("half_open", "open")
+    assert await _plan(no_cooldown, routes, gpu(), policy=policy) == [(other, first[0][1])]
+
+
+async def test_an_open_route_the_probe_excludes_claims_no_trial(
+    no_cooldown: RouteHealth, routes: tuple[Route, ...]
+) -> None:
+    await _open(no_cooldown, "local_gpu")
+    assert await _plan(no_cooldown, routes, gpu(healthy=False)) == [("fal", "failover_unhealthy")]
+    assert await _state(no_cooldown, "local_gpu") == "open"
+    assert await no_cooldown.try_trial("local_gpu", "hidream-i1-full") == "trial"
+
+
+@pytest.mark.parametrize("kind", ["balanced", "priority"])
+async def test_a_route_closed_since_this_process_read_it_is_kept(
+    redis_url: str, routes: tuple[Route, ...], kind: str
+) -> None:
+    """This process cached the GPU's breaker as open; another process's trial has closed it since."""
+    client = Redis.from_url(redis_url)
+    try:
+        other = RouteHealth(client, BreakerConfig(consecutive_failures=2, cooldown_s=0), cache_s=0)
+        cached = RouteHealth(client, BreakerConfig(consecutive_failures=2, cooldown_s=0), cache_s=60)
+        await _open(other, "local_gpu")
+        assert await _state(cached, "local_gpu") == "open"  # read once, then answered from the cache
+        assert await other.try_trial("local_gpu", "hidream-i1-full") == "trial"
+        assert await other.record("local_gpu", "hidream-i1-full", True, 3.0) == "closed"
+        policy = RoutingPolicy(kind=kind, latency_target_s=30.0)  # type: ignore[arg-type]
+        plan = await _plan(cached, routes, gpu(), policy=policy)
+        assert [provider for provider, _ in plan] == ["local_gpu", "fal"]
+        assert plan[0][1] in ("cheapest_healthy", "priority")
+    finally:
+        await client.aclose()
+
+
 async def test_unready_worker_is_not_a_candidate(health: RouteHealth, routes: tuple[Route, ...]) -> None:
     assert await _plan(health, routes, gpu(healthy=False)) == [("fal", "failover_unhealthy")]
 
