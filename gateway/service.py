@@ -129,7 +129,9 @@ class ImageService:
         status = "failed"
         handed_over = False
         try:
-            attempt = await self._dispatcher.call(valid, request_id, started + self._deadline_s, routing)
+            attempt = await self._dispatcher.call(
+                valid, request_id, started + self._deadline_s, routing, team_id=principal.team_id
+            )
             upstream_s = attempt.upstream_s
             data = await self._render(valid, attempt.result.images)
             latency = time.monotonic() - started

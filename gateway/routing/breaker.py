@@ -34,6 +34,10 @@ class BreakerConfig:
     trial_s: float = 120.0  # a trial that has not reported back by then is presumed lost
     latency_samples: int = 200
     ewma_weight: float = 0.2
+    # A failure the request itself may have caused counts only once this many teams saw one on the
+    # route within corroboration_s of each other: one team's requests never open it for all.
+    corroborating_teams: int = 2
+    corroboration_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,12 +132,15 @@ class RouteHealth:
                 out[route] = stats
         return out
 
-    async def record(self, provider: str, model: str, ok: bool, latency_s: float | None) -> str | None:
+    async def record(
+        self, provider: str, model: str, ok: bool, latency_s: float | None, *, suspect_team: str | None = None
+    ) -> str | None:
         """Write one outcome now (after any batched successes of the route, to keep their order);
-        returns the route's state after it, or None when Redis is unreachable."""
+        returns the route's state after it, or None when Redis is unreachable. `suspect_team`: for a
+        failure the request itself may have caused, the team that sent it (see BreakerConfig)."""
         await self._flush_route((provider, model))
         latency = [round(latency_s * 1000) if latency_s is not None else -1]
-        return await self._write((provider, model), ok, latency, _now_ms())
+        return await self._write((provider, model), ok, latency, _now_ms(), suspect_team=suspect_team)
 
     async def succeeded(self, provider: str, model: str, latency_s: float) -> None:
         """A success: batched for the background flush while the route is known to be closed
@@ -166,18 +173,25 @@ class RouteHealth:
             await self._write(route, True, latencies, at, batch=True)
 
     async def _write(
-        self, route: RouteKey, ok: bool, latencies_ms: Sequence[int], at_ms: int, *, batch: bool = False
+        self,
+        route: RouteKey,
+        ok: bool,
+        latencies_ms: Sequence[int],
+        at_ms: int,
+        *,
+        batch: bool = False,
+        suspect_team: str | None = None,
     ) -> str | None:
         c = self.config
         k = route_key(*route)
         try:
             state = await self._record(
-                keys=[k + "state", k + "outcomes", k + "latency"],
+                keys=[k + "state", k + "outcomes", k + "latency", k + "suspects"],
                 args=[
                     1 if ok else 0,
                     " ".join(str(v) for v in latencies_ms),
                     c.window, c.min_samples, c.failure_ratio, c.consecutive_failures, c.latency_samples, c.ewma_weight,
-                    at_ms,
+                    at_ms, suspect_team or "", int(c.corroboration_s * 1000), c.corroborating_teams,
                 ],
             )  # fmt: skip
         except REDIS_ERRORS:

@@ -22,6 +22,7 @@ from gateway.routing.breaker import RouteHealth
 from gateway.routing.health import HealthBoard
 from gateway.routing.router import Router
 from providers.base import (
+    ErrorKind,
     ImageProvider,
     ImageRequest,
     ImageResult,
@@ -30,6 +31,13 @@ from providers.base import (
 )
 
 log = logging.getLogger(__name__)
+
+# Failures the request itself may have caused, although the upstream took it: an answer we could
+# not parse may be one that echoes the caller's input (a prompt the upstream encodes but we cannot
+# read back). The route's breaker counts them only once a second team sees them, so one team cannot
+# shut a route for every team. Refusals, 5xx, timeouts and lost connections are the upstream's
+# own, and count at once: a route broken for its only team must still open.
+CALLER_MAY_CAUSE = frozenset({ErrorKind.BAD_RESPONSE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +85,9 @@ class Dispatcher:
                 f"Provider '{pinned}' cannot serve this request for {valid.model.id}.", param="x-gateway-provider"
             )
 
-    async def call(self, valid: ValidRequest, request_id: str, deadline: float, routing: RoutingRequest) -> Attempted:
+    async def call(
+        self, valid: ValidRequest, request_id: str, deadline: float, routing: RoutingRequest, *, team_id: str
+    ) -> Attempted:
         routes = self.candidates(valid)
         if not routes:
             raise ServiceUnavailableError(
@@ -112,7 +122,7 @@ class Dispatcher:
                 _check_result(route, valid, result)
             except ProviderError as err:
                 elapsed = time.monotonic() - t0
-                await self._failed(route, err, elapsed)
+                await self._failed(route, err, elapsed, team_id)
                 if not err.retryable:
                     raise from_provider_error(err) from err
                 last = err
@@ -128,7 +138,7 @@ class Dispatcher:
             raise UpstreamTimeoutError("The request ran out of time before any provider answered.")
         raise from_provider_error(last) from last
 
-    async def _failed(self, route: Route, err: ProviderError, elapsed: float) -> None:
+    async def _failed(self, route: Route, err: ProviderError, elapsed: float, team_id: str) -> None:
         self._metrics.upstream_errors.labels(route.provider, route.model, err.kind.value).inc()
         self._metrics.upstream_duration.labels(route.provider, route.model, "error").observe(elapsed)
         # The message may quote the caller's input (a prompt), so it is logged only at debug level.
@@ -136,7 +146,8 @@ class Dispatcher:
                  err.upstream_status)  # fmt: skip
         log.debug("route %s failure detail: %s", route.provider, err.message)
         if err.retryable:  # bad input is the caller's fault, not a sign of an unhealthy route
-            await self._health.record(route.provider, route.model, False, None)
+            suspect = team_id if err.kind in CALLER_MAY_CAUSE else None
+            await self._health.record(route.provider, route.model, False, None, suspect_team=suspect)
 
 
 def _provider_request(valid: ValidRequest, request_id: str, remaining_s: float) -> ImageRequest:

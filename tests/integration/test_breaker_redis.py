@@ -103,3 +103,40 @@ async def test_a_late_batch_of_older_successes_does_not_hide_a_run_of_failures(
     assert await b.record("fal", "late", False, None) == "closed"
     await a.flush()  # ...but reaches Redis after two failures
     assert await b.record("fal", "late", False, None) == "open"  # the third failure in a row opens it
+
+
+async def test_failures_one_team_may_have_caused_do_not_open_the_breaker(
+    two: tuple[RouteHealth, RouteHealth],
+) -> None:
+    """An answer we could not parse may echo what the caller sent: one team's run of them moves
+    nothing, however long; once a second team sees them too, they count as any failure."""
+    a, b = two
+    for _ in range(3):
+        assert await a.record("fal", "m", True, 0.5) == "closed"
+    for _ in range(FAST.window * 2):  # past both the consecutive count and the failure ratio
+        assert await a.record("fal", "m", False, None, suspect_team="team-a") == "closed"
+    assert await b.record("fal", "m", False, None, suspect_team="team-b") == "closed"  # corroborated: 1
+    assert await a.record("fal", "m", False, None, suspect_team="team-a") == "closed"  # 2
+    assert await a.record("fal", "m", False, None, suspect_team="team-a") == "open"  # 3 in a row
+
+
+async def test_a_genuine_upstream_failure_still_opens_the_breaker_for_one_team(
+    two: tuple[RouteHealth, RouteHealth],
+) -> None:
+    a, _ = two
+    for _ in range(5):
+        await a.record("fal", "m", False, None, suspect_team="team-a")  # moves nothing
+    assert [await a.record("fal", "m", False, None) for _ in range(3)] == ["closed", "closed", "open"]
+
+
+async def test_a_trial_failed_by_one_team_alone_is_handed_back(two: tuple[RouteHealth, RouteHealth]) -> None:
+    """The one trial request proves nothing about the route when its failure may be the request's
+    own: the next request may take the trial at once, with no new cool-down."""
+    a, b = two
+    for _ in range(3):
+        await a.record("fal", "m", False, None)
+    await asyncio.sleep(0.25)  # the cool-down
+    assert await a.try_trial("fal", "m") == "trial"
+    assert await a.record("fal", "m", False, None, suspect_team="team-a") == "open"
+    assert await b.try_trial("fal", "m") == "trial"
+    assert await b.record("fal", "m", True, 0.5) == "closed"
