@@ -38,6 +38,14 @@ class GenerationRequest(BaseModel):
 def parse_request(payload: object) -> GenerationRequest:
     if not isinstance(payload, dict):
         raise InvalidRequestError("The request body must be a JSON object.")
+    for name, value in payload.items():
+        # A lone UTF-16 surrogate (a JSON escape such as \\ud800 without its pair) is not text: the
+        # answer, which echoes the prompt, or an error quoting it, would fail to encode (a 500).
+        if not _encodes(name):
+            param = name.encode("unicode_escape").decode("ascii")
+            raise InvalidRequestError(f"'{param}' is not valid text (an unpaired surrogate).", param=param)
+        if isinstance(value, str) and not _encodes(value):
+            raise InvalidRequestError(f"'{name}' is not valid text (an unpaired surrogate).", param=name)
     try:
         return GenerationRequest.model_validate(payload)
     except ValidationError as exc:
@@ -48,6 +56,16 @@ def parse_request(payload: object) -> GenerationRequest:
         if first["type"] == "missing":
             raise InvalidRequestError(f"Missing required parameter: '{param}'.", param=param) from None
         raise InvalidRequestError(f"Invalid '{param}': {first['msg']}.", param=param) from None
+
+
+def _encodes(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_size(size: str) -> tuple[int, int]:

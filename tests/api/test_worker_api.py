@@ -94,6 +94,21 @@ def test_bad_requests_get_openai_shaped_400s_and_never_reach_the_pipeline() -> N
         assert worker.jobs_started() == 0
 
 
+def test_text_that_cannot_be_encoded_is_a_400_not_a_500_from_echoing_it() -> None:
+    """A lone surrogate (legal as a JSON escape) used to run a job, then fail the answer that echoes
+    the prompt: a 500, which the gateway counts against the route."""
+    with running_worker("full") as worker:
+        url, json_type = f"{worker.url}{GEN}", {"content-type": "application/json"}
+        for body, param in (
+            (rb'{"prompt": "a\ud800cat"}', "prompt"),
+            (rb'{"prompt": "a cat", "negative_prompt": "\udfff"}', "negative_prompt"),
+            (rb'{"prompt": "a cat", "model": "m\ud800"}', "model"),
+            (rb'{"prompt": "a cat", "\ud800": 1}', "\\ud800"),
+        ):
+            assert_openai_error(httpx.post(url, content=body, headers=json_type), 400, param)
+        assert worker.jobs_started() == 0
+
+
 def test_a_full_queue_answers_429_with_retry_after_and_ready_reports_the_load() -> None:
     # steps that take time, so the warm-up teaches the worker a non-zero time per step
     with running_worker("full", max_queue=1, pipeline=StandInPipeline(step_s=0.01)) as worker:
