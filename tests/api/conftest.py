@@ -8,6 +8,8 @@ from fastapi.testclient import TestClient
 
 from gateway.app import create_app
 from gateway.settings import Settings
+from tests.fakes.stand_in_pipeline import StandInPipeline
+from tests.fakes.worker_server import running_worker
 
 ADMIN = "adm-test-" + "x" * 16
 
@@ -29,6 +31,16 @@ def bare_client(settings: Settings) -> Iterator[TestClient]:
     app = create_app(settings, registry={"fal": lambda s: None, "local_gpu": lambda s: None})
     with TestClient(app) as client:
         yield client
+
+
+@pytest.fixture
+def served(settings: Settings) -> Iterator[tuple[TestClient, str]]:
+    """The real app served by one real (stand-in pipeline) GPU worker, and a team: (client, team id)."""
+    with running_worker("full", pipeline=StandInPipeline(step_s=0.001)) as worker:
+        settings = settings.model_copy(update={"local_gpu_urls": [worker.url], "probe_interval_s": 0.05})
+        with TestClient(create_app(settings)) as client:
+            team = client.post("/admin/teams", json={"name": "d"}, headers=admin_headers()).json()
+            yield client, team["id"]
 
 
 def admin_headers() -> dict[str, str]:

@@ -3,33 +3,13 @@ the connection was open, settled as cancelled and charged nothing when the calle
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 import redis
 from fastapi.testclient import TestClient
 
 from gateway.accounting.keys import Principal, team_prefix
 from gateway.api.state import AppState
-from gateway.app import create_app
 from gateway.images.validation import Params, validate_generation
-from gateway.settings import Settings
-from tests.api.conftest import ADMIN, admin_headers
-from tests.fakes.stand_in_pipeline import StandInPipeline
-from tests.fakes.worker_server import running_worker
-
-
-@pytest.fixture
-def served(redis_url: str, tmp_path: Path, pricing_file: Path) -> Iterator[tuple[TestClient, str]]:
-    with running_worker("full", pipeline=StandInPipeline(step_s=0.001)) as worker:
-        settings = Settings(
-            redis_url=redis_url, admin_key=ADMIN, data_dir=tmp_path / "data", pricing_file=pricing_file,
-            local_gpu_urls=[worker.url], probe_interval_s=0.05,
-        )  # fmt: skip
-        with TestClient(create_app(settings)) as client:
-            team = client.post("/admin/teams", json={"name": "d"}, headers=admin_headers()).json()
-            yield client, team["id"]
 
 
 def _ledger(state: AppState, team_id: str) -> list[tuple[bytes, bytes]]:
