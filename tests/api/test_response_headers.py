@@ -1,0 +1,38 @@
+"""Headers every response carries, on FastAPI's routes and on the hot path alike, errors included."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+from tests.api.conftest import admin_headers
+
+
+def _key(client: TestClient, team_id: str) -> dict[str, str]:
+    key = client.post(f"/admin/teams/{team_id}/keys", headers=admin_headers()).json()["key"]
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_every_response_tells_browsers_not_to_sniff_its_type(bare_client: TestClient) -> None:
+    responses = {
+        "a FastAPI route": bare_client.get("/health"),
+        "a FastAPI error": bare_client.get("/admin/teams"),
+        "an unknown path": bare_client.get("/no/such/path"),
+        "a hot-path error": bare_client.post("/v1/images/generations", json={"prompt": "x"}),
+    }
+    assert [r.status_code for r in responses.values()] == [200, 401, 404, 401]
+    for what, r in responses.items():
+        assert r.headers.get("x-content-type-options") == "nosniff", what
+        assert r.headers["x-request-id"].startswith("req_"), what
+
+
+def test_served_images_and_their_files_are_not_sniffed_either(served: tuple[TestClient, str]) -> None:
+    client, team_id = served
+    r = client.post(
+        "/v1/images/generations",
+        json={"model": "hidream-i1-full", "prompt": "x", "num_inference_steps": 1},
+        headers=_key(client, team_id),
+    )
+    assert r.status_code == 200, r.text
+    assert r.headers.get("x-content-type-options") == "nosniff"
+    image = client.get(r.json()["data"][0]["url"].removeprefix("http://gw.test"))
+    assert image.status_code == 200 and image.headers.get("x-content-type-options") == "nosniff"
