@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import redis.exceptions
@@ -52,4 +53,6 @@ async def image_file(
     if path is None:
         raise NotFoundError("No such image.", code="not_found")
     ext = name.rsplit(".", 1)[-1]
-    return FileResponse(path, media_type=CONTENT_TYPES[ext], headers={"cache-control": "private, max-age=3600"})
+    # No cache may keep the image past the moment its URL stops working.
+    max_age = max(0, int(expires - time.time()))
+    return FileResponse(path, media_type=CONTENT_TYPES[ext], headers={"cache-control": f"private, max-age={max_age}"})

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import time
+from urllib.parse import parse_qs, urlsplit
+
 from fastapi.testclient import TestClient
 
+from gateway.api.state import AppState
 from tests.api.conftest import admin_headers
 
 
@@ -36,3 +40,23 @@ def test_served_images_and_their_files_are_not_sniffed_either(served: tuple[Test
     assert r.headers.get("x-content-type-options") == "nosniff"
     image = client.get(r.json()["data"][0]["url"].removeprefix("http://gw.test"))
     assert image.status_code == 200 and image.headers.get("x-content-type-options") == "nosniff"
+
+
+def test_an_image_is_cached_no_longer_than_its_url_lives(served: tuple[TestClient, str]) -> None:
+    client, team_id = served
+    r = client.post(
+        "/v1/images/generations",
+        json={"model": "hidream-i1-full", "prompt": "x", "num_inference_steps": 1},
+        headers=_key(client, team_id),
+    )
+    name = r.json()["data"][0]["url"].split("/v1/files/images/")[1].split("?")[0]
+    state: AppState = client.app.state.gateway  # type: ignore[attr-defined]
+    # A URL signed 50 minutes ago (ttl 1 h) has about 10 minutes left: no cache may keep it longer.
+    url = urlsplit(state.store.signed_url(name, now=time.time() - 3000))
+    expires = int(parse_qs(url.query)["expires"][0])
+    before = time.time()
+    image = client.get(f"{url.path}?{url.query}")
+    assert image.status_code == 200
+    directives = dict(d.strip().partition("=")[::2] for d in image.headers["cache-control"].split(","))
+    assert "private" in directives
+    assert 0 < int(directives["max-age"]) <= expires - before <= 600
