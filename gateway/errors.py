@@ -116,6 +116,15 @@ class ConflictError(GatewayError):
     kind = "conflict"
 
 
+class GoneError(GatewayError):
+    """What the caller refers to existed once and no longer does; a retry will not bring it back."""
+
+    status_code = 410
+    error_type = "invalid_request_error"
+    default_code = "gone"
+    kind = "gone"
+
+
 # --- ours or an upstream's fault (5xx) ------------------------------------------------------
 
 

@@ -22,6 +22,7 @@ from gateway.catalog import micros_to_usd
 from gateway.errors import (
     ConflictError,
     GatewayError,
+    GoneError,
     UpstreamTimeoutError,
 )
 from gateway.images.storage import ImageStore
@@ -88,7 +89,8 @@ class ImageService:
         idem = Idempotency(idempotency_key, fingerprint(valid)) if idempotency_key else None
         admitted = await self._admit(principal, valid, request_id, idem)
         if isinstance(admitted, Replay):
-            return _replayed(admitted)
+            assert idem is not None  # only a request with an Idempotency-Key is replayed
+            return self._replayed(admitted, idem.key)
         return await self._serve(principal, valid, admitted, routing)
 
     async def _admit(
@@ -133,7 +135,7 @@ class ImageService:
                 valid, request_id, started + self._deadline_s, routing, team_id=principal.team_id
             )
             upstream_s = attempt.upstream_s
-            data = await self._render(valid, attempt.result.images)
+            data, kept = await self._render(valid, attempt.result.images)
             latency = time.monotonic() - started
             headers = {
                 "x-gateway-provider": attempt.route.provider,
@@ -145,7 +147,8 @@ class ImageService:
                 body["seed"] = attempt.result.seed
             replay = ""
             if admission.idempotency is not None:
-                replay = json.dumps({"body": body, "headers": headers, "request_id": request_id})
+                # With the names of the images kept here, so that a replay can sign their URLs anew.
+                replay = json.dumps({"body": body, "headers": headers, "request_id": request_id, "images": kept})
             outcome = Settlement(
                 "succeeded",
                 valid.n,
@@ -208,21 +211,55 @@ class ImageService:
                 micros_to_usd(outcome.provider_cost_micros)
             )
 
-    async def _render(self, valid: ValidRequest, images: tuple[GeneratedImage, ...]) -> list[dict[str, str]]:
+    async def _render(
+        self, valid: ValidRequest, images: tuple[GeneratedImage, ...]
+    ) -> tuple[list[dict[str, str]], list[str | None]]:
+        """The response's data items, and the name of each image kept in the store (None if not)."""
         out: list[dict[str, str]] = []
+        kept: list[str | None] = []
         for img in images:
+            name: str | None = None
             item: dict[str, str] = {"revised_prompt": valid.prompt}
             if valid.response_format == "b64_json":
                 assert img.data is not None  # _check_result guarantees bytes for b64_json
                 item["b64_json"] = img.b64 if img.b64 is not None else base64.b64encode(img.data).decode("ascii")
             elif img.data is not None:
                 stored = await self._store.put(img.data, img.content_type)
-                item["url"] = self._store.signed_url(stored.name)
+                name = stored.name
+                item["url"] = self._store.signed_url(name)
             else:
                 assert img.url is not None
                 item["url"] = img.url
             out.append(item)
-        return out
+            kept.append(name)
+        return out, kept
+
+    def _replayed(self, replay: Replay, idempotency_key: str) -> ImagesResponse:
+        stored = json.loads(replay.response)
+        body = stored["body"]
+        # A replay is kept a day, a signed URL image_url_ttl_s: every image kept here gets a URL
+        # signed now. One that was swept meanwhile cannot be shown; say so rather than hand back a
+        # dead URL. (Records written before names were kept have none: returned as they were.)
+        for item, name in zip(body["data"], stored.get("images", ()), strict=False):
+            if name is None:
+                continue
+            url = self._store.renew(name)
+            if url is None:
+                raise GoneError(
+                    f"The images of the request made with Idempotency-Key '{idempotency_key}' have been deleted "
+                    f"(images are kept about {self._store.ttl_s} s after their URL is issued); send the request "
+                    "again with a new Idempotency-Key to generate new ones.",
+                    param="Idempotency-Key",
+                    code="idempotency_images_gone",
+                )
+            item["url"] = url
+        headers = {
+            **stored["headers"],
+            "x-gateway-charged-usd": f"{0:.6f}",
+            "x-gateway-idempotent-replay": "true",
+            "x-gateway-original-request-id": stored["request_id"],
+        }
+        return ImagesResponse(body, headers)
 
 
 def fingerprint(valid: ValidRequest) -> str:
@@ -234,17 +271,6 @@ def fingerprint(valid: ValidRequest) -> str:
         hashlib.sha256(valid.mask.data).hexdigest() if valid.mask else None,
     ]  # fmt: skip
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
-
-
-def _replayed(replay: Replay) -> ImagesResponse:
-    stored = json.loads(replay.response)
-    headers = {
-        **stored["headers"],
-        "x-gateway-charged-usd": f"{0:.6f}",
-        "x-gateway-idempotent-replay": "true",
-        "x-gateway-original-request-id": stored["request_id"],
-    }
-    return ImagesResponse(stored["body"], headers)
 
 
 def _fields(

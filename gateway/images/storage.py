@@ -54,6 +54,15 @@ class ImageStore:
         expires = int((now if now is not None else time.time()) + self.ttl_s)
         return f"{self.public_url}/v1/files/images/{name}?expires={expires}&sig={self._sign(name, expires)}"
 
+    def renew(self, name: str, now: float | None = None) -> str | None:
+        """A fresh signed URL for an image kept earlier (an idempotent replay), or None when it has
+        been swept. The file's mtime moves to now, so the sweeper keeps it as long as the new URL."""
+        try:
+            os.utime(self._dir + name, None if now is None else (now, now))
+        except FileNotFoundError:
+            return None
+        return self.signed_url(name, now)
+
     def verify(self, name: str, expires: int, sig: str, now: float | None = None) -> bool:
         if expires < (now if now is not None else time.time()):
             return False
@@ -68,7 +77,8 @@ class ImageStore:
         return path if path.is_file() else None
 
     def sweep(self, now: float | None = None) -> int:
-        """Delete images whose URLs have all expired; returns how many were removed."""
+        """Delete images whose URLs have all expired (the last was signed at the file's mtime: when
+        it was written, or renewed); returns how many were removed."""
         cutoff = (now if now is not None else time.time()) - self.ttl_s - 60
         removed = 0
         for path in self.root.iterdir():

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
@@ -32,8 +33,6 @@ async def test_other_keys_signatures_and_path_tricks_are_refused(tmp_path: Path)
 
 
 async def test_sweep_removes_only_images_past_their_url_lifetime(tmp_path: Path) -> None:
-    import os
-
     store = ImageStore(tmp_path, "http://x", b"k" * 32, ttl_s=3600)
     old = await store.put(b"old", "image/png")
     new = await store.put(b"new", "image/png")
@@ -41,3 +40,20 @@ async def test_sweep_removes_only_images_past_their_url_lifetime(tmp_path: Path)
     os.utime(new.path, (5000.0, 5000.0))
     assert store.sweep(now=1000.0 + 3600 + 61) == 1
     assert not old.path.exists() and new.path.exists()
+
+
+async def test_renew_signs_a_new_url_and_keeps_the_image_as_long_as_it(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path, "http://x", b"k" * 32, ttl_s=3600)
+    kept = await store.put(b"kept", "image/png")
+    swept = await store.put(b"swept", "image/png")
+    for stored in (kept, swept):
+        os.utime(stored.path, (1000.0, 1000.0))
+    url = store.renew(kept.name, now=4000.0)  # the first URL (expires 4600) is nearly gone
+    assert url is not None
+    q = {k: v[0] for k, v in parse_qs(urlparse(url).query).items()}
+    assert int(q["expires"]) == 7600 and store.verify(kept.name, 7600, q["sig"], now=7599)
+    # The sweep that takes the unrenewed image leaves the renewed one until its new URL expires.
+    assert store.sweep(now=1000.0 + 3600 + 61) == 1
+    assert kept.path.exists() and not swept.path.exists()
+    assert store.sweep(now=7600 + 61) == 1 and not kept.path.exists()
+    assert store.renew(swept.name) is None
