@@ -118,6 +118,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["GATEWAY_ADMIN_KEY"] = (
             _private_file(data_dir / "admin-key", "adm-" + secrets.token_urlsafe(24)) or ""
         )
+    if not settings.metrics_token:
+        os.environ["GATEWAY_METRICS_TOKEN"] = (
+            _private_file(data_dir / "metrics-token", "met-" + secrets.token_urlsafe(24)) or ""
+        )
     if args.workers > 1 and settings.prometheus_multiproc_dir is None:
         # Counters summed across worker processes; the folder must start empty on every boot.
         metrics_dir = data_dir / "metrics"
@@ -143,6 +147,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"  team key:   {key}   (team 'default'; kept in {data_dir / 'first-team-key'})")
         if not settings.admin_key:
             print(f"  admin key:  in {data_dir / 'admin-key'}")
+        if not settings.metrics_token:
+            print(f"  metrics:    {base}/metrics with the Bearer token in {data_dir / 'metrics-token'}")
         print(f"  try:        curl {base}/v1/models -H 'Authorization: Bearer <team key>'\n", flush=True)
         # uvicorn re-raises SIGTERM after its graceful shutdown; without a Python handler that would
         # kill this process before the finally below stops the tiny worker and the embedded Redis.

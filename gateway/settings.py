@@ -15,6 +15,9 @@ class Settings(BaseSettings):
     # Unset: the gateway starts its own redis-server under data_dir (the embedded default).
     redis_url: str | None = None
     admin_key: str | None = None
+    # Bearer token for /metrics (every team's budget, spend and provider cost) and /ready's detail.
+    # Unset: /metrics is closed (`gateway serve` makes one once, as it does the admin key).
+    metrics_token: str | None = None
     # fal's own FAL_KEY is accepted as well as GATEWAY_FAL_KEY.
     fal_key: str | None = Field(default=None, validation_alias=AliasChoices("GATEWAY_FAL_KEY", "FAL_KEY"))
     fal_queue_url: str = "https://queue.fal.run"

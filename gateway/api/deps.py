@@ -38,14 +38,32 @@ async def team_principal(request: Request, state: State) -> Principal:
     return principal
 
 
+def _holds(token: str, accepted: dict[str, str | None]) -> None:
+    """The token is one of the `accepted` secrets (setting name -> value, None when unset)."""
+    configured = [value for value in accepted.values() if value]
+    names = " or ".join(accepted)
+    if not configured:
+        raise PermissionDeniedError(f"This endpoint is disabled: set {names}.")
+    # Each compared in constant time; which one matched is no secret.
+    if not any(hmac.compare_digest(token.encode(), value.encode()) for value in configured):
+        raise AuthenticationError(f"The bearer token is not the {names}.")
+
+
 async def admin_principal(request: Request, state: State) -> None:
-    token = _bearer(request)
-    admin = state.settings.admin_key
-    if not admin:
-        raise PermissionDeniedError("The admin API is disabled: set GATEWAY_ADMIN_KEY.")
-    if not hmac.compare_digest(token.encode(), admin.encode()):
-        raise AuthenticationError("Incorrect admin key provided.")
+    _holds(_bearer(request), {"GATEWAY_ADMIN_KEY": state.settings.admin_key})
+
+
+async def metrics_reader(request: Request, state: State) -> None:
+    """/metrics: the metrics token only (Prometheus holds it; the admin key never goes there)."""
+    _holds(_bearer(request), {"GATEWAY_METRICS_TOKEN": state.settings.metrics_token})
+
+
+async def observer(request: Request, state: AppState) -> None:
+    """/ready's detail: the metrics token or the admin key."""
+    s = state.settings
+    _holds(_bearer(request), {"GATEWAY_METRICS_TOKEN": s.metrics_token, "GATEWAY_ADMIN_KEY": s.admin_key})
 
 
 Team = Annotated[Principal, Depends(team_principal)]
 Admin = Depends(admin_principal)
+MetricsReader = Depends(metrics_reader)

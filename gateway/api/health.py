@@ -1,4 +1,5 @@
-"""Liveness, readiness, Prometheus metrics, and the signed image URLs the gateway serves."""
+"""Liveness, readiness (its detail and the metrics behind a token), and the signed image URLs the
+gateway serves."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ import time
 from typing import Any
 
 import redis.exceptions
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
-from gateway.api.deps import State
+from gateway.api.deps import MetricsReader, State, observer
 from gateway.errors import NotFoundError, PermissionDeniedError
 from gateway.images.storage import CONTENT_TYPES
 
@@ -22,23 +23,29 @@ async def health() -> dict[str, str]:
 
 
 @router.get("/ready")
-async def ready(state: State) -> JSONResponse:
+async def ready(request: Request, state: State) -> JSONResponse:
+    """Ready or not, to anyone (load balancers, orchestrators); with the metrics token or the admin
+    key, also why: Redis, and each route's health and probe detail."""
     try:
         redis_ok = bool(await state.redis.ping())
     except (redis.exceptions.RedisError, OSError):
         redis_ok = False
     snapshot = await state.health.snapshot()
+    any_route = any(h.healthy for by_provider in snapshot.values() for h in by_provider.values())
+    ok = redis_ok and any_route
+    status = 200 if ok else 503
+    if "authorization" not in request.headers:
+        return JSONResponse({"ready": ok}, status_code=status)
+    await observer(request, state)
     routes: dict[str, Any] = {
         model: {p: {"healthy": h.healthy, "detail": h.detail} for p, h in by_provider.items()}
         for model, by_provider in snapshot.items()
     }
-    any_route = any(h.healthy for by_provider in snapshot.values() for h in by_provider.values())
-    ok = redis_ok and any_route
     body = {"ready": ok, "redis": redis_ok, "pricing_loaded": True, "routes": routes}
-    return JSONResponse(body, status_code=200 if ok else 503)
+    return JSONResponse(body, status_code=status)
 
 
-@router.get("/metrics")
+@router.get("/metrics", dependencies=[MetricsReader])
 async def metrics(state: State) -> Response:
     return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 

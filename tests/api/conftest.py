@@ -12,6 +12,7 @@ from tests.fakes.stand_in_pipeline import StandInPipeline
 from tests.fakes.worker_server import running_worker
 
 ADMIN = "adm-test-" + "x" * 16
+METRICS = "met-test-" + "y" * 16
 
 
 @pytest.fixture
@@ -19,6 +20,7 @@ def settings(redis_url: str, tmp_path: Path, pricing_file: Path) -> Settings:
     return Settings(
         redis_url=redis_url,
         admin_key=ADMIN,
+        metrics_token=METRICS,
         data_dir=tmp_path / "data",
         pricing_file=pricing_file,
         public_url="http://gw.test",
@@ -45,3 +47,7 @@ def served(settings: Settings) -> Iterator[tuple[TestClient, str]]:
 
 def admin_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {ADMIN}"}
+
+
+def metrics_headers() -> dict[str, str]:
+    return {"Authorization": f"Bearer {METRICS}"}

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from tests.api.conftest import admin_headers
+from tests.api.conftest import admin_headers, metrics_headers
 
 
 def _team(client: TestClient, **body: object) -> dict[str, object]:
@@ -91,7 +91,7 @@ def test_models_come_from_pricing_yaml(bare_client: TestClient) -> None:
 
 def test_no_configured_route_means_not_ready_and_503_costing_nothing(bare_client: TestClient) -> None:
     assert bare_client.get("/health").json() == {"status": "ok"}
-    ready = bare_client.get("/ready")
+    ready = bare_client.get("/ready", headers=metrics_headers())
     assert ready.status_code == 503 and ready.json()["redis"] is True
     team = _team(bare_client)
     key = bare_client.post(f"/admin/teams/{team['id']}/keys", headers=admin_headers()).json()["key"]

@@ -31,7 +31,7 @@ def test_requests_fail_closed_while_redis_is_down_and_recover(tmp_path: Path, pr
                 r = client.request(method, path, json={"prompt": "x"} if method == "POST" else None, headers=headers)
                 assert r.status_code == 503, (path, r.text)
                 assert r.json()["error"]["type"] == "server_error" and r.headers["retry-after"] == "2"
-            ready = client.get("/ready")
+            ready = client.get("/ready", headers=admin_headers())
             assert ready.status_code == 503 and ready.json()["redis"] is False
 
             server.start()  # same port, same append-only file

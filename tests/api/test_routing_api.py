@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from gateway.app import create_app
 from gateway.settings import Settings
-from tests.api.conftest import ADMIN, admin_headers
+from tests.api.conftest import ADMIN, METRICS, admin_headers, metrics_headers
 from tests.fakes.fal_server import create_app as create_fal_app
 from tests.fakes.fal_state import FakeFal
 from tests.fakes.server import serve_in_thread
@@ -58,6 +58,7 @@ def routed(redis_url: str, tmp_path: Path, pricing_file: Path) -> Iterator[Route
         settings = Settings(
             redis_url=redis_url,
             admin_key=ADMIN,
+            metrics_token=METRICS,
             data_dir=tmp_path / "data",
             pricing_file=pricing_file,
             fal_key=fal_key,
@@ -124,7 +125,7 @@ def test_breaker_opens_after_repeated_failures_and_traffic_moves_without_touchin
     r = routed.generate()
     assert (r.headers["x-gateway-provider"], r.headers["x-gateway-route-reason"]) == ("fal", "failover_unhealthy")
     assert routed.worker.jobs_started() == started
-    metrics = routed.client.get("/metrics").text
+    metrics = routed.client.get("/metrics", headers=metrics_headers()).text
     assert (
         'gateway_route_decisions_total{model="hidream-i1-full",provider="fal",reason="failover_unhealthy"}' in metrics
     )

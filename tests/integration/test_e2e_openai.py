@@ -25,6 +25,8 @@ from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.slow
 
+METRICS_TOKEN = "met-" + secrets.token_hex(8)
+
 
 @dataclass
 class Stack:
@@ -59,6 +61,7 @@ def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -
     env = {
         "GATEWAY_REDIS_URL": redis_server.url,
         "GATEWAY_ADMIN_KEY": admin_key,
+        "GATEWAY_METRICS_TOKEN": METRICS_TOKEN,
         "GATEWAY_FAL_KEY": fal_key,
         "GATEWAY_FAL_QUEUE_URL": f"http://127.0.0.1:{fal_port}",
         "GATEWAY_FAL_POLL_INITIAL_S": "0.02",
@@ -299,7 +302,7 @@ def test_metrics_summed_across_worker_processes_equal_the_ledger(stack: Stack) -
     images = sum(int(f[b"images"]) for f in events)
     spend = sum(int(f[b"charged_micros"]) for f in events) / 1_000_000
     for _ in range(6):  # successive scrapes land on either worker process; each must see it all
-        text = httpx.get(stack.base + "/metrics").text
+        text = httpx.get(stack.base + "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}).text
         assert _metric_sum(text, "gateway_images_total", stack.team_id) == images
         assert abs(_metric_sum(text, "gateway_spend_usd_total", stack.team_id) - spend) < 1e-9
 

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -138,14 +139,31 @@ def failing_fal() -> Starlette:
     )
 
 
-def prometheus_config(gateway: str, workers: list[str], prometheus: str) -> dict[str, Any]:
-    """The compose stack's prometheus.yml with loopback targets in place of DNS discovery, and a
-    1 s scrape and rule evaluation so the test is quick."""
-    config: dict[str, Any] = yaml.safe_load(PROMETHEUS_YML.read_text())
+# A job the test adds: the gateway scraped as the compose file's job does, but without the token.
+NO_TOKEN_JOB = "gateway-without-token"
+
+
+def with_token_file(config: dict[str, Any], token_file: Path) -> dict[str, Any]:
+    """The config with the gateway job's token read from `token_file`, where compose would mount
+    its secret."""
+    for job in config["scrape_configs"]:
+        if "authorization" in job:
+            job["authorization"]["credentials_file"] = str(token_file)
+    return config
+
+
+def prometheus_config(gateway: str, workers: list[str], prometheus: str, token_file: Path) -> dict[str, Any]:
+    """The compose stack's prometheus.yml with loopback targets in place of DNS discovery, the
+    metrics token from a local file, and a 1 s scrape and rule evaluation so the test is quick;
+    plus one job that scrapes the gateway without the token, which must fail."""
+    config = with_token_file(yaml.safe_load(PROMETHEUS_YML.read_text()), token_file)
     targets = {"gateway": [gateway], "gpu-worker": workers, "prometheus": [prometheus]}
     for job in config["scrape_configs"]:
         job.pop("dns_sd_configs", None)
         job["static_configs"] = [{"targets": targets[job["job_name"]]}]
+    (gateway_job,) = [job for job in config["scrape_configs"] if job["job_name"] == "gateway"]
+    without = {k: v for k, v in gateway_job.items() if k != "authorization"}
+    config["scrape_configs"].append({**without, "job_name": NO_TOKEN_JOB})
     config["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
     config["rule_files"] = [str(ALERTS_YML)]
     return config
@@ -223,6 +241,9 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
     redis_server = RedisServer(tmp / "redis")
     redis_server.start()
     admin_key = "adm-" + secrets.token_hex(8)
+    metrics_token = "met-" + secrets.token_hex(16)
+    token_file = tmp / "metrics-token"
+    token_file.write_text(metrics_token + "\n")
     with ExitStack() as stack:
         stack.callback(redis_server.stop)
         full = stack.enter_context(running_worker("full"))
@@ -233,6 +254,7 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
         env = {
             "GATEWAY_REDIS_URL": redis_server.url,
             "GATEWAY_ADMIN_KEY": admin_key,
+            "GATEWAY_METRICS_TOKEN": metrics_token,
             "GATEWAY_LOCAL_GPU_URLS": f"{full.url},{fast.url}",
             "GATEWAY_FAL_KEY": f"{secrets.token_hex(4)}:{secrets.token_hex(8)}",
             "GATEWAY_FAL_QUEUE_URL": fal,
@@ -247,7 +269,9 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
         stack.callback(gateway.stop)
         config = tmp / "prometheus.yml"
         workers = [u.removeprefix("http://") for u in (full.url, fast.url)]
-        config.write_text(yaml.safe_dump(prometheus_config(f"127.0.0.1:{gw_port}", workers, f"127.0.0.1:{prom_port}")))
+        config.write_text(
+            yaml.safe_dump(prometheus_config(f"127.0.0.1:{gw_port}", workers, f"127.0.0.1:{prom_port}", token_file))
+        )
         prometheus = Process(
             "prometheus",
             [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp / 'tsdb'}",
@@ -259,7 +283,10 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
         prometheus.wait_http(f"http://127.0.0.1:{prom_port}/-/ready")
         prom = Prometheus(f"http://127.0.0.1:{prom_port}")
         stack.callback(prom.http.close)
-        prom.wait_for("every target up", lambda: prom.scalar("min(up)") == 1 and prom.scalar("count(up)") == 4)
+        scraped = f'up{{job!="{NO_TOKEN_JOB}"}}'
+        prom.wait_for(
+            "every target up", lambda: prom.scalar(f"min({scraped})") == 1 and prom.scalar(f"count({scraped})") == 4
+        )
 
         traffic = Traffic(base, admin_key, full)
         stack.callback(traffic.http.close)
@@ -296,18 +323,21 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
         yield Observed(prom, traffic.teams, redis_server.url, traffic.statuses)
 
 
-def _promtool(*args: str) -> str:
+def _promtool(*args: str, cwd: Path = PROMETHEUS_YML.parent) -> str:
     binary = shutil.which("promtool")
     assert binary, "the `promtool` binary is missing: install Debian's prometheus package (.ci/run does)"
-    done = subprocess.run(
-        [binary, *args], cwd=PROMETHEUS_YML.parent, capture_output=True, text=True, timeout=120, check=False
-    )
+    done = subprocess.run([binary, *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout + done.stderr
 
 
-def test_promtool_finds_the_prometheus_config_valid() -> None:
-    out = _promtool("check", "config", PROMETHEUS_YML.name)
+def test_promtool_finds_the_prometheus_config_valid(tmp_path: Path) -> None:
+    # promtool checks that the token file exists: a copy, with the token where compose mounts it.
+    (tmp_path / "token").write_text("met-x\n")
+    config = with_token_file(yaml.safe_load(PROMETHEUS_YML.read_text()), tmp_path / "token")
+    (tmp_path / PROMETHEUS_YML.name).write_text(yaml.safe_dump(config))
+    shutil.copy(ALERTS_YML, tmp_path / ALERTS_YML.name)
+    out = _promtool("check", "config", PROMETHEUS_YML.name, cwd=tmp_path)
     assert "is valid prometheus config file syntax" in out and "SUCCESS: 1 rule files found" in out
 
 
@@ -319,6 +349,15 @@ def test_promtool_finds_the_alert_rules_valid() -> None:
 
 def test_the_alert_rules_pass_their_unit_tests() -> None:
     assert "SUCCESS" in _promtool("test", "rules", "alerts_test.yml")
+
+
+def test_prometheus_scrapes_the_gateway_with_the_token_and_fails_without_it(observed: Observed) -> None:
+    prom = observed.prom
+    assert prom.scalar('min(up{job="gateway"})') == 1
+    assert prom.scalar(f'max(up{{job="{NO_TOKEN_JOB}"}})') == 0
+    targets = prom.http.get("/api/v1/targets").json()["data"]["activeTargets"]
+    (refused,) = [t for t in targets if t["labels"]["job"] == NO_TOKEN_JOB]
+    assert "401" in refused["lastError"], refused
 
 
 def test_the_staged_traffic_got_the_answers_it_was_staged_for(observed: Observed) -> None:

@@ -35,6 +35,14 @@ def _printed_key(proc: Process) -> str:
     return match.group(1)
 
 
+def _printed_metrics_token(proc: Process, where: Path) -> str:
+    """The metrics token `serve` made once into a private file under the data dir, and said where."""
+    match = re.search(r"metrics:\s+\S+/metrics with the Bearer token in (\S+)", proc.tail(200))
+    assert match and Path(match.group(1)) == where.resolve(), proc.tail()
+    assert where.stat().st_mode & 0o777 == 0o600
+    return where.read_text().strip()
+
+
 def test_serve_on_embedded_defaults_runs_the_tiny_pipeline_end_to_end(tmp_path: Path) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -50,6 +58,10 @@ def test_serve_on_embedded_defaults_runs_the_tiny_pipeline_end_to_end(tmp_path: 
         assert data is not None and data[0].url is not None and data[0].url.startswith(base + "/v1/files/images/")
         img = Image.open(io.BytesIO(httpx.get(data[0].url, timeout=10).content))
         assert img.format == "PNG" and img.size == (1024, 1024)
+        token = _printed_metrics_token(proc, tmp_path / "data" / "metrics-token")
+        assert httpx.get(base + "/metrics").status_code == 401
+        metrics = httpx.get(base + "/metrics", headers={"Authorization": f"Bearer {token}"})
+        assert metrics.status_code == 200 and "gateway_images_total" in metrics.text
     finally:
         proc.stop()
     redis_pid = tmp_path / "data" / "redis" / "redis.pid"
@@ -62,6 +74,7 @@ def test_serve_on_embedded_defaults_runs_the_tiny_pipeline_end_to_end(tmp_path: 
     proc = _start(tmp_path, port, 2)
     try:
         assert _printed_key(proc) == key
+        assert _printed_metrics_token(proc, tmp_path / "data" / "metrics-token") == token
         usage = httpx.get(base + "/v1/usage", headers={"Authorization": f"Bearer {key}"}).json()
         assert usage["images"] == 1 and usage["spent_usd"] == 0.05
     finally:

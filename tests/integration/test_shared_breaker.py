@@ -32,6 +32,7 @@ def test_breaker_opened_by_one_gateway_process_holds_for_another(
     redis_server.flush()
     fal_key = f"{secrets.token_hex(4)}:{secrets.token_hex(8)}"
     admin_key = "adm-" + secrets.token_hex(8)
+    metrics_token = "met-" + secrets.token_hex(8)
     fal_port = free_port()
     procs = [
         Process(
@@ -49,6 +50,7 @@ def test_breaker_opened_by_one_gateway_process_holds_for_another(
             env = {
                 "GATEWAY_REDIS_URL": redis_server.url,
                 "GATEWAY_ADMIN_KEY": admin_key,
+                "GATEWAY_METRICS_TOKEN": metrics_token,
                 "GATEWAY_FAL_KEY": fal_key,
                 "GATEWAY_FAL_QUEUE_URL": f"http://127.0.0.1:{fal_port}",
                 "GATEWAY_FAL_POLL_INITIAL_S": "0.02",
@@ -80,10 +82,11 @@ def test_breaker_opened_by_one_gateway_process_holds_for_another(
         # the other process sees the shared state once its short read cache (0.5 s) expires;
         # its next probe round exports it
         wanted = 'gateway_breaker_state{model="hidream-i1-full",provider="local_gpu"} 2.0'
+        scrape = {"Authorization": f"Bearer {metrics_token}"}
         deadline = time.monotonic() + 10
-        while wanted not in httpx.get(bases[1] + "/metrics").text and time.monotonic() < deadline:
+        while wanted not in httpx.get(bases[1] + "/metrics", headers=scrape).text and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert wanted in httpx.get(bases[1] + "/metrics").text
+        assert wanted in httpx.get(bases[1] + "/metrics", headers=scrape).text
         started = worker.jobs_started()
         r = generate(bases[1])
         assert (r.headers["x-gateway-provider"], r.headers["x-gateway-route-reason"]) == ("fal", "failover_unhealthy")

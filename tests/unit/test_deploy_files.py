@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from gateway.accounting.billing_metrics import BillingMetrics
 from gateway.metrics import Metrics
 from gateway.redis.client import connect
+from gateway.settings import Settings
 from worker.metrics import WorkerMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -118,6 +119,22 @@ def test_prometheus_finds_the_compose_services_on_their_ports_and_loads_the_moun
         assert in_container.as_posix() in {t for _, t in _bind_mounts(SERVICES["prometheus"])}
     alert_jobs = set(re.findall(r'job="([^"]+)"', (ROOT / "deploy/prometheus/alerts.yml").read_text()))
     assert alert_jobs <= set(jobs)
+
+
+def test_prometheus_scrapes_the_gateway_with_the_metrics_token_compose_hands_both() -> None:
+    """One value in .env: the gateway reads it as GATEWAY_METRICS_TOKEN, Prometheus as a secret file."""
+    jobs = {job["job_name"]: job for job in PROMETHEUS["scrape_configs"]}
+    auth = jobs["gateway"]["authorization"]
+    assert auth["type"] == "Bearer" and "credentials" not in auth  # no token written in the repo
+    secret = Path(auth["credentials_file"])
+    assert secret.parent == Path("/run/secrets") and secret.name in SERVICES["prometheus"]["secrets"]
+    assert COMPOSE["secrets"][secret.name] == {"environment": "GATEWAY_METRICS_TOKEN"}
+    assert "metrics_token" in Settings.model_fields and Settings.model_config["env_prefix"] == "GATEWAY_"
+    required = SERVICES["gateway"]["environment"]["GATEWAY_METRICS_TOKEN"]
+    assert required.startswith("${GATEWAY_METRICS_TOKEN:?"), "compose must refuse to start without it"
+    assert re.search(r"^GATEWAY_METRICS_TOKEN=$", (ROOT / ".env.example").read_text(), re.M)
+    # The worker's /metrics (queue depth, timings) carries no team's data and takes no token.
+    assert "authorization" not in jobs["gpu-worker"]
 
 
 def test_grafana_is_provisioned_from_the_mounted_folders() -> None:
