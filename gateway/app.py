@@ -20,6 +20,7 @@ from gateway.api import admin, errors, health, images, models, usage
 from gateway.api.hot import GatewayApp
 from gateway.api.shedding import AcceptQueue, LoadShedder
 from gateway.api.state import AppState
+from gateway.api.throttle import SecretThrottle
 from gateway.catalog import load_catalog
 from gateway.images.storage import ImageStore
 from gateway.metrics import Metrics
@@ -124,6 +125,9 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
                 service=service,
                 health=board,
                 shedder=shedder,
+                secrets_throttle=SecretThrottle(
+                    redis, max_failures=settings.auth_failure_limit, window_s=settings.auth_failure_window_s
+                ),
             )
             billing = BillingMetrics(redis, metrics, interval_s=settings.billing_metrics_interval_s)
             background = [

@@ -18,6 +18,10 @@ class Settings(BaseSettings):
     # Bearer token for /metrics (every team's budget, spend and provider cost) and /ready's detail.
     # Unset: /metrics is closed (`gateway serve` makes one once, as it does the admin key).
     metrics_token: str | None = None
+    # Failed attempts at the admin key or metrics token per client address (an IPv6 /64) and
+    # window, past which the address gets 429 until the window ends (gateway/api/throttle.py).
+    auth_failure_limit: int = Field(default=10, ge=1)
+    auth_failure_window_s: int = Field(default=60, ge=1)
     # fal's own FAL_KEY is accepted as well as GATEWAY_FAL_KEY.
     fal_key: str | None = Field(default=None, validation_alias=AliasChoices("GATEWAY_FAL_KEY", "FAL_KEY"))
     fal_queue_url: str = "https://queue.fal.run"

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 
 from gateway.accounting.keys import Principal
 from gateway.api.state import AppState
+from gateway.api.throttle import client_bucket
 from gateway.errors import AuthenticationError, PermissionDeniedError
 
 
@@ -38,30 +39,35 @@ async def team_principal(request: Request, state: State) -> Principal:
     return principal
 
 
-def _holds(token: str, accepted: dict[str, str | None]) -> None:
-    """The token is one of the `accepted` secrets (setting name -> value, None when unset)."""
+async def _holds(request: Request, state: AppState, accepted: dict[str, str | None]) -> None:
+    """The bearer token is one of the `accepted` secrets (setting name -> value, None when unset);
+    wrong guesses are throttled per client address (gateway/api/throttle.py)."""
+    token = _bearer(request)
     configured = [value for value in accepted.values() if value]
     names = " or ".join(accepted)
     if not configured:
         raise PermissionDeniedError(f"This endpoint is disabled: set {names}.")
+    client = client_bucket(request.client.host if request.client else None)
+    await state.secrets_throttle.check(client)
     # Each compared in constant time; which one matched is no secret.
     if not any(hmac.compare_digest(token.encode(), value.encode()) for value in configured):
+        await state.secrets_throttle.failed(client)
         raise AuthenticationError(f"The bearer token is not the {names}.")
 
 
 async def admin_principal(request: Request, state: State) -> None:
-    _holds(_bearer(request), {"GATEWAY_ADMIN_KEY": state.settings.admin_key})
+    await _holds(request, state, {"GATEWAY_ADMIN_KEY": state.settings.admin_key})
 
 
 async def metrics_reader(request: Request, state: State) -> None:
     """/metrics: the metrics token only (Prometheus holds it; the admin key never goes there)."""
-    _holds(_bearer(request), {"GATEWAY_METRICS_TOKEN": state.settings.metrics_token})
+    await _holds(request, state, {"GATEWAY_METRICS_TOKEN": state.settings.metrics_token})
 
 
 async def observer(request: Request, state: AppState) -> None:
     """/ready's detail: the metrics token or the admin key."""
     s = state.settings
-    _holds(_bearer(request), {"GATEWAY_METRICS_TOKEN": s.metrics_token, "GATEWAY_ADMIN_KEY": s.admin_key})
+    await _holds(request, state, {"GATEWAY_METRICS_TOKEN": s.metrics_token, "GATEWAY_ADMIN_KEY": s.admin_key})
 
 
 Team = Annotated[Principal, Depends(team_principal)]

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from gateway.accounting.keys import KeyStore
 from gateway.api.shedding import LoadShedder
+from gateway.api.throttle import SecretThrottle
 from gateway.catalog import Catalog
 from gateway.images.storage import ImageStore
 from gateway.metrics import Metrics
@@ -26,3 +27,4 @@ class AppState:
     service: ImageService
     health: HealthBoard
     shedder: LoadShedder
+    secrets_throttle: SecretThrottle

@@ -254,3 +254,26 @@ def test_killing_redis_mid_load_loses_no_recorded_event(cluster: Cluster) -> Non
         time.sleep(0.2)
     assert recorded_before <= {e[b"request_id"] for e in _ledger(cluster, team_id)}
     _check_ledger_matches_served(cluster, team_id, outcomes)
+
+
+def test_failed_admin_keys_are_counted_once_across_replicas_and_their_processes(cluster: Cluster) -> None:
+    """Guesses spread over both replicas (two worker processes each) share one count per address:
+    the 11th is refused wherever it lands. From 127.0.0.2, so the other tests' address is untouched."""
+    wrong = {"Authorization": "Bearer adm-guess"}
+    right = {"Authorization": f"Bearer {cluster.admin_key}"}
+
+    def guesser() -> httpx.Client:
+        return httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=30)
+
+    statuses = []
+    for i in range(10):
+        with guesser() as c:  # a new connection each time: any worker process may take it
+            statuses.append(c.get(cluster.bases[i % 2] + "/admin/teams", headers=wrong).status_code)
+    assert statuses == [401] * 10
+    with guesser() as c:
+        for base in cluster.bases:
+            for headers in (wrong, right):
+                r = c.get(base + "/admin/teams", headers=headers)
+                assert r.status_code == 429 and 1 <= int(r.headers["retry-after"]) <= 60, r.text
+    with httpx.Client(timeout=30) as c:  # from 127.0.0.1, the admin key works as ever
+        assert c.get(cluster.bases[1] + "/admin/teams", headers=right).status_code == 200
