@@ -47,11 +47,11 @@ async def _holds(request: Request, state: AppState, accepted: dict[str, str | No
     names = " or ".join(accepted)
     if not configured:
         raise PermissionDeniedError(f"This endpoint is disabled: set {names}.")
-    client = client_bucket(request.client.host if request.client else None)
-    await state.secrets_throttle.check(client)
     # Each compared in constant time; which one matched is no secret.
-    if not any(hmac.compare_digest(token.encode(), value.encode()) for value in configured):
-        await state.secrets_throttle.failed(client)
+    ok = any(hmac.compare_digest(token.encode(), value.encode()) for value in configured)
+    client = client_bucket(request.client.host if request.client else None)
+    await state.secrets_throttle.attempt(client, ok=ok)  # 429 past the address's failures, right or wrong
+    if not ok:
         raise AuthenticationError(f"The bearer token is not the {names}.")
 
 

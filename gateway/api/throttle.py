@@ -19,12 +19,21 @@ log = logging.getLogger(__name__)
 
 PREFIX = "gw:authfail:"
 
-# One failure, atomically: the window starts at an address's first failure and is not extended,
-# and no count is ever left without an expiry (which would shut the address out for good).
-COUNT_FAILURE = """
-local n = redis.call('INCR', KEYS[1])
-if n == 1 or redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-return n
+# One attempt, atomically: a failure is counted (the window starts at an address's first failure
+# and is not extended; no count is left without an expiry, which would shut the address out for
+# good); a success only reads the count. Returns the count after the attempt and the window's
+# time left (ms). The same one round trip either way, so timing does not tell a right key from
+# a wrong one either; and the decision is taken on the count this very attempt made, so a burst
+# of concurrent guesses gets no more than the limit checked.
+ATTEMPT = """
+local n
+if ARGV[1] == '1' then
+  n = redis.call('INCR', KEYS[1])
+  if n == 1 or redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+else
+  n = tonumber(redis.call('GET', KEYS[1]) or '0')
+end
+return {n, redis.call('PTTL', KEYS[1])}
 """
 
 
@@ -46,36 +55,27 @@ def client_bucket(host: str | None) -> str:
 
 class SecretThrottle:
     def __init__(self, redis: RedisClient, *, max_failures: int, window_s: int) -> None:
-        self._redis = redis
         self._max = max_failures
         self._window_ms = window_s * 1000
-        self._count_failure = redis.register_script(COUNT_FAILURE)
+        self._attempt = redis.register_script(ATTEMPT)
 
-    async def check(self, client: str) -> None:
-        """Raise RateLimitError when `client` (a client_bucket) is past its failures.
+    async def attempt(self, client: str, *, ok: bool) -> None:
+        """Record one attempt of `client` (a client_bucket), right (`ok`) or wrong; raise
+        RateLimitError when the address already had its failures in this window, whatever it sent.
 
-        Redis unreachable: let the caller on to the secret check (fail open). Nobody outside can
-        take Redis down at will, and /metrics must keep answering Prometheus during an outage,
-        which is exactly when it is needed."""
-        key = PREFIX + client
+        Redis unreachable: the secret check alone decides (fail open). Nobody outside can take
+        Redis down at will, and /metrics must keep answering Prometheus during an outage, which is
+        exactly when it is needed."""
         try:
-            count = await self._redis.get(key)
-            if count is None or int(count) < self._max:
-                return
-            left_ms = int(await self._redis.pttl(key))
+            count, left_ms = await self._attempt(keys=[PREFIX + client], args=[0 if ok else 1, self._window_ms])
         except REDIS_ERRORS:
             log.warning("failed-secret throttle unavailable (Redis unreachable); not applied")
             return
-        if left_ms <= 0:
-            return  # the window ended between the two reads
-        retry_s = -(-left_ms // 1000)
+        failures_before = int(count) - (0 if ok else 1)
+        if failures_before < self._max or int(left_ms) <= 0:
+            return
+        retry_s = -(-int(left_ms) // 1000)
         raise RateLimitError(
             f"Too many failed attempts at the admin key or metrics token from your address; retry in {retry_s} s.",
             headers={"retry-after": str(retry_s)},
         )
-
-    async def failed(self, client: str) -> None:
-        try:
-            await self._count_failure(keys=[PREFIX + client], args=[self._window_ms])
-        except REDIS_ERRORS:
-            log.warning("failed-secret throttle unavailable (Redis unreachable); a failure went uncounted")

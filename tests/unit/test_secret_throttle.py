@@ -28,7 +28,7 @@ async def test_without_redis_the_throttle_lets_the_secret_check_decide() -> None
     try:
         throttle = SecretThrottle(redis, max_failures=1, window_s=60)
         for _ in range(3):
-            await throttle.failed("203.0.113.9")
-            await throttle.check("203.0.113.9")  # raises nothing
+            await throttle.attempt("203.0.113.9", ok=False)  # raises nothing
+        await throttle.attempt("203.0.113.9", ok=True)
     finally:
         await redis.aclose()
