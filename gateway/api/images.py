@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable
 from dataclasses import replace
 from typing import Any
@@ -17,6 +16,7 @@ from starlette.formparsers import MultiPartException
 
 from gateway.accounting.keys import Principal
 from gateway.api.deps import State, Team
+from gateway.api.json_body import parse_object
 from gateway.api.server import CONNECTION_OPEN
 from gateway.api.state import AppState
 from gateway.catalog import POLICIES
@@ -58,13 +58,7 @@ async def generations(request: Request, state: AppState, principal: Principal) -
     cost more than the rest of the gateway's own work."""
     _require_content_type(request, "application/json")
     raw = await _read_limited(request, 1024 * 1024)
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # nested past the parser's depth
-        raise InvalidRequestError("We could not parse the JSON body of your request.", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise InvalidRequestError("The request body must be a JSON object.", code="invalid_json")
-    valid = validate_generation(state.catalog, Params(body, form=False))
+    valid = validate_generation(state.catalog, Params(parse_object(raw), form=False))
     return await _serve(request, state, principal, valid)
 
 
