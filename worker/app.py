@@ -221,7 +221,7 @@ async def _json_body(request: Request) -> object:
             raise InvalidRequestError(f"The request body is larger than {MAX_BODY_BYTES} bytes.")
     try:
         payload: object = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # malformed, undecodable, an int past 4,300 digits, too deep
         raise InvalidRequestError("The request body is not valid JSON.") from None
     return payload
 

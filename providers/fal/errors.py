@@ -149,5 +149,5 @@ def lower_keys(headers: Mapping[str, str]) -> dict[str, str]:
 def try_json(body: bytes) -> object:
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # malformed or undecodable, or nested past the recursion limit
         return None

@@ -106,6 +106,13 @@ def test_text_that_cannot_be_encoded_is_a_400_not_a_500_from_echoing_it() -> Non
             (rb'{"prompt": "a cat", "\ud800": 1}', "\\ud800"),
         ):
             assert_openai_error(httpx.post(url, content=body, headers=json_type), 400, param)
+
+
+def test_bodies_json_loads_chokes_on_are_400s_not_500s() -> None:
+    with running_worker("full") as worker:
+        url, headers = f"{worker.url}{GEN}", {"content-type": "application/json"}
+        for body in (b"[" * 5000 + b"]" * 5000, b'{"prompt": "x", "seed": 1' + b"0" * 5000 + b"}"):
+            assert_openai_error(httpx.post(url, content=body, headers=headers), 400)
         assert worker.jobs_started() == 0
 
 

@@ -47,6 +47,7 @@ def infra(error_type: str, text: str = "x") -> bytes:
         (400, {}, b'{"detail":"Request is still in progress"}', ErrorKind.BAD_RESPONSE),
         (404, {}, b'{"detail":"Application not found"}', ErrorKind.BAD_RESPONSE),
         (418, {}, b"teapot", ErrorKind.BAD_RESPONSE),
+        (422, {}, b"[" * 5000 + b"]" * 5000, ErrorKind.BAD_RESPONSE),  # nested past json.loads' recursion limit
         # the header alone names the type when the body does not
         (400, {"x-fal-error-type": "runner_server_error"}, b"oops", ErrorKind.UNAVAILABLE),
     ],

@@ -195,6 +195,11 @@ def test_status_replies_that_break_the_protocol_are_bad(code: int, data: object)
         mapping.parse_status(code, {}, body(data))
 
 
+def test_status_replies_nested_past_the_recursion_limit_are_bad() -> None:
+    with pytest.raises(ProviderBadResponseError):
+        mapping.parse_status(202, {}, b"[" * 5000 + b"]" * 5000)
+
+
 def test_stream_events_parse_like_poll_replies_without_an_http_code() -> None:
     queued = mapping.parse_status_event(json.dumps({"status": "IN_QUEUE", "queue_position": 0}))
     assert (queued.state, queued.queue_position) == ("IN_QUEUE", 0)
@@ -274,6 +279,8 @@ def test_cdn_urls_pass_through_with_their_declared_size() -> None:
         body({"images": [{"url": "data:image/png;base64,@@@"}]}),
         body({"images": [{"url": "data:image/png;base64," + base64.b64encode(b"text").decode()}]}),
         body({"images": [{"url": "https://x/a.png", "width": 1, "height": 1}], "seed": 1.5}),
+        b'{"images": [], "seed": 1' + b"0" * 5000 + b"}",  # past Python's 4,300-digit limit for int()
+        b'{"images": ' + b"[" * 5000 + b"]" * 5000 + b"}",  # past json.loads' recursion limit
     ],
 )
 def test_output_that_is_not_the_hidream_shape_is_a_bad_response(out: bytes) -> None:
