@@ -22,6 +22,7 @@ from gateway.api.shedding import AcceptQueue, LoadShedder
 from gateway.api.state import AppState
 from gateway.api.throttle import SecretThrottle
 from gateway.catalog import load_catalog
+from gateway.images.decoding import UploadDecoder
 from gateway.images.storage import ImageStore
 from gateway.metrics import Metrics
 from gateway.periodic import repeat
@@ -105,7 +106,9 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
                 catalog, providers, metrics=metrics, route_health=route_health, interval_s=settings.probe_interval_s
             )
             dispatcher = Dispatcher(providers, Router(route_health), route_health, board, metrics)
-            service = ImageService(dispatcher, meter, store, metrics, deadline_s=settings.request_deadline_s)
+            service = ImageService(
+                dispatcher, meter, store, metrics, UploadDecoder(), deadline_s=settings.request_deadline_s
+            )
             keys = KeyStore(redis, cache_ttl_s=settings.key_cache_ttl_s)
             accept_queue = AcceptQueue()
             shedder = LoadShedder(

@@ -1,4 +1,4 @@
-"""The request pipeline, as plain code: admit, route, call with fallbacks, store, settle.
+"""The request pipeline, as plain code: admit, decode uploads, route, call with fallbacks, store, settle.
 
 Every admitted request is settled exactly once (success, failure, timeout or a caller that went
 away), and a failed request is charged nothing.
@@ -25,6 +25,7 @@ from gateway.errors import (
     GoneError,
     UpstreamTimeoutError,
 )
+from gateway.images.decoding import UploadDecoder
 from gateway.images.storage import ImageStore
 from gateway.images.validation import ValidRequest
 from gateway.metrics import Metrics
@@ -66,6 +67,7 @@ class ImageService:
         meter: Meter,
         store: ImageStore,
         metrics: Metrics,
+        decoder: UploadDecoder,
         *,
         deadline_s: float,
     ) -> None:
@@ -73,6 +75,7 @@ class ImageService:
         self._meter = meter
         self._store = store
         self._metrics = metrics
+        self._decoder = decoder
         self._deadline_s = deadline_s
 
     async def generate(
@@ -131,6 +134,10 @@ class ImageService:
         status = "failed"
         handed_over = False
         try:
+            if valid.images:
+                # Only now, admitted: an edit refused by its limits or budget decodes nothing, and
+                # a truncated or corrupt upload fails here and is settled, charged nothing.
+                await self._decoder.check(valid)
             attempt = await self._dispatcher.call(
                 valid, request_id, started + self._deadline_s, routing, team_id=principal.team_id
             )

@@ -269,8 +269,9 @@ def validate_generation(
     )
 
 
-def decode_upload(data: bytes, *, param: str, max_pixels: int) -> InputImage:
-    """Sniff, bound and fully decode one uploaded image (catches truncation and bombs)."""
+def probe_upload(data: bytes, *, param: str, max_pixels: int) -> InputImage:
+    """Sniff an uploaded image and read its header only (format and size, no pixels): cheap
+    enough to run before admission, and enough to refuse what is not an image or is too large."""
     content_type = sniff_content_type(data)
     if content_type is None:
         raise InvalidRequestError(
@@ -282,16 +283,7 @@ def decode_upload(data: bytes, *, param: str, max_pixels: int) -> InputImage:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             opened = Image.open(io.BytesIO(data))
         with opened as img:
-            width, height = img.size  # read from the header, before any pixel is decoded
-            if width * height > max_pixels:
-                raise InvalidRequestError(
-                    f"'{param}' is {width}x{height} pixels; the most accepted is {max_pixels} pixels.",
-                    param=param,
-                    code="image_too_large",
-                )
-            img.load()
-    except InvalidRequestError:
-        raise
+            width, height = img.size
     except Image.DecompressionBombError as exc:
         raise InvalidRequestError(
             f"'{param}' declares more pixels than the most accepted ({max_pixels}).",
@@ -299,9 +291,27 @@ def decode_upload(data: bytes, *, param: str, max_pixels: int) -> InputImage:
             code="image_too_large",
         ) from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise _undecodable(param) from exc
+    if width * height > max_pixels:
         raise InvalidRequestError(
-            f"'{param}' could not be decoded as an image (truncated or corrupt).",
+            f"'{param}' is {width}x{height} pixels; the most accepted is {max_pixels} pixels.",
             param=param,
-            code="invalid_image",
-        ) from exc
+            code="image_too_large",
+        )
     return InputImage(data=data, content_type=content_type, width=width, height=height)
+
+
+def decode_fully(image: InputImage, param: str) -> None:
+    """Decode every pixel of an image probe_upload accepted, which catches truncated or corrupt
+    data; the pixels are dropped (the upstream gets the bytes as sent)."""
+    try:
+        with Image.open(io.BytesIO(image.data)) as img:
+            img.load()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise _undecodable(param) from exc
+
+
+def _undecodable(param: str) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"'{param}' could not be decoded as an image (truncated or corrupt).", param=param, code="invalid_image"
+    )

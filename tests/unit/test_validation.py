@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import random
 import struct
 import zlib
 from pathlib import Path
@@ -10,7 +11,7 @@ from PIL import Image
 
 from gateway.catalog import Catalog, load_catalog
 from gateway.errors import GatewayError, InvalidRequestError, ModelNotFoundError
-from gateway.images.validation import Params, check_edit_inputs, decode_upload, validate_generation
+from gateway.images.validation import Params, check_edit_inputs, decode_fully, probe_upload, validate_generation
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +22,14 @@ def catalog() -> Catalog:
 def png(w: int = 64, h: int = 48) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (w, h), "blue").save(buf, "PNG")
+    return buf.getvalue()
+
+
+def noise_png(w: int, h: int) -> bytes:
+    """A PNG of random pixels: its pixel data does not compress, so cutting the file in half
+    leaves the header whole and the pixels short."""
+    buf = io.BytesIO()
+    Image.frombytes("RGB", (w, h), random.Random(7).randbytes(w * h * 3)).save(buf, "PNG")
     return buf.getvalue()
 
 
@@ -111,7 +120,7 @@ def test_edit_checks_count_mask_and_model(catalog: Catalog) -> None:
 
 
 def test_edit_strength_defaults_and_range(catalog: Catalog) -> None:
-    img = decode_upload(png(), param="image", max_pixels=10_000)
+    img = probe_upload(png(), param="image", max_pixels=10_000)
     v = validate_generation(catalog, Params({"prompt": "x"}, form=True), images=(img,))
     assert v.strength == 0.75
     with pytest.raises(InvalidRequestError) as info:
@@ -119,19 +128,28 @@ def test_edit_strength_defaults_and_range(catalog: Catalog) -> None:
     assert info.value.param == "strength"
 
 
-def test_decode_upload_sniffs_bytes_not_names() -> None:
-    img = decode_upload(png(64, 48), param="image", max_pixels=10_000)
+def test_probe_upload_sniffs_bytes_not_names() -> None:
+    img = probe_upload(png(64, 48), param="image", max_pixels=10_000)
     assert (img.content_type, img.width, img.height) == ("image/png", 64, 48)
     with pytest.raises(InvalidRequestError) as info:
-        decode_upload(b"GIF89a not allowed", param="image", max_pixels=10_000)
+        probe_upload(b"GIF89a not allowed", param="image", max_pixels=10_000)
     assert info.value.code == "invalid_image_format" and info.value.param == "image"
 
 
-def test_truncated_image_is_rejected() -> None:
-    data = png(200, 200)
+def test_truncated_image_passes_the_header_probe_and_fails_the_full_decode() -> None:
+    data = noise_png(200, 200)
+    img = probe_upload(data[: len(data) // 2], param="mask", max_pixels=100_000)
+    assert (img.width, img.height) == (200, 200)
     with pytest.raises(InvalidRequestError) as info:
-        decode_upload(data[: len(data) // 2], param="image", max_pixels=100_000)
-    assert info.value.code == "invalid_image"
+        decode_fully(img, "mask")
+    assert (info.value.code, info.value.param) == ("invalid_image", "mask")
+    decode_fully(probe_upload(data, param="image", max_pixels=100_000), "image")
+
+
+def test_unreadable_header_is_refused_by_the_probe() -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        probe_upload(png()[:20], param="image", max_pixels=100_000)
+    assert (info.value.code, info.value.param) == ("invalid_image", "image")
 
 
 def bomb_png(width: int, height: int) -> bytes:
@@ -146,12 +164,12 @@ def bomb_png(width: int, height: int) -> bytes:
 
 def test_decompression_bomb_is_refused_from_its_header() -> None:
     with pytest.raises(InvalidRequestError) as info:
-        decode_upload(bomb_png(100_000, 100_000), param="image", max_pixels=40_000_000)
+        probe_upload(bomb_png(100_000, 100_000), param="image", max_pixels=40_000_000)
     assert info.value.code == "image_too_large" and info.value.param == "image"
 
 
 def test_image_over_our_pixel_limit_is_refused_before_decoding() -> None:
     with pytest.raises(InvalidRequestError) as info:
-        decode_upload(bomb_png(8000, 6000), param="mask", max_pixels=40_000_000)
+        probe_upload(bomb_png(8000, 6000), param="mask", max_pixels=40_000_000)
     assert info.value.code == "image_too_large" and "8000x6000" in info.value.message
     assert info.value.param == "mask"

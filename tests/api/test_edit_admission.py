@@ -1,0 +1,104 @@
+"""Edits are admitted (rate limits, in-flight, budget) before any upload is fully decoded, and a
+decode that fails after admission is settled as failed and charged nothing.
+
+Full decodes are counted where Pillow does them (ImageFile.load): Image.open reads a header only."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import ImageFile
+
+from tests.api.conftest import admin_headers
+from tests.api.test_edits_validation import png
+from tests.unit.test_validation import noise_png
+
+FIELDS = {"model": "hidream-i1-full", "prompt": "edit"}
+
+
+class Decodes:
+    """Counts full decodes, and can hold each one until released to see how many run at once."""
+
+    def __init__(self, hold: bool = False) -> None:
+        self.calls = 0
+        self.running = 0
+        self.peak = 0
+        self.release = threading.Event()
+        if not hold:
+            self.release.set()
+        self._lock = threading.Lock()
+
+    def wrap(self, load: Any) -> Any:
+        def counted(img: ImageFile.ImageFile) -> Any:
+            with self._lock:
+                self.calls += 1
+                self.running += 1
+                self.peak = max(self.peak, self.running)
+            try:
+                assert self.release.wait(10), "never released"
+                return load(img)
+            finally:
+                with self._lock:
+                    self.running -= 1
+
+        return counted
+
+
+def _decodes(monkeypatch: pytest.MonkeyPatch, *, hold: bool = False) -> Decodes:
+    decodes = Decodes(hold)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", decodes.wrap(ImageFile.ImageFile.load))
+    return decodes
+
+
+def _key(client: TestClient, **team: object) -> str:
+    made = client.post("/admin/teams", json={"name": "e", **team}, headers=admin_headers()).json()
+    key: str = client.post(f"/admin/teams/{made['id']}/keys", headers=admin_headers()).json()["key"]
+    return key
+
+
+def _edit(client: TestClient, key: str, image: bytes) -> tuple[int, dict[str, Any]]:
+    r = client.post(
+        "/v1/images/edits",
+        data=FIELDS,
+        files=[("image", ("a.png", image, "image/png"))],
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    return r.status_code, r.json()
+
+
+@pytest.mark.parametrize(
+    ("team", "code"),
+    [
+        ({"limits": {"requests_per_minute": 1}}, "rate_limit_exceeded"),
+        ({"monthly_budget_usd": 0}, "insufficient_quota"),
+    ],
+)
+def test_an_edit_refused_by_admission_decodes_nothing(
+    bare_client: TestClient, monkeypatch: pytest.MonkeyPatch, team: dict[str, object], code: str
+) -> None:
+    key = _key(bare_client, **team)
+    image = png(512, 512)
+    if code == "rate_limit_exceeded":
+        assert _edit(bare_client, key, image)[0] == 503  # admitted (no route is configured)
+    decodes = _decodes(monkeypatch)
+    status, body = _edit(bare_client, key, image)
+    assert (status, body["error"]["code"]) == (429, code)
+    assert decodes.calls == 0
+
+
+def test_a_decode_that_fails_after_admission_is_charged_nothing_and_frees_its_slot(bare_client: TestClient) -> None:
+    key = _key(bare_client, limits={"max_in_flight": 1})
+    whole = noise_png(256, 256)
+    status, body = _edit(bare_client, key, whole[: len(whole) // 2])  # the header reads; the pixels stop halfway
+    assert (status, body["error"]["param"], body["error"]["code"]) == (400, "image", "invalid_image")
+    # the one slot is free again: the next edit is admitted (and fails for want of a route)
+    assert _edit(bare_client, key, png())[0] == 503
+    auth = {"Authorization": f"Bearer {key}"}
+    usage = bare_client.get("/v1/usage", headers=auth).json()
+    assert (usage["spent_usd"], usage["reserved_usd"], usage["failed_requests"]) == (0, 0, 2)
+    team_id = bare_client.get("/admin/teams", headers=admin_headers()).json()["data"][0]["id"]
+    lines = bare_client.get(f"/admin/usage?team_id={team_id}", headers=admin_headers()).json()["lines"]
+    assert [(x["status"], x["charged_usd"], x["error_kind"]) for x in lines][0] == ("failed", 0, "invalid_request")
