@@ -106,9 +106,10 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
                 catalog, providers, metrics=metrics, route_health=route_health, interval_s=settings.probe_interval_s
             )
             dispatcher = Dispatcher(providers, Router(route_health), route_health, board, metrics)
-            service = ImageService(
-                dispatcher, meter, store, metrics, UploadDecoder(), deadline_s=settings.request_deadline_s
+            decoder = UploadDecoder(
+                settings.upload_decode_budget_bytes, metrics.decodes_waiting, threads=settings.upload_decode_threads
             )
+            service = ImageService(dispatcher, meter, store, metrics, decoder, deadline_s=settings.request_deadline_s)
             keys = KeyStore(redis, cache_ttl_s=settings.key_cache_ttl_s)
             accept_queue = AcceptQueue()
             shedder = LoadShedder(
@@ -151,6 +152,7 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
                 # while Redis is still open, but never hold up shutdown for long.
                 await asyncio.wait(background, timeout=5)
                 accept_queue.close()
+                decoder.close()
         finally:
             for provider in providers.values():
                 await provider.aclose()

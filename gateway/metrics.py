@@ -78,6 +78,12 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=r,
         )
+        self.decodes_waiting = Gauge(
+            "gateway_upload_decodes_waiting",
+            "Uploaded images of admitted edits waiting for decode memory (GATEWAY_UPLOAD_DECODE_BUDGET_BYTES)",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
         self.redis_errors = Counter("gateway_redis_errors", "Redis calls that failed", ["operation"], registry=r)
         self.shed = Counter(
             "gateway_shed", "Image requests refused by load shedding, before any other work", ["reason"], registry=r

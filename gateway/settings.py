@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     # Uploads (edits): bytes per image and decoded pixels per image (decompression-bomb guard).
     max_upload_bytes: int = 20 * 1024 * 1024
     max_upload_pixels: int = 40_000_000
+    # Memory the full decodes of admitted edits' uploads may hold at once in one process; past it
+    # they wait their turn. Estimated from each header: 4 bytes a pixel (12 for WebP), so 256 MiB
+    # is one 40 MP PNG or JPEG beside smaller ones; an image larger than all of it decodes alone.
+    # The decodes run on this many threads of their own (each keeps the memory it freed for reuse).
+    upload_decode_budget_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
+    upload_decode_threads: int = Field(default=2, ge=1)
 
     # Time a request may take end to end, across fallbacks, and per-upstream connect timeout.
     request_deadline_s: float = 300.0
