@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from gateway.api.state import AppState
 from gateway.errors import ClientGone, GatewayError, InvalidRequestError, ServiceUnavailableError
@@ -28,7 +29,7 @@ def error_response(exc: Exception, state: AppState | None) -> JSONResponse:
     failure looks to a caller (FastAPI's handlers below and the hot path both use it)."""
     if isinstance(exc, GatewayError):
         return _render(exc)
-    if isinstance(exc, ClientGone):
+    if isinstance(exc, ClientGone | ClientDisconnect):  # ClientDisconnect: gone while its body was read
         return JSONResponse(None, status_code=499)  # nginx's "client closed request"; nobody reads it
     if isinstance(exc, REDIS_DOWN):
         # Fail closed: without the accounting store nothing is served (no unmetered images).
@@ -56,6 +57,7 @@ def error_response(exc: Exception, state: AppState | None) -> JSONResponse:
 def install(app: FastAPI) -> None:
     @app.exception_handler(GatewayError)
     @app.exception_handler(ClientGone)
+    @app.exception_handler(ClientDisconnect)
     @app.exception_handler(redis.exceptions.ConnectionError)
     @app.exception_handler(redis.exceptions.TimeoutError)
     @app.exception_handler(Exception)

@@ -64,8 +64,9 @@ class GatewayApp(FastAPI):
         try:
             if state is None:
                 raise RuntimeError("the gateway is not started (lifespan did not run)")
-            with state.shedder.slot():  # before anything else: a refused request costs next to nothing
-                response = await handler(request, state, await team_principal(request, state))
+            state.shedder.check()  # before anything else: a refused request costs next to nothing
+            # The handler takes its slot once the body is in (a slow body holds none).
+            response = await handler(request, state, await team_principal(request, state))
         except ClientGone:
             return
         except Exception as exc:  # every failure leaves in OpenAI's shape, as on FastAPI's routes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
+from contextlib import ExitStack
 from dataclasses import replace
 from typing import Any
 
@@ -11,7 +12,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.background import BackgroundTask
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException
 
 from gateway.accounting.keys import Principal
@@ -58,57 +59,62 @@ async def generations(request: Request, state: AppState, principal: Principal) -
     cost more than the rest of the gateway's own work."""
     _require_content_type(request, "application/json")
     raw = await _read_limited(request, 1024 * 1024)
-    valid = validate_generation(state.catalog, Params(parse_object(raw), form=False))
-    return await _serve(request, state, principal, valid)
+    with state.shedder.slot():  # once the body is in: a caller trickling it holds no slot meanwhile
+        valid = validate_generation(state.catalog, Params(parse_object(raw), form=False))
+        return await _serve(request, state, principal, valid)
 
 
 @router.post("/v1/images/edits")
 async def edits(request: Request, state: State, principal: Team) -> Response:
-    with state.shedder.slot():
-        return await _edit(request, state, principal)
+    state.shedder.check()
+    with ExitStack() as slot:
+        form = await _read_form(request, state.settings.max_upload_bytes)
+        try:
+            slot.enter_context(state.shedder.slot())  # once the body is in: a slow upload holds none
+            valid = await _valid_edit(form, state)
+        finally:
+            await form.close()  # the uploads are read (headers probed) or refused: free their files
+        return await _serve(request, state, principal, valid)
 
 
-async def _edit(request: Request, state: AppState, principal: Principal) -> Response:
+async def _read_form(request: Request, limit: int) -> FormData:
     _require_content_type(request, "multipart/form-data")
-    settings = state.settings
-    limit = settings.max_upload_bytes
     declared = request.headers.get("content-length")
     # Everything but a few fields is images; refuse an oversized body before reading it.
     if declared and declared.isdigit() and int(declared) > limit * 2 + 1024 * 1024:
         raise PayloadTooLargeError(f"The request body is larger than {limit * 2} bytes.", param="image")
     try:
-        form = await request.form(max_files=8, max_fields=64, max_part_size=1024 * 1024)
+        return await request.form(max_files=8, max_fields=64, max_part_size=1024 * 1024)
     except MultiPartException as exc:
         raise InvalidRequestError(f"Malformed multipart body: {exc.message}", code="invalid_multipart") from None
-    try:
-        fields: dict[str, object] = {}
-        uploads: list[UploadFile] = []
-        mask_upload: UploadFile | None = None
-        for name, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                if name in IMAGE_FIELDS:
-                    uploads.append(value)
-                elif name == "mask":
-                    mask_upload = value
-                else:
-                    raise InvalidRequestError(f"Unexpected file part '{name}'.", param=name)
-            elif name in IMAGE_FIELDS or name == "mask":
-                raise InvalidRequestError(
-                    f"'{name}' must be sent as a file.", param="image" if name != "mask" else name
-                )
+
+
+async def _valid_edit(form: FormData, state: AppState) -> ValidRequest:
+    settings = state.settings
+    limit = settings.max_upload_bytes
+    fields: dict[str, object] = {}
+    uploads: list[UploadFile] = []
+    mask_upload: UploadFile | None = None
+    for name, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            if name in IMAGE_FIELDS:
+                uploads.append(value)
+            elif name == "mask":
+                mask_upload = value
             else:
-                fields[name] = value
-        if not uploads:
-            raise MissingParameterError("Missing required parameter: 'image'.", param="image")
-        params = Params(fields, form=True)
-        check_edit_inputs(state.catalog, params, len(uploads), has_mask=mask_upload is not None)
-        # Headers only: the pixels are decoded once the edit is admitted (ImageService._serve).
-        images = tuple([await _probe(u, "image", limit, settings.max_upload_pixels) for u in uploads])
-        mask = await _probe(mask_upload, "mask", limit, settings.max_upload_pixels) if mask_upload else None
-        valid = validate_generation(state.catalog, params, images=images, mask=mask)
-    finally:
-        await form.close()
-    return await _serve(request, state, principal, valid)
+                raise InvalidRequestError(f"Unexpected file part '{name}'.", param=name)
+        elif name in IMAGE_FIELDS or name == "mask":
+            raise InvalidRequestError(f"'{name}' must be sent as a file.", param="image" if name != "mask" else name)
+        else:
+            fields[name] = value
+    if not uploads:
+        raise MissingParameterError("Missing required parameter: 'image'.", param="image")
+    params = Params(fields, form=True)
+    check_edit_inputs(state.catalog, params, len(uploads), has_mask=mask_upload is not None)
+    # Headers only: the pixels are decoded once the edit is admitted (ImageService._serve).
+    images = tuple([await _probe(u, "image", limit, settings.max_upload_pixels) for u in uploads])
+    mask = await _probe(mask_upload, "mask", limit, settings.max_upload_pixels) if mask_upload else None
+    return validate_generation(state.catalog, params, images=images, mask=mask)
 
 
 async def _probe(upload: UploadFile, param: str, limit: int, max_pixels: int) -> InputImage:

@@ -2,7 +2,8 @@
 letting every request queue until all of them time out.
 
 Three signals, all per worker process and cheap to read on every request:
-- requests in flight in this process, against a cap (memory and sockets are finite);
+- requests in flight in this process (counted once their body is in), against a cap (memory and
+  sockets are finite);
 - event-loop lag, measured by a ticker: when the loop is so busy that a callback waits longer than
   `max_lag_s` to run, the process is past what its CPU can serve, and every request it takes on
   adds to the wait of all the others. New requests are refused until the lag falls back;
@@ -60,9 +61,11 @@ class LoadShedder:
         self.lag_s = 0.0
         self.queued = 0  # connections waiting in the listening socket's accept queue
 
-    @contextmanager
-    def slot(self) -> Iterator[None]:
-        """Hold one of this process's request slots, or raise OverloadedError at once."""
+    def check(self) -> None:
+        """Raise OverloadedError if this process would refuse a request now; take nothing.
+
+        Called as a request arrives, before its body is read, so that a refusal costs next to
+        nothing; the slot itself is taken only once the body is in (see `slot`)."""
         if self.in_flight >= self.max_in_flight:
             self._on_shed("in_flight")
             raise OverloadedError(
@@ -75,6 +78,15 @@ class LoadShedder:
         if self.max_accept_queue > 0 and self.queued > self.max_accept_queue:
             self._on_shed("accept_queue")
             raise OverloadedError("The gateway is over capacity right now; retry shortly.", reason="accept_queue")
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold one of this process's request slots, or raise OverloadedError at once.
+
+        Taken once a request's body has arrived: a caller that sends its headers and then trickles
+        (or never sends) its body holds no slot, so such callers cannot starve every other team
+        (the connection itself is bounded by the server's body timeout)."""
+        self.check()
         self.in_flight += 1
         try:
             yield

@@ -13,10 +13,13 @@ def test_slots_are_counted_and_released_and_the_cap_refuses() -> None:
     s = LoadShedder(max_in_flight=2, max_lag_s=0.2, on_shed=shed.append)
     with s.slot(), s.slot():
         assert s.in_flight == 2
+        with pytest.raises(OverloadedError):
+            s.check()  # the same verdict as slot(), taking nothing
         with pytest.raises(OverloadedError) as info, s.slot():
             pass
         assert info.value.status_code == 503 and info.value.headers["retry-after"] == "1"
-    assert s.in_flight == 0 and shed == ["in_flight"]
+    assert s.in_flight == 0 and shed == ["in_flight", "in_flight"]
+    s.check()
     with pytest.raises(RuntimeError), s.slot():
         raise RuntimeError("a failing request still gives its slot back")
     assert s.in_flight == 0
