@@ -100,7 +100,7 @@ def _raise_open_files_limit() -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from gateway.api.server import CoalescingHttpToolsProtocol
+    from gateway.api.server import HttpLimits, http_protocol
 
     settings = Settings()
     try:
@@ -153,9 +153,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # uvicorn re-raises SIGTERM after its graceful shutdown; without a Python handler that would
         # kill this process before the finally below stops the tiny worker and the embedded Redis.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        http = http_protocol(HttpLimits.from_settings(settings))
         uvicorn.run(
             "gateway.app:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
-            log_level=settings.log_level, access_log=False, loop="uvloop", http=CoalescingHttpToolsProtocol,
+            log_level=settings.log_level, access_log=False, loop="uvloop", http=http,
             backlog=args.backlog,
         )  # fmt: skip
     except EmbeddedRedisError as exc:

@@ -109,6 +109,13 @@ class QuotaExceededError(GatewayError):
         self.headers.setdefault("x-should-retry", "false")
 
 
+class HeaderFieldsTooLargeError(GatewayError):
+    status_code = 431
+    error_type = "invalid_request_error"
+    default_code = "request_header_fields_too_large"
+    kind = "invalid_request"
+
+
 class ConflictError(GatewayError):
     status_code = 409
     error_type = "invalid_request_error"

@@ -29,3 +29,8 @@ class RandomIds:
 
     def urlsafe(self, n: int) -> str:
         return base64.urlsafe_b64encode(self.bytes(n)).rstrip(b"=").decode("ascii")
+
+
+def request_id(ids: RandomIds) -> str:
+    """The id every response carries in x-request-id."""
+    return "req_" + ids.hex(16)

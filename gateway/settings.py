@@ -82,6 +82,12 @@ class Settings(BaseSettings):
     # (the kernel's cap, net.core.somaxconn, is 4,096 here). At 1,024, 19 % of a 1x load was shed.
     shed_accept_queue: int = Field(default=2048, ge=0)
 
+    # What a caller may send before the app sees its request (enforced by the HTTP protocol,
+    # gateway/api/server.py, for every route, before authentication): the request line and headers
+    # at most `max_header_bytes` bytes and `max_header_fields` fields (431 past either).
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_header_fields: int = Field(default=100, ge=1)
+
     log_level: str = "info"
     # Set by `gateway serve` for several worker processes (prometheus-client's multiprocess mode).
     prometheus_multiproc_dir: Path | None = Field(

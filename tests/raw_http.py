@@ -34,24 +34,23 @@ def request_head(method: str, path: str, headers: dict[str, str] | None = None) 
 
 
 def read_response(sock: socket.socket) -> RawResponse:
-    """One answer: its head and its content-length body."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"the server closed the connection without an answer (got {data!r})")
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
+    """One answer: its head and its content-length body, and not a byte more (pipelined answers
+    follow it on the socket)."""
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        byte = sock.recv(1)
+        if not byte:
+            raise ConnectionError(f"the server closed the connection without an answer (got {head!r})")
+        head += byte
+    status_line, *lines = head[:-4].decode("latin-1").split("\r\n")
     headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
     length = int(headers.get("content-length", "0"))
+    body = b""
     while len(body) < length:
-        chunk = sock.recv(65536)
+        chunk = sock.recv(length - len(body))
         if not chunk:
-            break
+            raise ConnectionError(f"the server closed the connection within the body (got {body!r})")
         body += chunk
-    if len(body) > length:
-        raise AssertionError(f"bytes after the answer: {body[length:]!r}")
     return RawResponse(int(status_line.split()[1]), headers, body)
 
 

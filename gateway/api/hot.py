@@ -24,7 +24,7 @@ from gateway.api.deps import team_principal
 from gateway.api.errors import error_response
 from gateway.api.state import AppState
 from gateway.errors import ClientGone
-from gateway.ids import RandomIds
+from gateway.ids import RandomIds, request_id
 
 Handler = Callable[[Request, AppState, Principal], Awaitable[Response]]
 
@@ -42,9 +42,9 @@ class GatewayApp(FastAPI):
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
-        request_id = "req_" + self._ids.hex(16)
-        scope.setdefault("state", {})["request_id"] = request_id
-        header = (b"x-request-id", request_id.encode())
+        rid = request_id(self._ids)
+        scope.setdefault("state", {})["request_id"] = rid
+        header = (b"x-request-id", rid.encode())
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -1,20 +1,42 @@
-"""uvicorn's httptools protocol, with the writes of one event-loop turn sent together.
+"""uvicorn's httptools protocol, with the writes of one event-loop turn sent together, and limits on
+what a caller may send before the app sees its request.
 
-uvicorn writes a response's status line and headers, then its body, as two transport writes: two
-send() system calls per response, and on the benchmark machine a loopback send() costs about as
-much as the rest of uvicorn's work on a request. Buffering the writes of one loop turn and sending
-them at its end makes that one call. Large bodies are sent as they are, without joining them to
-the headers (no copy of an image's bytes).
+Writes: uvicorn writes a response's status line and headers, then its body, as two transport
+writes: two send() system calls per response, and on the benchmark machine a loopback send() costs
+about as much as the rest of uvicorn's work on a request. Buffering the writes of one loop turn and
+sending them at its end makes that one call. Large bodies are sent as they are, without joining
+them to the headers (no copy of an image's bytes).
+
+Limits (HttpLimits, from Settings): the request line and headers are counted as bytes arrive,
+before the parser sees them (httptools joins a header's pieces itself, so a 64 MiB header would be
+held whole before any callback saw it), and refused with 431 past a size or a field count. These
+errors, and uvicorn's own 400 for bytes that are not HTTP, are answered in OpenAI's shape, then
+the connection is closed.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from asyncio import TimerHandle
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, cast
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+import httptools
+import orjson
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from gateway.errors import GatewayError, HeaderFieldsTooLargeError, InvalidRequestError
+from gateway.ids import RandomIds, request_id
+from gateway.settings import Settings
 
 JOIN_UP_TO = 64 * 1024
+
+# After an error answer the connection is half-closed and what the caller still sends is read and
+# dropped, for up to this long and this much, before it is closed: closing a socket with unread
+# bytes resets the connection, and a caller still sending its request would lose the answer.
+LINGER_S = 2.0
+LINGER_BYTES = 1024 * 1024
 
 
 class _CoalescingTransport:
@@ -43,6 +65,10 @@ class _CoalescingTransport:
         else:
             self._transport.write(b"".join(pending))
 
+    def write_eof(self) -> None:
+        self._flush()
+        self._transport.write_eof()
+
     def close(self) -> None:
         self._flush()
         self._transport.close()
@@ -51,19 +77,160 @@ class _CoalescingTransport:
         return getattr(self._transport, name)
 
 
+@dataclass(frozen=True, slots=True)
+class HttpLimits:
+    max_header_bytes: int  # the request line and headers together
+    max_header_fields: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> HttpLimits:
+        return cls(
+            max_header_bytes=settings.max_header_bytes,
+            max_header_fields=settings.max_header_fields,
+        )
+
+
+def http_protocol(limits: HttpLimits) -> type[asyncio.Protocol]:
+    """What uvicorn's `http` option takes: the gateway's protocol with these limits. uvicorn only
+    calls it, as it would a class; a partial pickles, so its worker processes receive it too."""
+    return cast("type[asyncio.Protocol]", partial(GatewayHttpProtocol, limits=limits))
+
+
 # A scope extension: a callable telling whether the caller's connection is still open, so a
 # served request is charged only if its answer was handed to a live connection (ASGI itself drops
 # a response to a caller that left without a word).
 CONNECTION_OPEN = "gateway.connection_open"
 
 
-class CoalescingHttpToolsProtocol(HttpToolsProtocol):
+class _RefusedError(Exception):
+    """Raised in a parser callback to stop parsing; the protocol's `_refusal` says why."""
+
+
+class GatewayHttpProtocol(HttpToolsProtocol):
+    """Per connection, one phase at a time: reading a request's head (from the connection's start,
+    and again after each request's last byte), then its body, until its last byte."""
+
+    def __init__(self, *args: Any, limits: HttpLimits, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._limits = limits
+        self._reading_head = True
+        self._head_bytes = 0  # of the head being read, as counted from reads
+        self._completed = 0  # requests whose last byte has been parsed
+        self._timer: TimerHandle | None = None
+        self._refusal: GatewayError | None = None
+        self._lingering = -1  # bytes dropped since an error answer; -1: not lingering
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(_CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._lingering >= 0:
+            self._lingering += len(data)
+            if self._lingering > LINGER_BYTES:
+                self.transport.close()
+            return
+        self._unset_keepalive_if_required()
+        chunk: bytes | memoryview = data
+        limit = self._limits.max_header_bytes
+        # Past the cap, feed the head only up to it: if the parser has not finished the head
+        # there, it is too large. Bytes after a request ends within a read are not counted
+        # against the next head (the parser does not say where it ended): the slack is one read.
+        while self._reading_head and len(chunk) > limit - self._head_bytes:
+            room = limit - self._head_bytes
+            view = memoryview(chunk)
+            completed = self._completed
+            self._head_bytes = limit
+            if not self._feed(view[:room]):
+                return
+            if self._reading_head and self._completed == completed:
+                self._refuse(HeaderFieldsTooLargeError(f"The request line and headers are larger than {limit} bytes."))
+                return
+            chunk = view[room:]
+        if self._reading_head:
+            self._head_bytes += len(chunk)
+        self._feed(chunk)
+
+    def _feed(self, data: bytes | memoryview) -> bool:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._reading_head = False  # the connection is the WebSocket protocol's now
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return False
+        except httptools.HttpParserError as exc:
+            refusal, self._refusal = self._refusal, None
+            self._refuse(
+                refusal
+                or InvalidRequestError(f"The request is not valid HTTP/1.1: {exc}.", code="malformed_http_request")
+            )
+            return False
+        return True
+
     def on_headers_complete(self) -> None:
+        if len(self.headers) > self._limits.max_header_fields:
+            self._refusal = HeaderFieldsTooLargeError(
+                f"The request has more than {self._limits.max_header_fields} header fields."
+            )
+            raise _RefusedError
+        self._reading_head, self._head_bytes = False, 0
         super().on_headers_complete()
         cycle = self.cycle
         if cycle is not None:
             extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
             extensions[CONNECTION_OPEN] = lambda: not cycle.disconnected
+
+    def on_message_complete(self) -> None:
+        self._reading_head, self._head_bytes = True, 0
+        self._completed += 1
+        super().on_message_complete()
+
+    # --- refusals --------------------------------------------------------------------------
+
+    def _refuse(self, error: GatewayError) -> None:
+        """Answer `error` and close; only close if an answer to this request has begun already."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        reading_head = self._reading_head
+        self._reading_head = False
+        cycle = self.cycle
+        # While a head is read, `cycle` is the previous request's (done with, unless pipelined).
+        answered = cycle is not None and cycle.response_started and not (reading_head and cycle.response_complete)
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True  # the app's receive() now says http.disconnect; its sends are dropped
+            cycle.message_event.set()
+        if answered or self.transport.is_closing():
+            self.transport.close()
+            return
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
+        self.logger.warning("%s - refused a request: %d %s", client, error.status_code, error.message)
+        self.transport.write(_error_response(error, self.server_state.default_headers))
+        if not self.transport.can_write_eof():  # TLS: no half-close
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self._lingering = 0
+        self.flow.resume_reading()
+        self._timer = self.loop.call_later(LINGER_S, self.transport.close)
+
+
+def _error_response(error: GatewayError, default_headers: list[tuple[bytes, bytes]]) -> bytes:
+    body = orjson.dumps(error.body())
+    headers = [
+        *default_headers,
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+        (b"x-request-id", request_id(RandomIds(block=16)).encode()),
+        *((name.encode(), value.encode()) for name, value in error.headers.items()),
+    ]
+    return b"".join([STATUS_LINE[error.status_code], *(n + b": " + v + b"\r\n" for n, v in headers), b"\r\n", body])

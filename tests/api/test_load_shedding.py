@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.accounting.keys import team_prefix
+from gateway.api.server import HttpLimits, http_protocol
 from gateway.api.state import AppState
 from gateway.app import create_app
 from gateway.settings import Settings
@@ -115,7 +116,7 @@ def served_with_worker(redis_url: str, tmp_path: Path, pricing_file: Path) -> It
             local_gpu_urls=[worker.url], probe_interval_s=0.05, max_in_flight_per_process=5,
         )  # fmt: skip
         app = Arrivals(create_app(settings))
-        with serve_in_thread(app) as url:
+        with serve_in_thread(app, http=http_protocol(HttpLimits.from_settings(settings))) as url:
             yield url, app
 
 

@@ -19,10 +19,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_in_thread(app: Any, port: int | None = None) -> Iterator[str]:
-    """Yield the base URL (http://127.0.0.1:PORT) while the server runs."""
+def serve_in_thread(app: Any, port: int | None = None, http: Any = "auto") -> Iterator[str]:
+    """Yield the base URL (http://127.0.0.1:PORT) while the server runs; `http` is uvicorn's
+    protocol option (the gateway's own: gateway.api.server.http_protocol)."""
     port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", http=http)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

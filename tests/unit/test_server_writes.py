@@ -13,6 +13,9 @@ class RecordingTransport:
     def write(self, data: bytes) -> None:
         self.writes.append(data)
 
+    def write_eof(self) -> None:
+        self.writes.append(b"<eof>")
+
     def is_closing(self) -> bool:
         return self.closed
 
@@ -39,4 +42,9 @@ async def test_writes_of_one_loop_turn_leave_together_and_large_bodies_are_not_j
     t.write(b"last words")
     t.close()  # close sends what is pending first
     assert raw.writes[-1] == b"last words" and raw.closed
+    raw = RecordingTransport()
+    t = _CoalescingTransport(raw, asyncio.get_running_loop())  # type: ignore[arg-type]
+    t.write(b"an error answer")
+    t.write_eof()  # a half-close follows what is pending
+    assert raw.writes == [b"an error answer", b"<eof>"]
     assert t.get_extra_info("peername") == "info:peername"  # everything else is the transport's
