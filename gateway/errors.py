@@ -109,6 +109,15 @@ class QuotaExceededError(GatewayError):
         self.headers.setdefault("x-should-retry", "false")
 
 
+class RequestTimeoutError(GatewayError):
+    """The caller did not send its request line and headers, or its body, in time."""
+
+    status_code = 408
+    error_type = "invalid_request_error"
+    default_code = "request_timeout"
+    kind = "invalid_request"
+
+
 class HeaderFieldsTooLargeError(GatewayError):
     status_code = 431
     error_type = "invalid_request_error"

@@ -83,10 +83,22 @@ class Settings(BaseSettings):
     shed_accept_queue: int = Field(default=2048, ge=0)
 
     # What a caller may send before the app sees its request (enforced by the HTTP protocol,
-    # gateway/api/server.py, for every route, before authentication): the request line and headers
-    # at most `max_header_bytes` bytes and `max_header_fields` fields (431 past either).
+    # gateway/api/server.py, for every route, before authentication):
+    # - the request line and headers: at most `max_header_bytes` bytes and `max_header_fields`
+    #   fields (431 past either), sent within `header_timeout_s` seconds of the connection's start
+    #   or of the request's first byte (408; a connection that sends nothing is closed quietly);
+    # - the body: no pause between reads longer than `body_timeout_s` seconds, and at any moment
+    #   at least `body_min_rate_bytes_s` bytes a second since the headers, less `body_timeout_s`
+    #   seconds' grace (408 otherwise; 0 turns the minimum rate off). A pause plus a floor on the
+    #   rate, as Apache's mod_reqtimeout does: a body trickled a byte at a time never pauses for
+    #   long, so a pause alone would not end it. At 1 KiB/s a 40 MiB upload may take 11 hours.
+    # Waits that are the gateway's own (the app not yet reading the body, an earlier pipelined
+    # request still being answered, a client waiting for "100 Continue") do not count.
     max_header_bytes: int = Field(default=64 * 1024, ge=1024)
     max_header_fields: int = Field(default=100, ge=1)
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    body_min_rate_bytes_s: float = Field(default=1024.0, ge=0)
 
     log_level: str = "info"
     # Set by `gateway serve` for several worker processes (prometheus-client's multiprocess mode).

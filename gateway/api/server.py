@@ -9,9 +9,9 @@ them to the headers (no copy of an image's bytes).
 
 Limits (HttpLimits, from Settings): the request line and headers are counted as bytes arrive,
 before the parser sees them (httptools joins a header's pieces itself, so a 64 MiB header would be
-held whole before any callback saw it), and refused with 431 past a size or a field count. These
-errors, and uvicorn's own 400 for bytes that are not HTTP, are answered in OpenAI's shape, then
-the connection is closed.
+held whole before any callback saw it), and refused with 431 past a size or a field count; a
+request's headers and then its body must arrive in time (408). These errors, and uvicorn's own
+400 for bytes that are not HTTP, are answered in OpenAI's shape, then the connection is closed.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import httptools
 import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from gateway.errors import GatewayError, HeaderFieldsTooLargeError, InvalidRequestError
+from gateway.errors import GatewayError, HeaderFieldsTooLargeError, InvalidRequestError, RequestTimeoutError
 from gateway.ids import RandomIds, request_id
 from gateway.settings import Settings
 
@@ -81,12 +81,18 @@ class _CoalescingTransport:
 class HttpLimits:
     max_header_bytes: int  # the request line and headers together
     max_header_fields: int
+    header_timeout_s: float  # from the connection's start, or the request's first byte
+    body_timeout_s: float  # the longest pause between reads of a body, and the rate's grace
+    body_min_rate: float  # bytes a second; 0: none
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HttpLimits:
         return cls(
             max_header_bytes=settings.max_header_bytes,
             max_header_fields=settings.max_header_fields,
+            header_timeout_s=settings.header_timeout_s,
+            body_timeout_s=settings.body_timeout_s,
+            body_min_rate=settings.body_min_rate_bytes_s,
         )
 
 
@@ -108,20 +114,34 @@ class _RefusedError(Exception):
 
 class GatewayHttpProtocol(HttpToolsProtocol):
     """Per connection, one phase at a time: reading a request's head (from the connection's start,
-    and again after each request's last byte), then its body, until its last byte."""
+    and again after each request's last byte), then its body, until its last byte. A phase gets a
+    deadline only when it does not end within the bytes at hand (a request that arrives in one
+    read gets none), and one timer serves them all: it is not cancelled when a phase ends but
+    looks, when it fires, at the phase then under way (none: it lapses; a later deadline: it is
+    set again), so a keep-alive connection costs no timer operation per request."""
 
     def __init__(self, *args: Any, limits: HttpLimits, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._limits = limits
         self._reading_head = True
         self._head_bytes = 0  # of the head being read, as counted from reads
+        self._head_due: float | None = None  # when the head being read must be in
+        self._in_body = False
+        self._body_started: float | None = None  # when the body's clock started; None: not running
+        self._body_last = 0.0  # when body bytes last came
+        self._body_bytes = 0  # since the body's clock started
         self._completed = 0  # requests whose last byte has been parsed
         self._timer: TimerHandle | None = None
+        self._timer_when = 0.0
         self._refusal: GatewayError | None = None
         self._lingering = -1  # bytes dropped since an error answer; -1: not lingering
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(_CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
+        # The first request's headers are due from the connection's start, however its bytes
+        # come (or none do).
+        self._head_due = self.loop.time() + self._limits.header_timeout_s
+        self._wake_at(self._head_due)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
@@ -154,13 +174,23 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             chunk = view[room:]
         if self._reading_head:
             self._head_bytes += len(chunk)
-        self._feed(chunk)
+        elif self._in_body:
+            self._body_bytes += len(chunk)
+            self._body_last = self.loop.time()
+        if not self._feed(chunk):
+            return
+        if self._reading_head:
+            if self._head_bytes and self._head_due is None:  # a head begun and not finished in this read
+                self._head_due = self.loop.time() + self._limits.header_timeout_s
+                self._wake_at(self._head_due)
+        elif self._in_body and self._body_started is None:  # a body begun (or awaited), not finished
+            self._start_body_clock()
 
     def _feed(self, data: bytes | memoryview) -> bool:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._reading_head = False  # the connection is the WebSocket protocol's now
+            self._reading_head = self._in_body = False  # the connection is the WebSocket protocol's now
             if self._should_upgrade():
                 self.handle_websocket_upgrade()
             else:
@@ -181,7 +211,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 f"The request has more than {self._limits.max_header_fields} header fields."
             )
             raise _RefusedError
-        self._reading_head, self._head_bytes = False, 0
+        self._reading_head, self._head_bytes, self._head_due = False, 0, None
+        self._in_body, self._body_started = True, None
         super().on_headers_complete()
         cycle = self.cycle
         if cycle is not None:
@@ -190,8 +221,62 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._reading_head, self._head_bytes = True, 0
+        self._in_body, self._body_started = False, None
         self._completed += 1
         super().on_message_complete()
+
+    # --- deadlines -------------------------------------------------------------------------
+
+    def _wake_at(self, when: float) -> None:
+        """Have the timer fire by `when` (one that fires sooner will look again then)."""
+        if self._timer is not None:
+            if self._timer_when <= when:
+                return
+            self._timer.cancel()
+        self._timer_when = when
+        self._timer = self.loop.call_at(when, self._deadline)
+
+    def _start_body_clock(self) -> None:
+        self._body_started = self._body_last = self.loop.time()
+        self._body_bytes = 0
+        self._wake_at(self._body_started + self._limits.body_timeout_s)
+
+    def _body_due(self, started: float) -> float:
+        limits = self._limits
+        due = self._body_last + limits.body_timeout_s
+        if limits.body_min_rate > 0:
+            due = min(due, started + limits.body_timeout_s + self._body_bytes / limits.body_min_rate)
+        return due
+
+    def _deadline(self) -> None:
+        self._timer = None
+        now = self.loop.time()
+        cycle = self.cycle
+        waiting_on_us = self.flow.read_paused or (  # the app has not taken what came
+            cycle is not None
+            and not cycle.response_complete
+            # an earlier pipelined request is still being answered, or the caller awaits "100 Continue"
+            and (self._reading_head or cycle.waiting_for_100_continue)
+        )
+        if self._in_body and self._body_started is not None:
+            if waiting_on_us:
+                self._start_body_clock()
+                return
+            due = self._body_due(self._body_started)
+            if now < due:
+                self._wake_at(due)
+            else:
+                self._refuse(RequestTimeoutError("The request body was not received in time."))
+        elif self._reading_head and self._head_due is not None:
+            if waiting_on_us:
+                self._head_due = now + self._limits.header_timeout_s
+                self._wake_at(self._head_due)
+            elif now < self._head_due:
+                self._wake_at(self._head_due)
+            elif self._head_bytes:
+                self._refuse(RequestTimeoutError("The request line and headers were not received in time."))
+            else:
+                self.transport.close()  # not a byte asked: closed as an idle keep-alive connection is
 
     # --- refusals --------------------------------------------------------------------------
 
@@ -201,7 +286,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self._timer.cancel()
             self._timer = None
         reading_head = self._reading_head
-        self._reading_head = False
+        self._reading_head = self._in_body = False
         cycle = self.cycle
         # While a head is read, `cycle` is the previous request's (done with, unless pipelined).
         answered = cycle is not None and cycle.response_started and not (reading_head and cycle.response_complete)
