@@ -63,6 +63,18 @@ class _FloatRange(_Strict):
         return self
 
 
+class _SizeRange(_Strict):
+    min_side: int = Field(default=64, ge=1)
+    max_side: int = Field(default=2048, ge=1)
+    max_pixels: int = Field(default=2048 * 2048, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.min_side > self.max_side:
+            raise ValueError(f"need min_side <= max_side, got {self.min_side} > {self.max_side}")
+        return self
+
+
 class _Edits(_Strict):
     max_images: int = Field(ge=1)
     strength: _FloatRange
@@ -99,6 +111,7 @@ class _Model(_Strict):
     prompt_max_chars: int = Field(ge=1)
     n: _IntRange
     sizes: list[str] = Field(min_length=1)
+    size_range: _SizeRange = Field(default_factory=_SizeRange)
     default_size: str
     num_inference_steps: _IntRange
     guidance_scale: _FloatRange | None = None
@@ -108,13 +121,16 @@ class _Model(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        for size in self.sizes:
-            parse_size(size)
-        if self.default_size not in self.sizes:
-            raise ValueError(f"default_size {self.default_size!r} is not one of sizes")
-        unknown = set(self.price_by_size_usd) - set(self.sizes)
-        if unknown:
-            raise ValueError(f"price_by_size_usd names sizes not in sizes: {sorted(unknown)}")
+        r = self.size_range
+        rng = SizeRange(r.min_side, r.max_side, r.max_pixels)
+        for size in [*self.sizes, self.default_size]:
+            problem = rng.problem(*parse_size(size))
+            if problem is not None:
+                raise ValueError(f"size {size!r} is outside size_range: {problem}")
+        for size in self.price_by_size_usd:
+            problem = rng.problem(*parse_size(size))
+            if problem is not None:
+                raise ValueError(f"price_by_size_usd: size {size!r} is outside size_range: {problem}")
         if self.edits is not None and not any(r.edit_model for r in self.routes):
             raise ValueError("edits are declared but no route has an edit_model")
         return self
@@ -156,6 +172,23 @@ class FloatRange:
     min: float
     max: float
     default: float
+
+
+@dataclass(frozen=True, slots=True)
+class SizeRange:
+    """The sizes a model answers: each side, and the area (pricing.yaml `size_range`)."""
+
+    min_side: int
+    max_side: int
+    max_pixels: int
+
+    def problem(self, width: int, height: int) -> str | None:
+        """Why width x height is outside the range, for the caller; None when it is inside."""
+        if not (self.min_side <= width <= self.max_side and self.min_side <= height <= self.max_side):
+            return f"each side must be between {self.min_side} and {self.max_side} pixels"
+        if width * height > self.max_pixels:
+            return f"at most {self.max_pixels} pixels in all ({width * height} asked)"
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +235,9 @@ class ModelSpec:
     price_by_size_micros: Mapping[str, int]
     prompt_max_chars: int
     n: IntRange
-    sizes: tuple[str, ...]
+    sizes: tuple[str, ...]  # the native buckets the model generates at
+    buckets: tuple[tuple[int, int], ...]  # the same as (width, height)
+    size_range: SizeRange  # what a caller may ask for (converted from the nearest bucket)
     default_size: str
     num_inference_steps: IntRange
     guidance_scale: FloatRange | None
@@ -315,6 +350,8 @@ def _build(parsed: _File) -> Catalog:
             prompt_max_chars=m.prompt_max_chars,
             n=IntRange(m.n.min, m.n.max, m.n.default),
             sizes=tuple(m.sizes),
+            buckets=tuple(parse_size(s) for s in m.sizes),
+            size_range=SizeRange(m.size_range.min_side, m.size_range.max_side, m.size_range.max_pixels),
             default_size=m.default_size,
             num_inference_steps=IntRange(
                 m.num_inference_steps.min, m.num_inference_steps.max, m.num_inference_steps.default

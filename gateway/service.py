@@ -25,6 +25,7 @@ from gateway.errors import (
     GoneError,
     UpstreamTimeoutError,
 )
+from gateway.images.convert import fit
 from gateway.images.decoding import UploadDecoder
 from gateway.images.storage import ImageStore
 from gateway.images.validation import ValidRequest
@@ -148,6 +149,7 @@ class ImageService:
                 "x-gateway-provider": attempt.route.provider,
                 "x-gateway-route-reason": attempt.reason,
                 "x-gateway-charged-usd": f"{micros_to_usd(quote):.6f}",
+                "x-gateway-generated-size": valid.generated_size,
             }
             body: dict[str, Any] = {"created": int(time.time()), "data": data}
             if attempt.result.seed is not None:
@@ -160,7 +162,7 @@ class ImageService:
                 "succeeded",
                 valid.n,
                 quote,
-                attempt.route.cost_micros(valid.width, valid.height, valid.n),
+                attempt.route.cost_micros(valid.gen_width, valid.gen_height, valid.n),
                 spec.id,
                 _fields(principal, valid, attempt.route.provider, latency, ""),
                 replay,
@@ -222,6 +224,8 @@ class ImageService:
         self, valid: ValidRequest, images: tuple[GeneratedImage, ...]
     ) -> tuple[list[dict[str, str]], list[str | None]]:
         """The response's data items, and the name of each image kept in the store (None if not)."""
+        if valid.converted:
+            images = tuple([await self._fit(valid, img) for img in images])
         out: list[dict[str, str]] = []
         kept: list[str | None] = []
         for img in images:
@@ -267,6 +271,14 @@ class ImageService:
             "x-gateway-original-request-id": stored["request_id"],
         }
         return ImagesResponse(body, headers)
+
+
+    @staticmethod
+    async def _fit(valid: ValidRequest, img: GeneratedImage) -> GeneratedImage:
+        """The model's native image resized and cropped to exactly the asked size."""
+        assert img.data is not None  # _check_result guarantees bytes when the gateway converts
+        data = await asyncio.to_thread(fit, img.data, valid.width, valid.height)
+        return GeneratedImage(content_type="image/png", width=valid.width, height=valid.height, data=data)
 
 
 def fingerprint(valid: ValidRequest) -> str:

@@ -14,6 +14,7 @@ from PIL import Image, UnidentifiedImageError
 
 from gateway.catalog import Catalog, EditSpec, FloatRange, IntRange, ModelSpec, parse_size
 from gateway.errors import InvalidRequestError, MissingParameterError, ModelNotFoundError
+from gateway.images.sizing import SizeError, SizePlan, from_size, native_area, plan_size, size_for_aspect
 from providers.base import InputImage, ResponseFormat, sniff_content_type
 
 MAX_SEED = 2**63 - 1
@@ -26,8 +27,10 @@ class ValidRequest:
     model: ModelSpec
     prompt: str
     n: int
-    width: int
+    width: int  # what the caller gets...
     height: int
+    gen_width: int  # ...and the native size the model makes for it (resized and cropped between)
+    gen_height: int
     response_format: ResponseFormat
     num_inference_steps: int
     guidance_scale: float | None
@@ -41,6 +44,14 @@ class ValidRequest:
     @property
     def size(self) -> str:
         return f"{self.width}x{self.height}"
+
+    @property
+    def generated_size(self) -> str:
+        return f"{self.gen_width}x{self.gen_height}"
+
+    @property
+    def converted(self) -> bool:
+        return (self.width, self.height) != (self.gen_width, self.gen_height)
 
 
 class Params:
@@ -209,21 +220,7 @@ def validate_generation(
         raise MissingParameterError("Missing required parameter: 'prompt'.", param="prompt")
     n = _int_in(params, "n", spec.n)
 
-    size = params.text("size") or spec.default_size
-    try:
-        width, height = parse_size(size)
-    except ValueError:
-        raise InvalidRequestError(
-            f"Invalid size '{size}': use WIDTHxHEIGHT, one of {', '.join(spec.sizes)}.",
-            param="size",
-            code="invalid_size",
-        ) from None
-    if f"{width}x{height}" not in spec.sizes:
-        raise InvalidRequestError(
-            f"The size '{size}' is not supported by {spec.id}; supported: {', '.join(spec.sizes)}.",
-            param="size",
-            code="invalid_size",
-        )
+    size = _size(spec, params.text("size"), images)
 
     response_format = params.text("response_format") or "url"
     if response_format not in ("url", "b64_json"):
@@ -255,8 +252,10 @@ def validate_generation(
         model=spec,
         prompt=prompt,
         n=n,
-        width=width,
-        height=height,
+        width=size.width,
+        height=size.height,
+        gen_width=size.gen_width,
+        gen_height=size.gen_height,
         response_format=response_format,  # type: ignore[arg-type]
         num_inference_steps=_int_in(params, "num_inference_steps", spec.num_inference_steps),
         guidance_scale=guidance,
@@ -267,6 +266,30 @@ def validate_generation(
         mask=mask,
         strength=strength,
     )
+
+
+def _size(spec: ModelSpec, asked: str | None, images: tuple[InputImage, ...]) -> SizePlan:
+    """The caller's size; with none, the model's default, or for an edit the input's own aspect."""
+    if asked is None and images:
+        first = images[0]
+        width, height = size_for_aspect(first.width, first.height, native_area(spec.buckets))
+        problem = spec.size_range.problem(width, height)
+        if problem is not None:
+            raise InvalidRequestError(
+                f"The input image's aspect ({first.width}x{first.height}) gives {width}x{height} at the model's "
+                f"native area, outside {spec.id}'s range: {problem}. Send a size.",
+                param="size",
+                code="invalid_size",
+            )
+        return from_size(width, height, spec.buckets)
+    try:
+        return plan_size(
+            asked or "auto", default=parse_size(spec.default_size), buckets=spec.buckets, allowed=spec.size_range
+        )
+    except SizeError as exc:
+        raise InvalidRequestError(
+            f"Invalid size '{asked}' for {spec.id}: {exc}.", param="size", code="invalid_size"
+        ) from None
 
 
 def probe_upload(data: bytes, *, param: str, max_pixels: int) -> InputImage:

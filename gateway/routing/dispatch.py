@@ -97,8 +97,8 @@ class Dispatcher:
         plan = await self._router.plan(
             routes,
             self._board.current(),
-            width=valid.width,
-            height=valid.height,
+            width=valid.gen_width,
+            height=valid.gen_height,
             n=valid.n,
             policy=routing.policy,
             pinned=routing.pinned,
@@ -151,14 +151,15 @@ class Dispatcher:
 
 
 def _provider_request(valid: ValidRequest, request_id: str, remaining_s: float) -> ImageRequest:
+    """The upstream makes the native size; when the gateway converts it, it needs the bytes."""
     return ImageRequest(
         request_id=request_id,
         model=valid.model.id,
         prompt=valid.prompt,
         n=valid.n,
-        width=valid.width,
-        height=valid.height,
-        response_format=valid.response_format,
+        width=valid.gen_width,
+        height=valid.gen_height,
+        response_format="b64_json" if valid.converted else valid.response_format,
         num_inference_steps=valid.num_inference_steps,
         guidance_scale=valid.guidance_scale,
         negative_prompt=valid.negative_prompt,
@@ -175,9 +176,9 @@ def _check_result(route: Route, valid: ValidRequest, result: ImageResult) -> Non
     if len(result.images) != valid.n:
         raise ProviderBadResponseError(f"asked for {valid.n} images, got {len(result.images)}", provider=route.provider)
     for img in result.images:
-        if (img.width, img.height) != (valid.width, valid.height):
+        if (img.width, img.height) != (valid.gen_width, valid.gen_height):
             raise ProviderBadResponseError(
-                f"asked for {valid.size}, got {img.width}x{img.height}", provider=route.provider
+                f"asked for {valid.generated_size}, got {img.width}x{img.height}", provider=route.provider
             )
-        if img.data is None and (img.url is None or valid.response_format == "b64_json"):
+        if img.data is None and (img.url is None or valid.response_format == "b64_json" or valid.converted):
             raise ProviderBadResponseError("an image came without bytes", provider=route.provider)

@@ -6,11 +6,9 @@ from __future__ import annotations
 import base64
 import io
 import json
-import secrets
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import httpx
 import openai
@@ -19,72 +17,16 @@ import redis
 from PIL import Image
 
 from gateway.accounting.keys import team_prefix
-from tests.fakes.server import free_port
-from tests.processes import Process, python
+from tests.integration.gateway_stack import Stack, running_stack
+from tests.processes import python
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.slow
 
-METRICS_TOKEN = "met-" + secrets.token_hex(8)
-
-
-@dataclass
-class Stack:
-    base: str
-    admin: httpx.Client
-    fal: str
-    redis_url: str
-    team_id: str
-    key: str
-    admin_key: str
-    clients: list[openai.OpenAI] = field(default_factory=list)
-
-    def client(self, key: str | None = None) -> openai.OpenAI:
-        made = openai.OpenAI(base_url=self.base + "/v1", api_key=key or self.key, max_retries=0)
-        self.clients.append(made)  # closed at teardown: an unclosed one leaks its sockets
-        return made
-
-
 @pytest.fixture(scope="module")
 def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp("e2e")
-    fal_key = f"{secrets.token_hex(4)}:{secrets.token_hex(8)}"
-    admin_key = "adm-" + secrets.token_hex(8)
-    fal_port, gw_port = free_port(), free_port()
-    fal = Process(
-        "fake-fal",
-        python("tests.fakes.fal_server", "--port", str(fal_port), "--key", fal_key, "--inference-s", "0.05"),
-        {},
-        tmp / "fal.log",
-    )
-    base = f"http://127.0.0.1:{gw_port}"
-    env = {
-        "GATEWAY_REDIS_URL": redis_server.url,
-        "GATEWAY_ADMIN_KEY": admin_key,
-        "GATEWAY_METRICS_TOKEN": METRICS_TOKEN,
-        "GATEWAY_FAL_KEY": fal_key,
-        "GATEWAY_FAL_QUEUE_URL": f"http://127.0.0.1:{fal_port}",
-        "GATEWAY_FAL_POLL_INITIAL_S": "0.02",
-        "GATEWAY_DATA_DIR": str(tmp / "data"),
-        "GATEWAY_PUBLIC_URL": base,
-    }
-    gw = Process(
-        "gateway", python("gateway.cli", "serve", "--port", str(gw_port), "--workers", "2"), env, tmp / "gw.log"
-    )
-    admin = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {admin_key}"}, timeout=30)
-    try:
-        fal.wait_http(f"http://127.0.0.1:{fal_port}/_fake/stats")
-        gw.wait_http(base + "/health")
-        team = admin.post("/admin/teams", json={"name": "e2e", "monthly_budget_usd": 50.0}).json()
-        key = admin.post(f"/admin/teams/{team['id']}/keys", json={"name": "e2e"}).json()["key"]
-        stack = Stack(base, admin, f"http://127.0.0.1:{fal_port}", redis_server.url, team["id"], key, admin_key)
-        yield stack
-        for client in stack.clients:
-            client.close()
-    finally:
-        admin.close()
-        gw.stop()
-        fal.stop()
+    with running_stack(redis_server, tmp_path_factory.mktemp("e2e")) as made:
+        yield made
 
 
 def png_bytes(w: int = 96, h: int = 64) -> bytes:
@@ -302,7 +244,7 @@ def test_metrics_summed_across_worker_processes_equal_the_ledger(stack: Stack) -
     images = sum(int(f[b"images"]) for f in events)
     spend = sum(int(f[b"charged_micros"]) for f in events) / 1_000_000
     for _ in range(6):  # successive scrapes land on either worker process; each must see it all
-        text = httpx.get(stack.base + "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}).text
+        text = httpx.get(stack.base + "/metrics", headers={"Authorization": f"Bearer {stack.metrics_token}"}).text
         assert _metric_sum(text, "gateway_images_total", stack.team_id) == images
         assert abs(_metric_sum(text, "gateway_spend_usd_total", stack.team_id) - spend) < 1e-9
 

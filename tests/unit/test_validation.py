@@ -72,7 +72,12 @@ def test_form_strings_are_coerced(catalog: Catalog) -> None:
         ({"prompt": "x", "n": True}, "n", 400),
         ({"prompt": "x", "n": 1.5}, "n", 400),
         ({"prompt": "x", "size": "big"}, "size", 400),
-        ({"prompt": "x", "size": "512x512"}, "size", 400),
+        ({"prompt": "x", "size": "4096x4096"}, "size", 400),
+        ({"prompt": "x", "size": "2049x512"}, "size", 400),
+        ({"prompt": "x", "size": "32x32"}, "size", 400),
+        ({"prompt": "x", "size": "16:0"}, "size", 400),
+        ({"prompt": "x", "size": "16/9"}, "size", 400),
+        ({"prompt": "x", "size": 1024}, "size", 400),
         ({"prompt": "x", "response_format": "png"}, "response_format", 400),
         ({"prompt": "x", "num_inference_steps": 51}, "num_inference_steps", 400),
         ({"prompt": "x", "guidance_scale": 20.5}, "guidance_scale", 400),
@@ -95,9 +100,49 @@ def test_out_of_range_is_rejected_never_clamped(catalog: Catalog) -> None:
     assert "between 1 and 50" in err.message and "500" in err.message
 
 
-def test_size_error_lists_the_supported_sizes(catalog: Catalog) -> None:
-    err = _err(catalog, {"prompt": "x", "size": "1792x1024"})
-    assert err.code == "invalid_size" and "1360x768" in err.message
+def test_size_error_says_what_is_accepted(catalog: Catalog) -> None:
+    err = _err(catalog, {"prompt": "x", "size": "sixteen by nine"})
+    assert err.code == "invalid_size" and "WIDTHxHEIGHT" in err.message and "16:9" in err.message
+    err = _err(catalog, {"prompt": "x", "size": "4096x4096"})
+    assert err.code == "invalid_size" and "2048" in err.message
+
+
+@pytest.mark.parametrize(
+    ("size", "asked", "generated"),
+    [
+        ("256x256", "256x256", "1024x1024"),
+        ("512x512", "512x512", "1024x1024"),
+        ("1024x1024", "1024x1024", "1024x1024"),
+        ("1792x1024", "1792x1024", "1360x768"),
+        ("1024x1792", "1024x1792", "768x1360"),
+        ("1536x1024", "1536x1024", "1248x832"),
+        ("1024x1536", "1024x1536", "832x1248"),
+        ("768x1024", "768x1024", "880x1168"),
+        ("auto", "1024x1024", "1024x1024"),
+        (" 1024X1024 ", "1024x1024", "1024x1024"),
+        ("16:9", "1360x765", "1360x768"),
+        ("3:2", "1254x836", "1248x832"),
+        ("1:1", "1024x1024", "1024x1024"),
+        ("1360x768", "1360x768", "1360x768"),
+    ],
+)
+def test_every_openai_size_is_answered_from_the_nearest_native_bucket(
+    catalog: Catalog, size: str, asked: str, generated: str
+) -> None:
+    v = validate_generation(catalog, Params({"prompt": "x", "size": size}, form=False))
+    assert (v.size, v.generated_size) == (asked, generated)
+    assert v.converted == (asked != generated)
+
+
+def test_an_edit_without_a_size_keeps_the_inputs_aspect(catalog: Catalog) -> None:
+    wide = probe_upload(png(1360, 768), param="image", max_pixels=10_000_000)
+    v = validate_generation(catalog, Params({"prompt": "x"}, form=True), images=(wide,))
+    assert (v.size, v.generated_size) == ("1360x768", "1360x768")
+    two_to_one = probe_upload(png(200, 100), param="image", max_pixels=100_000)
+    v = validate_generation(catalog, Params({"prompt": "x"}, form=True), images=(two_to_one,))
+    assert v.width == 2 * v.height and v.generated_size == "1360x768"
+    v = validate_generation(catalog, Params({"prompt": "x", "size": "512x512"}, form=True), images=(wide,))
+    assert (v.size, v.generated_size) == ("512x512", "1024x1024")
 
 
 def test_form_garbage_number_is_named(catalog: Catalog) -> None:
