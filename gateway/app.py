@@ -36,7 +36,7 @@ from gateway.routing.router import Router
 from gateway.service import ImageService
 from gateway.settings import Settings
 from gateway.upstreams import ProviderFactory, default_registry
-from providers.base import ImageProvider
+from providers.base import ImageProvider, PassesThrough
 
 log = logging.getLogger("gateway")
 
@@ -131,6 +131,9 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
                 shedder=shedder,
                 secrets_throttle=SecretThrottle(
                     redis, max_failures=settings.auth_failure_limit, window_s=settings.auth_failure_window_s
+                ),
+                owned_params=frozenset().union(
+                    *(p.owned_params for p in providers.values() if isinstance(p, PassesThrough))
                 ),
             )
             billing = BillingMetrics(redis, metrics, interval_s=settings.billing_metrics_interval_s)

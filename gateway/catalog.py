@@ -109,6 +109,7 @@ class _Model(_Strict):
     price_per_image_usd: float = Field(ge=0)
     price_by_size_usd: dict[str, float] = Field(default_factory=dict)
     prompt_max_chars: int = Field(ge=1)
+    quality: Literal["low", "medium", "high"] = "high"
     n: _IntRange
     sizes: list[str] = Field(min_length=1)
     size_range: _SizeRange = Field(default_factory=_SizeRange)
@@ -234,6 +235,7 @@ class ModelSpec:
     price_per_image_micros: int
     price_by_size_micros: Mapping[str, int]
     prompt_max_chars: int
+    quality: str  # echoed in answers as newer OpenAI responses do (OpenAI's low/medium/high)
     n: IntRange
     sizes: tuple[str, ...]  # the native buckets the model generates at
     buckets: tuple[tuple[int, int], ...]  # the same as (width, height)
@@ -348,6 +350,7 @@ def _build(parsed: _File) -> Catalog:
             price_per_image_micros=usd_to_micros(m.price_per_image_usd),
             price_by_size_micros={s: usd_to_micros(p) for s, p in m.price_by_size_usd.items()},
             prompt_max_chars=m.prompt_max_chars,
+            quality=m.quality,
             n=IntRange(m.n.min, m.n.max, m.n.default),
             sizes=tuple(m.sizes),
             buckets=tuple(parse_size(s) for s in m.sizes),

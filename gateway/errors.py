@@ -51,6 +51,13 @@ class MissingParameterError(InvalidRequestError):
     default_code = "missing_required_parameter"
 
 
+class UnsupportedParameterError(InvalidRequestError):
+    """A parameter the gateway understands but will not take (a field an adapter owns, a feature
+    not offered): refused, never faked."""
+
+    default_code = "unsupported_parameter"
+
+
 class UnsupportedMediaError(GatewayError):
     status_code = 415
     error_type = "invalid_request_error"

@@ -25,8 +25,9 @@ from gateway.errors import (
     GoneError,
     UpstreamTimeoutError,
 )
-from gateway.images.convert import fit
+from gateway.images.convert import render
 from gateway.images.decoding import UploadDecoder
+from gateway.images.parameters import MIME
 from gateway.images.storage import ImageStore
 from gateway.images.validation import ValidRequest
 from gateway.metrics import Metrics
@@ -151,7 +152,18 @@ class ImageService:
                 "x-gateway-charged-usd": f"{micros_to_usd(quote):.6f}",
                 "x-gateway-generated-size": valid.generated_size,
             }
-            body: dict[str, Any] = {"created": int(time.time()), "data": data}
+            ignored = sorted({*valid.ignored, *attempt.ignored})
+            if ignored:
+                headers["x-gateway-ignored-params"] = ", ".join(ignored)
+            body: dict[str, Any] = {
+                "created": int(time.time()),
+                "data": data,
+                # As newer OpenAI responses echo them (values inside OpenAI's enums).
+                "output_format": valid.output_format,
+                "size": valid.size,
+                "quality": spec.quality,
+                "background": "opaque",
+            }
             if attempt.result.seed is not None:
                 body["seed"] = attempt.result.seed
             replay = ""
@@ -224,8 +236,7 @@ class ImageService:
         self, valid: ValidRequest, images: tuple[GeneratedImage, ...]
     ) -> tuple[list[dict[str, str]], list[str | None]]:
         """The response's data items, and the name of each image kept in the store (None if not)."""
-        if valid.converted:
-            images = tuple([await self._fit(valid, img) for img in images])
+        images = tuple([await _as_asked(valid, img) for img in images])
         out: list[dict[str, str]] = []
         kept: list[str | None] = []
         for img in images:
@@ -273,12 +284,19 @@ class ImageService:
         return ImagesResponse(body, headers)
 
 
-    @staticmethod
-    async def _fit(valid: ValidRequest, img: GeneratedImage) -> GeneratedImage:
-        """The model's native image resized and cropped to exactly the asked size."""
-        assert img.data is not None  # _check_result guarantees bytes when the gateway converts
-        data = await asyncio.to_thread(fit, img.data, valid.width, valid.height)
-        return GeneratedImage(content_type="image/png", width=valid.width, height=valid.height, data=data)
+
+
+async def _as_asked(valid: ValidRequest, img: GeneratedImage) -> GeneratedImage:
+    """The upstream's image at exactly the asked size and in the asked format: as it came where it
+    already is, else resized, cropped and encoded by the gateway."""
+    mime = MIME[valid.output_format]
+    if not valid.converted and img.content_type == mime and valid.output_compression is None:
+        return img
+    assert img.data is not None  # _check_result guarantees bytes when the gateway may convert
+    data = await asyncio.to_thread(
+        render, img.data, valid.width, valid.height, valid.output_format, valid.output_compression
+    )
+    return GeneratedImage(content_type=mime, width=valid.width, height=valid.height, data=data)
 
 
 def fingerprint(valid: ValidRequest) -> str:

@@ -8,10 +8,14 @@ into these types at their boundary; the core never sees an httpx error or a fal 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
 ResponseFormat = Literal["url", "b64_json"]
+OutputFormat = Literal["png", "jpeg", "webp"]
+# A caller's parameter passed through to the upstream as it was sent.
+JsonValue = None | bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +58,10 @@ class ImageRequest:
     mask: InputImage | None = None
     strength: float | None = None  # edits only: how far from the input image to move (0..1)
     timeout_s: float = 120.0  # time this attempt may take, already bounded by the request deadline
+    # The encoding to answer in where the upstream can make it; the gateway converts what it cannot.
+    output_format: OutputFormat = "png"
+    # The caller's other parameters, for adapters that pass them on (see PassesThrough).
+    extra: Mapping[str, JsonValue] = field(default_factory=dict)
 
     @property
     def is_edit(self) -> bool:
@@ -213,6 +221,15 @@ class ImageProvider(Protocol):
     async def probe(self, target: RouteTarget) -> ProviderHealth: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class PassesThrough(Protocol):
+    """Optional: the adapter sends a request's `extra` parameters to its upstream as they are,
+    except the fields it sets itself (`owned_params`), which a caller may not override. An adapter
+    without it gets no `extra`, and the gateway tells the caller they were ignored."""
+
+    owned_params: frozenset[str]
 
 
 @runtime_checkable

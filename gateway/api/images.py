@@ -60,7 +60,7 @@ async def generations(request: Request, state: AppState, principal: Principal) -
     _require_content_type(request, "application/json")
     raw = await _read_limited(request, 1024 * 1024)
     with state.shedder.slot():  # once the body is in: a caller trickling it holds no slot meanwhile
-        valid = validate_generation(state.catalog, Params(parse_object(raw), form=False))
+        valid = validate_generation(state.catalog, Params(parse_object(raw), form=False), owned=state.owned_params)
         return await _serve(request, state, principal, valid)
 
 
@@ -114,7 +114,7 @@ async def _valid_edit(form: FormData, state: AppState) -> ValidRequest:
     # Headers only: the pixels are decoded once the edit is admitted (ImageService._serve).
     images = tuple([await _probe(u, "image", limit, settings.max_upload_pixels) for u in uploads])
     mask = await _probe(mask_upload, "mask", limit, settings.max_upload_pixels) if mask_upload else None
-    return validate_generation(state.catalog, params, images=images, mask=mask)
+    return validate_generation(state.catalog, params, images=images, mask=mask, owned=state.owned_params)
 
 
 async def _probe(upload: UploadFile, param: str, limit: int, max_pixels: int) -> InputImage:

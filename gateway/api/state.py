@@ -28,3 +28,5 @@ class AppState:
     health: HealthBoard
     shedder: LoadShedder
     secrets_throttle: SecretThrottle
+    # Fields the configured adapters set themselves: no caller may pass them through.
+    owned_params: frozenset[str] = frozenset()

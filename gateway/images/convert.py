@@ -2,7 +2,7 @@
 
 Resizing covers the asked size with Pillow's Lanczos filter and center-crops what sticks out,
 so the answer has exactly the asked width and height and the model's framing is kept in the
-middle. CPU-bound: callers run it in a thread.
+middle; then the image is encoded in the asked format. CPU-bound: callers run it in a thread.
 """
 
 from __future__ import annotations
@@ -11,11 +11,31 @@ import io
 
 from PIL import Image
 
+from providers.base import OutputFormat
 
-def fit(data: bytes, width: int, height: int) -> bytes:
-    """`data` (any image Pillow reads) resized and center-cropped to width x height, as PNG."""
+# OpenAI's default output_compression is 100 (the least compression).
+DEFAULT_QUALITY = 100
+
+
+def render(data: bytes, width: int, height: int, fmt: OutputFormat = "png", compression: int | None = None) -> bytes:
+    """`data` (any image Pillow reads) at exactly width x height, encoded as `fmt`; `compression`
+    (0-100, jpeg and webp) is the encoder's quality, as OpenAI's output_compression."""
     with Image.open(io.BytesIO(data)) as src:
-        img = src.convert("RGBA" if _has_alpha(src) else "RGB")
+        img = src.convert("RGBA" if _has_alpha(src) and fmt != "jpeg" else "RGB")
+    if img.size != (width, height):
+        img = _cover(img, width, height)
+    out = io.BytesIO()
+    quality = DEFAULT_QUALITY if compression is None else compression
+    if fmt == "png":
+        img.save(out, "PNG")
+    elif fmt == "jpeg":
+        img.save(out, "JPEG", quality=quality)
+    else:
+        img.save(out, "WEBP", quality=quality)
+    return out.getvalue()
+
+
+def _cover(img: Image.Image, width: int, height: int) -> Image.Image:
     scale = max(width / img.width, height / img.height)
     cover = (max(width, round(img.width * scale)), max(height, round(img.height * scale)))
     if cover != img.size:
@@ -23,9 +43,7 @@ def fit(data: bytes, width: int, height: int) -> bytes:
     left, top = (img.width - width) // 2, (img.height - height) // 2
     if img.size != (width, height):
         img = img.crop((left, top, left + width, top + height))
-    out = io.BytesIO()
-    img.save(out, "PNG")
-    return out.getvalue()
+    return img
 
 
 def _has_alpha(img: Image.Image) -> bool:

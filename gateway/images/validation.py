@@ -8,14 +8,15 @@ import io
 import math
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from PIL import Image, UnidentifiedImageError
 
 from gateway.catalog import Catalog, EditSpec, FloatRange, IntRange, ModelSpec, parse_size
-from gateway.errors import InvalidRequestError, MissingParameterError, ModelNotFoundError
+from gateway.errors import InvalidRequestError, MissingParameterError, ModelNotFoundError, UnsupportedParameterError
+from gateway.images.parameters import OUTPUT_FORMATS, classify
 from gateway.images.sizing import SizeError, SizePlan, from_size, native_area, plan_size, size_for_aspect
-from providers.base import InputImage, ResponseFormat, sniff_content_type
+from providers.base import InputImage, JsonValue, OutputFormat, ResponseFormat, sniff_content_type
 
 MAX_SEED = 2**63 - 1
 
@@ -40,6 +41,10 @@ class ValidRequest:
     images: tuple[InputImage, ...] = ()
     mask: InputImage | None = None
     strength: float | None = None
+    output_format: OutputFormat = "png"
+    output_compression: int | None = None  # jpeg and webp: 0-100
+    ignored: tuple[str, ...] = ()  # OpenAI parameters accepted and not honoured (x-gateway-ignored-params)
+    extra: Mapping[str, JsonValue] = field(default_factory=dict)  # passed through to the provider
 
     @property
     def size(self) -> str:
@@ -52,6 +57,11 @@ class ValidRequest:
     @property
     def converted(self) -> bool:
         return (self.width, self.height) != (self.gen_width, self.gen_height)
+
+    @property
+    def needs_bytes(self) -> bool:
+        """The gateway may re-encode the upstream's image, so it needs the bytes, not a CDN URL."""
+        return self.converted or self.output_format != "png" or self.output_compression is not None
 
 
 class Params:
@@ -71,6 +81,21 @@ class Params:
 
     def has(self, name: str) -> bool:
         return name in self._raw
+
+    @property
+    def sent(self) -> Mapping[str, object]:
+        """Every parameter sent, nulls and empty form fields left out."""
+        return self._raw
+
+    def boolean(self, name: str) -> bool | None:
+        value = self._raw.get(name)
+        if value is None:
+            return None
+        if isinstance(value, bool):
+            return value
+        if self._form and isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        raise InvalidRequestError(f"'{name}' must be a boolean.", param=name, code="invalid_type")
 
     def text(self, name: str, *, max_len: int | None = None) -> str | None:
         value = self._raw.get(name)
@@ -213,8 +238,11 @@ def validate_generation(
     *,
     images: tuple[InputImage, ...] = (),
     mask: InputImage | None = None,
+    owned: frozenset[str] = frozenset(),
 ) -> ValidRequest:
+    """`owned`: the fields the configured adapters set themselves, which no caller may pass."""
     spec = resolve_model(catalog, params)
+    ignored, extra = classify(params.sent, owned=owned)
     prompt = params.text("prompt", max_len=spec.prompt_max_chars)
     if prompt is None or not prompt.strip():
         raise MissingParameterError("Missing required parameter: 'prompt'.", param="prompt")
@@ -238,8 +266,13 @@ def validate_generation(
         )
 
     seed = params.integer("seed")
+    if seed == -1:  # the common convention for "random", as no seed
+        seed = None
     if seed is not None and not 0 <= seed <= MAX_SEED:
-        raise InvalidRequestError(f"'seed' must be between 0 and {MAX_SEED}.", param="seed")
+        raise InvalidRequestError(f"'seed' must be between 0 and {MAX_SEED}, or -1 for random.", param="seed")
+
+    output_format, compression, more_ignored = _output(params)
+    ignored = tuple(sorted({*ignored, *more_ignored}))
 
     strength: float | None = None
     if images:
@@ -265,7 +298,48 @@ def validate_generation(
         images=images,
         mask=mask,
         strength=strength,
+        output_format=output_format,
+        output_compression=compression,
+        ignored=ignored,
+        extra=extra,
     )
+
+
+def _output(params: Params) -> tuple[OutputFormat, int | None, tuple[str, ...]]:
+    """output_format and output_compression, and which of stream, partial_images and
+    output_compression are accepted without effect."""
+    ignored: list[str] = []
+    if params.boolean("stream"):
+        raise UnsupportedParameterError(
+            "Streaming (stream=true) is not available on this gateway yet; leave it out or send stream=false.",
+            param="stream",
+        )
+    if params.has("stream"):
+        ignored.append("stream")
+    partial = params.integer("partial_images")
+    if partial is not None:
+        if not 0 <= partial <= 3:
+            raise InvalidRequestError("'partial_images' must be between 0 and 3.", param="partial_images")
+        ignored.append("partial_images")  # it only means something with stream=true
+    fmt = (params.text("output_format") or "png").lower()
+    if fmt == "jpg":
+        fmt = "jpeg"
+    if fmt not in OUTPUT_FORMATS:
+        raise InvalidRequestError(
+            f"Invalid output_format '{fmt}'; expected one of {', '.join(OUTPUT_FORMATS)}.",
+            param="output_format",
+            code="invalid_value",
+        )
+    compression = params.integer("output_compression")
+    if compression is not None:
+        if not 0 <= compression <= 100:
+            raise InvalidRequestError(
+                f"'output_compression' must be between 0 and 100; got {compression}.", param="output_compression"
+            )
+        if fmt == "png":  # lossless: as OpenAI, compression applies to jpeg and webp only
+            ignored.append("output_compression")
+            compression = None
+    return fmt, compression, tuple(ignored)
 
 
 def _size(spec: ModelSpec, asked: str | None, images: tuple[InputImage, ...]) -> SizePlan:

@@ -26,6 +26,7 @@ from providers.base import (
     ImageProvider,
     ImageRequest,
     ImageResult,
+    PassesThrough,
     ProviderBadResponseError,
     ProviderError,
 )
@@ -54,6 +55,7 @@ class Attempted:
     result: ImageResult
     reason: str
     upstream_s: float
+    ignored: tuple[str, ...] = ()  # passed parameters the route could not take
 
 
 class Dispatcher:
@@ -113,11 +115,13 @@ class Dispatcher:
             if remaining <= 0:
                 break
             route = planned.route
+            provider = self._providers[route.provider]
+            passes = isinstance(provider, PassesThrough)
             t0 = time.monotonic()
             try:
                 with self._router.attempt(route):
-                    result = await self._providers[route.provider].generate(
-                        route.target, _provider_request(valid, request_id, remaining)
+                    result = await provider.generate(
+                        route.target, _provider_request(valid, request_id, remaining, with_extra=passes)
                     )
                 _check_result(route, valid, result)
             except ProviderError as err:
@@ -133,7 +137,7 @@ class Dispatcher:
             await self._health.succeeded(route.provider, route.model, elapsed)
             self._metrics.upstream_duration.labels(route.provider, route.model, "ok").observe(elapsed)
             self._metrics.routed.labels(route.model, route.provider, planned.reason).inc()
-            return Attempted(route, result, planned.reason, elapsed)
+            return Attempted(route, result, planned.reason, elapsed, () if passes else tuple(sorted(valid.extra)))
         if last is None:
             raise UpstreamTimeoutError("The request ran out of time before any provider answered.")
         raise from_provider_error(last) from last
@@ -150,8 +154,10 @@ class Dispatcher:
             await self._health.record(route.provider, route.model, False, None, suspect_team=suspect)
 
 
-def _provider_request(valid: ValidRequest, request_id: str, remaining_s: float) -> ImageRequest:
-    """The upstream makes the native size; when the gateway converts it, it needs the bytes."""
+def _provider_request(valid: ValidRequest, request_id: str, remaining_s: float, *, with_extra: bool) -> ImageRequest:
+    """The upstream makes the native size, in the asked format where it can (lossless when the
+    gateway encodes it with the asked compression); when the gateway converts, it needs bytes."""
+    lossless = valid.converted or valid.output_compression is not None
     return ImageRequest(
         request_id=request_id,
         model=valid.model.id,
@@ -159,7 +165,7 @@ def _provider_request(valid: ValidRequest, request_id: str, remaining_s: float) 
         n=valid.n,
         width=valid.gen_width,
         height=valid.gen_height,
-        response_format="b64_json" if valid.converted else valid.response_format,
+        response_format="b64_json" if valid.needs_bytes else valid.response_format,
         num_inference_steps=valid.num_inference_steps,
         guidance_scale=valid.guidance_scale,
         negative_prompt=valid.negative_prompt,
@@ -168,6 +174,8 @@ def _provider_request(valid: ValidRequest, request_id: str, remaining_s: float) 
         mask=valid.mask,
         strength=valid.strength,
         timeout_s=remaining_s,
+        output_format="png" if lossless else valid.output_format,
+        extra=valid.extra if with_extra else {},
     )
 
 
@@ -180,5 +188,5 @@ def _check_result(route: Route, valid: ValidRequest, result: ImageResult) -> Non
             raise ProviderBadResponseError(
                 f"asked for {valid.generated_size}, got {img.width}x{img.height}", provider=route.provider
             )
-        if img.data is None and (img.url is None or valid.response_format == "b64_json" or valid.converted):
+        if img.data is None and (img.url is None or valid.response_format == "b64_json" or valid.needs_bytes):
             raise ProviderBadResponseError("an image came without bytes", provider=route.provider)

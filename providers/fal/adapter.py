@@ -32,7 +32,7 @@ from providers.base import (
 from providers.fal import mapping
 from providers.fal.errors import PROVIDER, error_from_response, error_from_status
 from providers.fal.http import AiohttpFal, FalHttp, Reply
-from providers.fal.mapping import QueueStatus, Submission, SubmitBody
+from providers.fal.mapping import OWNED_PARAMS, QueueStatus, Submission, SubmitBody
 from providers.fal.timing import CompletionTimes, PollPolicy
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 class FalProvider:
     name = PROVIDER
+    owned_params = OWNED_PARAMS  # PassesThrough: the caller's other parameters go to fal as body fields
 
     def __init__(
         self,

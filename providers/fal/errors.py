@@ -137,8 +137,10 @@ def _param(items: list[dict[str, object]], only: frozenset[str] | None = None) -
         if not isinstance(loc, list):
             continue
         fields = loc[1:] if loc[:1] == ["body"] else loc
-        if fields and isinstance(fields[0], str) and fields[0] in PARAMS:
-            return PARAMS[fields[0]]
+        if fields and isinstance(fields[0], str):
+            # A field we map names the caller's parameter; any other is one the caller passed
+            # through under fal's own name (the adapter sets its protocol fields to values fal takes).
+            return PARAMS.get(fields[0], fields[0])
     return None
 
 

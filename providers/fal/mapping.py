@@ -9,7 +9,7 @@ import io
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Literal, Required, TypedDict
+from typing import Literal, Required, TypedDict, cast
 
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -80,19 +80,30 @@ def image_size(width: int, height: int) -> str | FalImageSize:
     return PRESETS.get((width, height)) or {"width": width, "height": height}
 
 
+# Fields the adapter sets on every submit, which change the protocol (sync_mode: data URIs or CDN
+# URLs; num_images: how many come back; image_size: what the gateway checks against) or carry the
+# caller's typed parameters: a caller's extra parameters cannot override them.
+OWNED_PARAMS = frozenset(
+    {"prompt", "negative_prompt", "image_size", "num_inference_steps", "num_images", "output_format",
+     "sync_mode", "image_url", "strength", "guidance_scale", "seed", "webhook_url", "fal_webhook"}
+)  # fmt: skip
+
+
 def fal_input(request: ImageRequest) -> FalInput:
-    """The model input, except an edit's image: submit_body adds that without copying it whole."""
-    body: FalInput = {
-        "prompt": request.prompt,
-        "image_size": image_size(request.width, request.height),
-        "num_inference_steps": request.num_inference_steps,
-        "num_images": request.n,
-        # png: lossless, and what b64_json callers get from every other route.
-        "output_format": "png",
-        "enable_safety_checker": True,
-        # sync_mode returns data URIs instead of CDN URLs (§7): bytes without a second download.
-        "sync_mode": request.response_format == "b64_json",
-    }
+    """The model input, except an edit's image: submit_body adds that without copying it whole.
+    The caller's extra parameters go first and every owned field after them, so none is overridden
+    (the gateway refuses them before this; fal's own schema checks the rest, with a 422)."""
+    body = cast(FalInput, {k: v for k, v in request.extra.items() if k not in OWNED_PARAMS})
+    body["prompt"] = request.prompt
+    body["image_size"] = image_size(request.width, request.height)
+    body["num_inference_steps"] = request.num_inference_steps
+    body["num_images"] = request.n
+    # png or jpeg natively; the gateway converts to anything else from png (lossless).
+    native: Literal["png", "jpeg"] = "jpeg" if request.output_format == "jpeg" else "png"
+    body["output_format"] = native
+    # sync_mode returns data URIs instead of CDN URLs (§7): bytes without a second download.
+    body["sync_mode"] = request.response_format == "b64_json"
+    body.setdefault("enable_safety_checker", True)
     if request.guidance_scale is not None:
         body["guidance_scale"] = request.guidance_scale
     if request.negative_prompt is not None:

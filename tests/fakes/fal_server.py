@@ -81,6 +81,12 @@ def create_app(state: FakeFal, *, key: str, keepalive_s: float = 15.0) -> FastAP
     async def stats() -> Response:
         return JSONResponse(state.stats())
 
+    @app.get("/_fake/last-submit")
+    async def last_submit() -> Response:
+        """The body of the latest submit, as fal's runner received it (what a test passed through)."""
+        submitted = state.requests()
+        return JSONResponse(submitted[-1].payload if submitted else None)
+
     @app.get("/cdn/files/{name}")
     async def cdn(name: str) -> Response:
         found = state.cdn(name)

@@ -78,7 +78,7 @@ def test_the_decision_never_reads_message_text() -> None:
         ("num_inference_steps", "num_inference_steps"),
         ("seed", "seed"),
         ("strength", "strength"),
-        ("loras", None),  # not something the caller sent
+        ("loras", "loras"),  # a parameter the caller passed through under fal's own name
     ],
 )
 def test_rejected_input_names_the_gateway_parameter(field: str, param: str | None) -> None:

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from gateway.catalog import SizeRange
-from gateway.images.convert import fit
+from gateway.images.convert import render
 from gateway.images.sizing import SizeError, nearest_bucket, parse_ratio, parse_wxh, plan_size, size_for_aspect
 
 BUCKETS = ((1024, 1024), (768, 1360), (1360, 768), (880, 1168), (1168, 880), (1248, 832), (832, 1248))
@@ -60,12 +60,26 @@ def _png(w: int, h: int, left: str, right: str) -> bytes:
 
 
 @pytest.mark.parametrize(("w", "h"), [(512, 512), (1792, 1024), (1024, 1792), (256, 256), (1360, 765), (2048, 2048)])
-def test_fit_answers_exactly_the_asked_size(w: int, h: int) -> None:
-    out = Image.open(io.BytesIO(fit(_png(1360, 768, "red", "blue"), w, h)))
+def test_render_answers_exactly_the_asked_size(w: int, h: int) -> None:
+    out = Image.open(io.BytesIO(render(_png(1360, 768, "red", "blue"), w, h)))
     assert out.format == "PNG" and out.size == (w, h)
 
 
-def test_fit_crops_around_the_centre() -> None:
+def test_render_crops_around_the_centre() -> None:
     # 1360x768 into a square: the sides are cut, the middle stays, so red stays left and blue right.
-    out = Image.open(io.BytesIO(fit(_png(1360, 768, "red", "blue"), 512, 512))).convert("RGB")
+    out = Image.open(io.BytesIO(render(_png(1360, 768, "red", "blue"), 512, 512))).convert("RGB")
     assert out.getpixel((10, 256)) == (255, 0, 0) and out.getpixel((500, 256)) == (0, 0, 255)
+
+
+@pytest.mark.parametrize(("fmt", "pil"), [("png", "PNG"), ("jpeg", "JPEG"), ("webp", "WEBP")])
+def test_render_encodes_the_asked_format(fmt: str, pil: str) -> None:
+    out = Image.open(io.BytesIO(render(_png(1024, 1024, "red", "blue"), 1024, 1024, fmt)))  # type: ignore[arg-type]
+    assert out.format == pil and out.size == (1024, 1024)
+
+
+def test_compression_is_the_encoders_quality() -> None:
+    noisy = Image.effect_noise((512, 512), 60).convert("RGB")
+    buf = io.BytesIO()
+    noisy.save(buf, "PNG")
+    small, large = (len(render(buf.getvalue(), 512, 512, "jpeg", q)) for q in (10, 95))
+    assert small < large / 2

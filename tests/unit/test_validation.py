@@ -83,7 +83,17 @@ def test_form_strings_are_coerced(catalog: Catalog) -> None:
         ({"prompt": "x", "guidance_scale": 20.5}, "guidance_scale", 400),
         ({"prompt": "x", "guidance_scale": float("nan")}, "guidance_scale", 400),
         ({"prompt": "x", "model": "hidream-i1-fast", "guidance_scale": 2.0}, "guidance_scale", 400),
-        ({"prompt": "x", "seed": -1}, "seed", 400),
+        ({"prompt": "x", "seed": -2}, "seed", 400),
+        ({"prompt": "x", "quality": "bogus"}, "quality", 400),
+        ({"prompt": "x", "style": "cartoon"}, "style", 400),
+        ({"prompt": "x", "background": 1}, "background", 400),
+        ({"prompt": "x", "output_format": "gif"}, "output_format", 400),
+        ({"prompt": "x", "output_compression": 101}, "output_compression", 400),
+        ({"prompt": "x", "output_compression": -1}, "output_compression", 400),
+        ({"prompt": "x", "stream": True}, "stream", 400),
+        ({"prompt": "x", "stream": "yes"}, "stream", 400),
+        ({"prompt": "x", "partial_images": 4}, "partial_images", 400),
+        ({"prompt": "x", "width": 512}, "width", 400),
         ({"prompt": "x", "seed": 2**63}, "seed", 400),
         ({"prompt": "x", "strength": 0.5}, "strength", 400),
         ({"prompt": "x", "user": "u" * 300}, "user", 400),
@@ -218,3 +228,41 @@ def test_image_over_our_pixel_limit_is_refused_before_decoding() -> None:
         probe_upload(bomb_png(8000, 6000), param="mask", max_pixels=40_000_000)
     assert info.value.code == "image_too_large" and "8000x6000" in info.value.message
     assert info.value.param == "mask"
+
+
+def test_openai_parameters_hidream_cannot_honour_are_accepted_and_named(catalog: Catalog) -> None:
+    body = {"prompt": "x", "quality": "hd", "style": "natural", "background": "transparent", "moderation": "low",
+            "user": "u-1", "stream": False, "partial_images": 2, "output_format": "png", "output_compression": 50}
+    v = validate_generation(catalog, Params(body, form=False))
+    assert v.ignored == ("background", "moderation", "output_compression", "partial_images", "quality", "stream",
+                         "style", "user")
+    assert v.extra == {} and v.output_compression is None
+    nulls = validate_generation(catalog, Params({"prompt": "x", "quality": None, "style": None}, form=False))
+    assert nulls.ignored == ()
+
+
+def test_unknown_parameters_pass_through_and_owned_ones_are_refused(catalog: Catalog) -> None:
+    body = {"prompt": "x", "loras": [{"path": "a", "scale": 1}], "enable_safety_checker": False}
+    v = validate_generation(catalog, Params(body, form=False), owned=frozenset({"sync_mode"}))
+    assert v.extra == {"loras": [{"path": "a", "scale": 1}], "enable_safety_checker": False}
+    err = _err_owned(catalog, {"prompt": "x", "num_images": 3}, frozenset({"num_images"}))
+    assert err.param == "num_images" and err.code == "unsupported_parameter"
+
+
+def _err_owned(catalog: Catalog, body: dict[str, object], owned: frozenset[str]) -> GatewayError:
+    with pytest.raises(GatewayError) as info:
+        validate_generation(catalog, Params(body, form=False), owned=owned)
+    return info.value
+
+
+def test_output_format_and_compression(catalog: Catalog) -> None:
+    v = validate_generation(catalog, Params({"prompt": "x", "output_format": "webp", "output_compression": 40},
+                                            form=False))  # fmt: skip
+    assert (v.output_format, v.output_compression, v.needs_bytes) == ("webp", 40, True)
+    form = validate_generation(catalog, Params({"prompt": "x", "output_format": "JPG", "stream": "false"}, form=True))
+    assert (form.output_format, form.ignored) == ("jpeg", ("stream",))
+    assert not validate_generation(catalog, Params({"prompt": "x"}, form=False)).needs_bytes
+
+
+def test_seed_minus_one_means_random(catalog: Catalog) -> None:
+    assert validate_generation(catalog, Params({"prompt": "x", "seed": -1}, form=False)).seed is None
