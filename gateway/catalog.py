@@ -8,7 +8,7 @@ Money is kept in integer micro-dollars (1 USD = 1_000_000) so that sums agree to
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -140,6 +140,21 @@ class _Model(_Strict):
 class _File(_Strict):
     version: int
     models: dict[str, _Model] = Field(min_length=1)
+    # The model of a request that names none (unset: such a request is refused, naming model).
+    default_model: str | None = None
+    # Other names a caller's code may use (dall-e-3, gpt-image-1...) -> the model they mean here.
+    aliases: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _names(self) -> Self:
+        if self.default_model is not None and self.default_model not in self.models:
+            raise ValueError(f"default_model {self.default_model!r} is not one of models")
+        for alias, target in self.aliases.items():
+            if alias in self.models or "/" in alias:
+                raise ValueError(f"alias {alias!r} is a model id or has a '/' (kept for provider/model ids)")
+            if target not in self.models:
+                raise ValueError(f"alias {alias!r} points to {target!r}, which is not one of models")
+        return self
 
 
 # --- what the rest of the gateway uses (frozen dataclasses) ---------------------------------
@@ -253,11 +268,33 @@ class ModelSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelRef:
+    """What a caller's `model` names: a model, possibly through an alias, possibly pinned to one
+    of its routes (`fal/hidream-i1-full`)."""
+
+    spec: ModelSpec
+    pinned: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Catalog:
     models: Mapping[str, ModelSpec]
+    default_model: str | None = None
+    aliases: Mapping[str, str] = field(default_factory=dict)
 
     def get(self, model_id: str) -> ModelSpec | None:
         return self.models.get(model_id)
+
+    def resolve(self, name: str) -> ModelRef | None:
+        """A model id, an alias, or `<provider>/<model or alias>` for one of the model's routes."""
+        spec = self.models.get(name) or self.models.get(self.aliases.get(name, ""))
+        if spec is not None:
+            return ModelRef(spec)
+        provider, slash, rest = name.partition("/")
+        inner = self.resolve(rest) if slash and "/" not in rest else None
+        if inner is None or provider not in {r.provider for r in inner.spec.routes}:
+            return None
+        return ModelRef(inner.spec, provider)
 
     def providers(self) -> set[str]:
         return {r.provider for m in self.models.values() for r in m.routes}
@@ -381,4 +418,4 @@ def _build(parsed: _File) -> Catalog:
                 default_latency_s=m.routing.default_latency_s,
             ),
         )
-    return Catalog(models=models)
+    return Catalog(models=models, default_model=parsed.default_model, aliases=dict(parsed.aliases))

@@ -26,6 +26,8 @@ from gateway.api.state import AppState
 from gateway.errors import ClientGone
 from gateway.ids import RandomIds, request_id
 
+OPENAI_PREFIX = "/openai/v1/"
+
 Handler = Callable[[Request, AppState, Principal], Awaitable[Response]]
 
 # One constant tuple appended to every response: no per-request work beyond the list append.
@@ -42,6 +44,11 @@ class GatewayApp(FastAPI):
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
+        path: str = scope["path"]
+        if path.startswith(OPENAI_PREFIX):  # Lumenfall's base URL (/openai/v1) serves the same API
+            scope["path"] = path[len(OPENAI_PREFIX) - 4 :]
+            if "raw_path" in scope:
+                scope["raw_path"] = scope["raw_path"][len(OPENAI_PREFIX) - 4 :]
         rid = request_id(self._ids)
         scope.setdefault("state", {})["request_id"] = rid
         header = (b"x-request-id", rid.encode())

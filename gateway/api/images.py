@@ -25,6 +25,7 @@ from gateway.errors import (
     ClientGone,
     InvalidRequestError,
     MissingParameterError,
+    NotFoundError,
     PayloadTooLargeError,
     PermissionDeniedError,
     UnsupportedMediaError,
@@ -62,6 +63,15 @@ async def generations(request: Request, state: AppState, principal: Principal) -
     with state.shedder.slot():  # once the body is in: a caller trickling it holds no slot meanwhile
         valid = validate_generation(state.catalog, Params(parse_object(raw), form=False), owned=state.owned_params)
         return await _serve(request, state, principal, valid)
+
+
+@router.post("/v1/images/variations")
+async def variations(_: Team) -> Response:
+    raise NotFoundError(
+        "HiDream models make no variations without a prompt: send the image and a prompt to "
+        "POST /v1/images/edits (client.images.edit; `strength` sets how far to move from the image).",
+        code="unsupported_endpoint",
+    )
 
 
 @router.post("/v1/images/edits")
@@ -172,10 +182,17 @@ async def _routing(request: Request, state: AppState, principal: Principal, vali
                 "x-gateway-latency-target-s must be a number of seconds up to 3600.", param="x-gateway-latency-target-s"
             )
         policy = replace(policy, latency_target_s=seconds)
-    pinned = request.headers.get("x-gateway-provider")
+    header = request.headers.get("x-gateway-provider")
+    if header is not None and valid.pinned is not None and header != valid.pinned:
+        raise InvalidRequestError(
+            f"The model names provider '{valid.pinned}' and x-gateway-provider names '{header}'.",
+            param="x-gateway-provider",
+        )
+    pinned = header or valid.pinned
     if pinned is not None and not (await state.keys.get_team(principal.team_id)).allow_provider_pinning:
         raise PermissionDeniedError(
-            "This team may not choose its provider; ask the gateway admin.", param="x-gateway-provider"
+            "This team may not choose its provider; ask the gateway admin.",
+            param="model" if valid.pinned is not None else "x-gateway-provider",
         )
     return RoutingRequest(policy, pinned)
 

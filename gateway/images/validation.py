@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image, UnidentifiedImageError
 
-from gateway.catalog import Catalog, EditSpec, FloatRange, IntRange, ModelSpec, parse_size
+from gateway.catalog import Catalog, EditSpec, FloatRange, IntRange, ModelRef, ModelSpec, parse_size
 from gateway.errors import InvalidRequestError, MissingParameterError, ModelNotFoundError, UnsupportedParameterError
 from gateway.images.parameters import OUTPUT_FORMATS, classify
 from gateway.images.sizing import SizeError, SizePlan, from_size, native_area, plan_size, size_for_aspect
@@ -45,6 +45,7 @@ class ValidRequest:
     output_compression: int | None = None  # jpeg and webp: 0-100
     ignored: tuple[str, ...] = ()  # OpenAI parameters accepted and not honoured (x-gateway-ignored-params)
     extra: Mapping[str, JsonValue] = field(default_factory=dict)  # passed through to the provider
+    pinned: str | None = None  # the route a provider-prefixed model id asked for (fal/hidream-i1-full)
 
     @property
     def size(self) -> str:
@@ -207,19 +208,21 @@ def _float_in(params: Params, name: str, rng: FloatRange) -> float:
     return value
 
 
-def resolve_model(catalog: Catalog, params: Params) -> ModelSpec:
-    model_id = params.text("model")
-    if model_id is None:
-        model_id = next(iter(catalog.models))
-    spec = catalog.get(model_id)
-    if spec is None:
-        raise ModelNotFoundError(f"The model '{model_id}' does not exist.", param="model")
-    return spec
+def resolve_model(catalog: Catalog, params: Params) -> ModelRef:
+    name = params.text("model")
+    if name is None:
+        name = catalog.default_model
+        if name is None:
+            raise MissingParameterError("Missing required parameter: 'model'.", param="model")
+    found = catalog.resolve(name.strip())
+    if found is None:
+        raise ModelNotFoundError(f"The model '{name}' does not exist.", param="model")
+    return found
 
 
 def check_edit_inputs(catalog: Catalog, params: Params, image_count: int, *, has_mask: bool) -> EditSpec:
     """The checks on an edit that need no decoded pixels, so a bad request decodes nothing."""
-    spec = resolve_model(catalog, params)
+    spec = resolve_model(catalog, params).spec
     if spec.edits is None:
         raise InvalidRequestError(f"{spec.id} does not support image edits.", param="model")
     if image_count > spec.edits.max_images:
@@ -241,7 +244,8 @@ def validate_generation(
     owned: frozenset[str] = frozenset(),
 ) -> ValidRequest:
     """`owned`: the fields the configured adapters set themselves, which no caller may pass."""
-    spec = resolve_model(catalog, params)
+    ref = resolve_model(catalog, params)
+    spec = ref.spec
     ignored, extra = classify(params.sent, owned=owned)
     prompt = params.text("prompt", max_len=spec.prompt_max_chars)
     if prompt is None or not prompt.strip():
@@ -302,6 +306,7 @@ def validate_generation(
         output_compression=compression,
         ignored=ignored,
         extra=extra,
+        pinned=ref.pinned,
     )
 
 

@@ -84,7 +84,8 @@ class Dispatcher:
     def check_pin(self, valid: ValidRequest, pinned: str) -> None:
         if pinned not in {r.provider for r in self.candidates(valid)}:
             raise InvalidRequestError(
-                f"Provider '{pinned}' cannot serve this request for {valid.model.id}.", param="x-gateway-provider"
+                f"Provider '{pinned}' cannot serve this request for {valid.model.id}.",
+                param="model" if valid.pinned is not None else "x-gateway-provider",
             )
 
     async def call(

@@ -85,7 +85,7 @@ def test_models_come_from_pricing_yaml(bare_client: TestClient) -> None:
         "hidream-i1-full", "model", 0.05, True,
     )  # fmt: skip
     assert bare_client.get("/v1/models/hidream-i1-fast", headers=h).json()["supports_edits"] is False
-    r = bare_client.get("/v1/models/gpt-image-1", headers=h)
+    r = bare_client.get("/v1/models/gpt-image-9", headers=h)
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
 
 

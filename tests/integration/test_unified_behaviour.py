@@ -96,10 +96,8 @@ def test_a_size_outside_the_range_is_named_and_costs_nothing(stack: Stack, size:
 
 
 def test_an_edit_without_a_size_keeps_the_inputs_aspect(stack: Stack) -> None:
-    buf = io.BytesIO()
-    Image.new("RGB", (1360, 768), (10, 120, 200)).save(buf, "PNG")
     raw = stack.client().images.with_raw_response.edit(
-        model="hidream-i1-full", image=("in.png", buf.getvalue(), "image/png"), prompt="make it red",
+        model="hidream-i1-full", image=("in.png", _png_bytes(1360, 768), "image/png"), prompt="make it red",
         response_format="b64_json",
     )  # fmt: skip
     data = raw.parse().data
@@ -185,3 +183,34 @@ def test_a_passed_parameter_fal_refuses_is_a_400_naming_it(stack: Stack) -> None
         )  # fmt: skip
     assert isinstance(info.value.body, dict) and info.value.body["param"] == "loras"
     assert _spent(stack) == before
+
+
+def test_code_written_for_openai_runs_with_only_base_url_changed(stack: Stack) -> None:
+    """dall-e-3 and gpt-image-1 are aliases; a request without a model uses the default one;
+    Lumenfall's /openai/v1 base URL works; variations point to edits."""
+    raw = stack.client().images.with_raw_response.generate(model="dall-e-3", prompt="a fox", size="1024x1792")
+    assert raw.parse().data is not None and raw.headers["x-gateway-generated-size"] == "768x1360"
+    assert raw.headers["x-gateway-charged-usd"] == "0.050000"  # billed as the model it maps to
+    with openai.OpenAI(base_url=stack.base + "/openai/v1", api_key=stack.key, max_retries=0) as lumenfall:
+        result = lumenfall.images.generate(prompt="a fox", extra_body={"num_inference_steps": 2})  # no model
+        assert result.data is not None and result.size == "1024x1024"
+        # The SDK marks create_variation deprecated; code that still calls it gets the way to edits.
+        with pytest.warns(DeprecationWarning), pytest.raises(openai.NotFoundError) as info:
+            lumenfall.images.create_variation(image=("in.png", _png_bytes(64, 64), "image/png"))
+        assert isinstance(info.value.body, dict) and "/v1/images/edits" in info.value.body["message"]
+
+
+def test_a_provider_prefixed_model_pins_the_route(stack: Stack) -> None:
+    for provider in ("fal", "local_gpu"):
+        raw = stack.client().images.with_raw_response.generate(
+            model=f"{provider}/hidream-i1-full", prompt="a fox", extra_body={"num_inference_steps": 2}
+        )
+        assert raw.headers["x-gateway-provider"] == provider and raw.headers["x-gateway-route-reason"] == "pinned"
+    ids = [m.id for m in stack.client().models.list()]
+    assert "fal/hidream-i1-full" in ids and "dall-e-3" in ids
+
+
+def _png_bytes(w: int, h: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (10, 120, 200)).save(buf, "PNG")
+    return buf.getvalue()

@@ -123,3 +123,37 @@ def test_bad_default_latency_is_refused_with_its_line(
     with pytest.raises(CatalogError) as info:
         load_catalog(bad, KNOWN)
     assert str(info.value).startswith(f"{bad}:{line}: models.hidream-i1-full.routing.default_latency_s: {message}")
+
+
+def test_names_resolve_through_aliases_and_provider_prefixes(pricing_file: Path) -> None:
+    catalog = load_catalog(pricing_file, KNOWN)
+    assert catalog.default_model == "hidream-i1-full"
+    alias = catalog.resolve("dall-e-3")
+    assert alias is not None and alias.spec.id == "hidream-i1-full" and alias.pinned is None
+    pinned = catalog.resolve("fal/hidream-i1-dev")
+    assert pinned is not None and pinned.spec.id == "hidream-i1-dev" and pinned.pinned == "fal"
+    through_alias = catalog.resolve("local_gpu/dall-e-2")
+    assert through_alias is not None and through_alias.spec.id == "hidream-i1-fast"
+    for unknown in ("nope/hidream-i1-full", "fal/nope", "fal/fal/hidream-i1-full", "dall-e-9", "/hidream-i1-full"):
+        assert catalog.resolve(unknown) is None
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field"),
+    [
+        ("default_model: hidream-i1-full", "default_model: hidream-i1-huge", "default_model"),
+        ("  dall-e-3: hidream-i1-full", "  dall-e-3: hidream-i1-huge", "dall-e-3"),
+        ("  dall-e-3: hidream-i1-full", "  hidream-i1-dev: hidream-i1-full", "hidream-i1-dev"),
+        ("  dall-e-3: hidream-i1-full", "  fal/x: hidream-i1-full", "fal/x"),
+    ],
+)
+def test_bad_names_stop_the_boot(pricing_file: Path, tmp_path: Path, old: str, new: str, field: str) -> None:
+    bad = _mutated(pricing_file, tmp_path, old, new)
+    with pytest.raises(CatalogError, match=field):
+        load_catalog(bad, KNOWN)
+
+
+def test_size_range_must_hold_the_native_sizes(pricing_file: Path, tmp_path: Path) -> None:
+    bad = _mutated(pricing_file, tmp_path, "max_side: 2048", "max_side: 1200")
+    with pytest.raises(CatalogError, match="outside size_range"):
+        load_catalog(bad, KNOWN)
