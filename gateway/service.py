@@ -31,6 +31,7 @@ from gateway.images.parameters import MIME
 from gateway.images.storage import ImageStore
 from gateway.images.validation import ValidRequest
 from gateway.metrics import Metrics
+from gateway.quote import dry_run
 from gateway.routing.dispatch import Dispatcher, RoutingRequest
 from providers.base import (
     GeneratedImage,
@@ -97,6 +98,12 @@ class ImageService:
             assert idem is not None  # only a request with an Idempotency-Key is replayed
             return self._replayed(admitted, idem.key)
         return await self._serve(principal, valid, admitted, routing)
+
+    async def dry_run(self, principal: Principal, valid: ValidRequest, routing: RoutingRequest) -> dict[str, Any]:
+        """The quote, the route and the admission verdict, with nothing generated or charged."""
+        if routing.pinned is not None:
+            self._dispatcher.check_pin(valid, routing.pinned)
+        return await dry_run(self._meter, self._dispatcher, principal, valid, routing)
 
     async def _admit(
         self, principal: Principal, valid: ValidRequest, request_id: str, idem: Idempotency | None

@@ -89,6 +89,23 @@ class Admission:
 
 
 @dataclass(frozen=True, slots=True)
+class AdmissionPreview:
+    """Whether a request would be admitted now, and the figures behind it (a dry run)."""
+
+    verdict: str  # "ok", or what would refuse it: rpm, ipm, images_over_limit, in_flight, budget
+    limits: RateLimitState
+    spent_micros: int
+    budget_micros: int
+    reserved_micros: int
+    in_flight: int
+    max_in_flight: int
+
+    @property
+    def admitted(self) -> bool:
+        return self.verdict == "ok"
+
+
+@dataclass(frozen=True, slots=True)
 class Replay:
     """The stored response of an earlier, successful request with the same Idempotency-Key."""
 
@@ -132,6 +149,26 @@ class Meter:
         self._admit = register(redis, scripts, _script("admit.lua"))
         self._settle = register(redis, scripts, _script("settle.lua"))
         self._settle_attempts = settle_attempts
+
+    async def preview(self, team_id: str, images: int, quote_micros: int) -> AdmissionPreview:
+        """The admission script's checks for a request, with nothing written: no window entry, no
+        reservation, no housekeeping."""
+        p = team_prefix(team_id)
+        try:
+            out = await self._admit(
+                keys=[p + "team", p + "win:req", p + "win:img", p + "res", p + "idem:-", p + "holds"],
+                args=[p, "dry-run", images, quote_micros, 0, "", "1"],
+            )
+        except REDIS_ERRORS as exc:
+            self._on_redis_error("admit")
+            raise ServiceUnavailableError(
+                "The gateway cannot reach its accounting store.", headers={"retry-after": "2"}
+            ) from exc
+        code = out[0].decode()
+        if code == "no_team":
+            raise ServiceUnavailableError("The team for this key no longer exists.")
+        limits = RateLimitState(*(int(v) for v in out[1:7]))
+        return AdmissionPreview(code, limits, *(int(v) for v in out[8:13]))
 
     async def admit(
         self,

@@ -139,6 +139,8 @@ async def _probe(upload: UploadFile, param: str, limit: int, max_pixels: int) ->
 
 async def _serve(request: Request, state: AppState, principal: Principal, valid: ValidRequest) -> Response:
     routing = await _routing(request, state, principal, valid)
+    if request.query_params.get("dryRun", "").lower() == "true":
+        return JsonBytesResponse(await state.service.dry_run(principal, valid, routing))
     work = state.service.generate(principal, valid, request.state.request_id, routing, _idempotency_key(request))
     result = await _until_disconnect(request, work)
     delivery = result.delivery

@@ -20,7 +20,7 @@ from gateway.images.validation import ValidRequest
 from gateway.metrics import Metrics
 from gateway.routing.breaker import RouteHealth
 from gateway.routing.health import HealthBoard
-from gateway.routing.router import Router
+from gateway.routing.router import Planned, Router
 from providers.base import (
     ErrorKind,
     ImageProvider,
@@ -88,9 +88,9 @@ class Dispatcher:
                 param="model" if valid.pinned is not None else "x-gateway-provider",
             )
 
-    async def call(
-        self, valid: ValidRequest, request_id: str, deadline: float, routing: RoutingRequest, *, team_id: str
-    ) -> Attempted:
+    async def plan(self, valid: ValidRequest, routing: RoutingRequest, *, claim: bool = True) -> list[Planned]:
+        """The routes this request would try now, best first; ServiceUnavailableError with none.
+        `claim=False` (a dry run) takes no breaker trial."""
         routes = self.candidates(valid)
         if not routes:
             raise ServiceUnavailableError(
@@ -105,11 +105,18 @@ class Dispatcher:
             n=valid.n,
             policy=routing.policy,
             pinned=routing.pinned,
+            claim=claim,
         )
         if not plan:
             raise ServiceUnavailableError(
                 f"No healthy provider can serve {valid.model.id} right now.", headers={"retry-after": "5"}
             )
+        return plan
+
+    async def call(
+        self, valid: ValidRequest, request_id: str, deadline: float, routing: RoutingRequest, *, team_id: str
+    ) -> Attempted:
+        plan = await self.plan(valid, routing)
         last: ProviderError | None = None
         for i, planned in enumerate(plan):
             remaining = deadline - time.monotonic()

@@ -72,21 +72,23 @@ class Router:
         n: int,
         policy: RoutingPolicy,
         pinned: str | None = None,
+        claim: bool = True,
     ) -> list[Planned]:
-        """The routes to try, best first, each with the reason it is where it is."""
+        """The routes to try, best first, each with the reason it is where it is. `claim=False`
+        (a dry run) claims no breaker trial: an open route is left out."""
         if pinned is not None:
             return [
                 Planned(r, "pinned", r.cost_micros(width, height, n), 0.0, 0.0) for r in routes if r.provider == pinned
             ]
         stats = await self._health.stats([(r.provider, r.model) for r in routes])
         if policy.kind in BASELINE_POLICIES:
-            return await self._baseline(routes, stats, policy, width, height, n)
-        scored = await self._claim_trial(
-            [
-                _score(r, stats[(r.provider, r.model)], probes.get((r.model, r.provider)), width, height, n, policy)
-                for r in routes
-            ]
-        )
+            return await self._baseline(routes, stats, policy, width, height, n, claim)
+        scored = [
+            _score(r, stats[(r.provider, r.model)], probes.get((r.model, r.provider)), width, height, n, policy)
+            for r in routes
+        ]
+        if claim:
+            scored = await self._claim_trial(scored)
         kept = sorted((s for s in scored if s.excluded is None), key=_Scored.order)
         saturated = sorted((s for s in scored if s.excluded == "saturated"), key=_Scored.order)
         plan = kept + saturated
@@ -127,6 +129,7 @@ class Router:
         width: int,
         height: int,
         n: int,
+        claim: bool,
     ) -> list[Planned]:
         """The simple strategies peers offer: they skip a route in cooldown (until its trial, as
         peers' cooldowns expire) and look at nothing else. As above, at most one trial, first."""
@@ -135,7 +138,7 @@ class Router:
         for r in routes:
             if stats[(r.provider, r.model)].state == "closed":
                 usable.append(r)
-            elif trial is None:
+            elif trial is None and claim:
                 answer = await self._health.try_trial(r.provider, r.model)
                 if answer == "closed":
                     usable.append(r)

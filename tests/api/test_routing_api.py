@@ -3,78 +3,9 @@ the fake fal server as the near-unlimited provider; the headers name the route a
 
 from __future__ import annotations
 
-import secrets
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
-
-import httpx
-import pytest
 from fastapi.testclient import TestClient
 
-from gateway.app import create_app
-from gateway.settings import Settings
-from tests.api.conftest import ADMIN, METRICS, admin_headers, metrics_headers
-from tests.fakes.fal_server import create_app as create_fal_app
-from tests.fakes.fal_state import FakeFal
-from tests.fakes.server import serve_in_thread
-from tests.fakes.stand_in_pipeline import StandInPipeline
-from tests.fakes.worker_server import RunningWorker, running_worker
-
-
-@dataclass
-class Routed:
-    client: TestClient
-    worker: RunningWorker
-    fal: FakeFal
-    key: str
-    team_id: str
-
-    def generate(self, headers: dict[str, str] | None = None, **body: object) -> httpx.Response:
-        return self.client.post(
-            "/v1/images/generations",
-            json={"model": "hidream-i1-full", "prompt": "route me", "num_inference_steps": 2, **body},
-            headers={"Authorization": f"Bearer {self.key}", **(headers or {})},
-        )
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-@pytest.fixture
-def routed(redis_url: str, tmp_path: Path, pricing_file: Path) -> Iterator[Routed]:
-    fal_key = f"{secrets.token_hex(4)}:{secrets.token_hex(8)}"
-    fal_state = FakeFal(inference_s=0.05)
-    with (
-        running_worker("full", max_queue=1, pipeline=StandInPipeline(step_s=0.01)) as worker,
-        serve_in_thread(create_fal_app(fal_state, key=fal_key)) as fal_url,
-    ):
-        settings = Settings(
-            redis_url=redis_url,
-            admin_key=ADMIN,
-            metrics_token=METRICS,
-            data_dir=tmp_path / "data",
-            pricing_file=pricing_file,
-            fal_key=fal_key,
-            fal_queue_url=fal_url,
-            fal_poll_initial_s=0.02,
-            local_gpu_urls=[worker.url],
-            probe_interval_s=0.05,
-        )
-        with TestClient(create_app(settings)) as client:
-            team = client.post(
-                "/admin/teams", json={"name": "r", "allow_provider_pinning": True}, headers=admin_headers()
-            ).json()
-            key = client.post(f"/admin/teams/{team['id']}/keys", headers=admin_headers()).json()["key"]
-            yield Routed(client, worker, fal_state, key, team["id"])
-        worker.pipeline.release.set()
-        worker.join_fillers()
+from tests.api.conftest import Routed, admin_headers, metrics_headers, wait_for
 
 
 def test_owned_gpu_serves_first_and_the_headers_say_why(routed: Routed) -> None:

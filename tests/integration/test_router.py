@@ -310,3 +310,15 @@ async def test_jobs_sent_since_the_last_probe_round_count_at_once_and_drain_with
 
 FULL_TARGET = RouteTarget("local_gpu", "hidream-i1-full", "hidream-i1-full", None, 4)
 LOCAL_FULL = ("hidream-i1-full", "local_gpu")
+
+
+@pytest.mark.parametrize("kind", ["balanced", "priority"])
+async def test_a_dry_run_plan_claims_no_trial(no_cooldown: RouteHealth, routes: tuple[Route, ...], kind: str) -> None:
+    """A dry run shows where a request would go now and leaves an open route's trial to a real one."""
+    await _open(no_cooldown, "local_gpu")
+    policy = RoutingPolicy(kind=kind, latency_target_s=30.0)  # type: ignore[arg-type]
+    dry = await Router(no_cooldown).plan(routes, gpu(), width=1024, height=1024, n=1, policy=policy, claim=False)
+    assert [p.route.provider for p in dry] == ["fal"]
+    assert await _state(no_cooldown, "local_gpu") == "open"
+    assert (await _plan(no_cooldown, routes, gpu(), policy=policy))[0][0] == "local_gpu"  # the real one takes it
+    assert await _state(no_cooldown, "local_gpu") == "half_open"

@@ -214,3 +214,16 @@ def _png_bytes(w: int, h: int) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (w, h), (10, 120, 200)).save(buf, "PNG")
     return buf.getvalue()
+
+
+def test_a_dry_run_through_the_sdk_quotes_and_generates_nothing(stack: Stack) -> None:
+    submits = httpx.get(stack.fal + "/_fake/stats").json()["submits"]
+    before = _spent(stack)
+    raw = stack.client().images.with_raw_response.generate(
+        model="fal/hidream-i1-full", prompt="a fox", n=2, size="512x512", extra_query={"dryRun": "true"}
+    )
+    quote = raw.http_response.json()
+    assert (quote["estimated"], quote["provider"], quote["total_cost_micros"]) == (True, "fal", 100_000)
+    assert quote["route"]["reason"] == "pinned" and quote["admission"]["admitted"] is True
+    assert httpx.get(stack.fal + "/_fake/stats").json()["submits"] == submits
+    assert _spent(stack) == before

@@ -10,6 +10,8 @@
 -- KEYS[6] reservation deadlines (zset: request_id -> deadline_ms)
 -- ARGV[1] key prefix "gw:{t:<id>}:"   ARGV[2] request id   ARGV[3] images   ARGV[4] quote (micro-USD)
 -- ARGV[5] how long the reservation holds (ms)   ARGV[6] request fingerprint, '' without a key
+-- ARGV[7] '1' for a dry run: the same checks, nothing written (no housekeeping either), and the
+--         budget and in-flight figures appended to the verdict
 --
 -- An idempotency record is "running|<fingerprint>|<request id>" while the first request runs
 -- (it expires with the reservation) and "done|<fingerprint>|<response>" once it succeeded.
@@ -20,6 +22,7 @@ local y, m = civil(math.floor(tonumber(t[1]) / 86400))
 local month = string.format('%04d-%02d', y, m)
 local prefix, rid = ARGV[1], ARGV[2]
 local images, quote, hold = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local dry = ARGV[7] == '1'
 
 local team = redis.call('HMGET', KEYS[1], 'rpm', 'ipm', 'max_in_flight', 'budget_micros')
 if not team[1] then return {'no_team'} end
@@ -27,7 +30,7 @@ local rpm, ipm, max_in_flight, budget = tonumber(team[1]), tonumber(team[2]), to
 
 -- release reservations whose holder died (the deadline index finds them without scanning every
 -- reservation, so admission stays cheap with thousands in flight)
-local expired = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now - 1, 'LIMIT', 0, 100)
+local expired = dry and {} or redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now - 1, 'LIMIT', 0, 100)
 for _, erid in ipairs(expired) do
   redis.call('ZREM', KEYS[6], erid)
   local r = redis.call('HGET', KEYS[4], erid)
@@ -43,7 +46,7 @@ end
 if redis.call('HEXISTS', KEYS[4], rid) == 1 then return {'duplicate'} end
 
 local fingerprint = ARGV[6]
-if fingerprint ~= '' then
+if fingerprint ~= '' and not dry then
   local record = redis.call('GET', KEYS[5])
   if record then
     local state, fp, rest = string.match(record, '^(%a+)|(%x+)|(.*)$')
@@ -54,10 +57,16 @@ if fingerprint ~= '' then
 end
 
 local window = 60000
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - window)
-local req_used = redis.call('ZCARD', KEYS[2])
-local img_used = redis.call('ZCARD', KEYS[3])
+local req_used, img_used
+if dry then  -- count what the window holds without trimming it
+  req_used = redis.call('ZCOUNT', KEYS[2], '(' .. (now - window), '+inf')
+  img_used = redis.call('ZCOUNT', KEYS[3], '(' .. (now - window), '+inf')
+else
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - window)
+  req_used = redis.call('ZCARD', KEYS[2])
+  img_used = redis.call('ZCARD', KEYS[3])
+end
 
 local function reset_after(key, nth)
   -- ms until the nth-oldest entry (0-based) leaves the window
@@ -66,10 +75,22 @@ local function reset_after(key, nth)
   return math.max(0, tonumber(e[2]) + window - now)
 end
 
+local usage = prefix .. 'usage:' .. month
+local u = redis.call('HMGET', usage, 'spent_micros', 'reserved_micros')
+local spent, reserved = tonumber(u[1]) or 0, tonumber(u[2]) or 0
+local in_flight = redis.call('HLEN', KEYS[4])
+
 local function verdict(code)
-  local req_reset = req_used > 0 and reset_after(KEYS[2], 0) or 0
-  local img_reset = img_used > 0 and reset_after(KEYS[3], 0) or 0
-  return {code, rpm, math.max(0, rpm - req_used), req_reset, ipm, math.max(0, ipm - img_used), img_reset, month}
+  -- in a dry run the window is untrimmed: its oldest entries may have left it already
+  local first = dry and redis.call('ZCOUNT', KEYS[2], '-inf', now - window) or 0
+  local req_reset = req_used > 0 and reset_after(KEYS[2], first) or 0
+  first = dry and redis.call('ZCOUNT', KEYS[3], '-inf', now - window) or 0
+  local img_reset = img_used > 0 and reset_after(KEYS[3], first) or 0
+  local v = {code, rpm, math.max(0, rpm - req_used), req_reset, ipm, math.max(0, ipm - img_used), img_reset, month}
+  if dry then
+    v[9], v[10], v[11], v[12], v[13] = spent, budget, reserved, in_flight, max_in_flight
+  end
+  return v
 end
 
 if images > ipm then return verdict('images_over_limit') end
@@ -79,17 +100,15 @@ if img_used + images > ipm then
   v[7] = reset_after(KEYS[3], img_used + images - ipm - 1)
   return v
 end
-if redis.call('HLEN', KEYS[4]) + 1 > max_in_flight then return verdict('in_flight') end
+if in_flight + 1 > max_in_flight then return verdict('in_flight') end
 
-local usage = prefix .. 'usage:' .. month
-local u = redis.call('HMGET', usage, 'spent_micros', 'reserved_micros')
-local spent, reserved = tonumber(u[1]) or 0, tonumber(u[2]) or 0
 if spent + reserved + quote > budget then
   local v = verdict('budget')
   v[9] = spent
   v[10] = budget
   return v
 end
+if dry then return verdict('ok') end
 
 redis.call('ZADD', KEYS[2], now, rid)
 for i = 1, images do redis.call('ZADD', KEYS[3], now, rid .. ':' .. i) end

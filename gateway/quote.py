@@ -1,0 +1,71 @@
+"""A dry run (`?dryRun=true`): what a request would cost, where it would go and whether it would
+be admitted now, with nothing generated, charged, counted against a limit or written to the ledger.
+
+The body is Lumenfall's quote (`estimated`, `model`, `provider`, `total_cost_micros`, `currency`,
+`components[]`), plus the route and why, the expected time to result, and the admission verdict.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.accounting.keys import Principal
+from gateway.accounting.metering import Meter
+from gateway.catalog import micros_to_usd
+from gateway.errors import GatewayError
+from gateway.images.validation import ValidRequest
+from gateway.routing.dispatch import Dispatcher, RoutingRequest
+
+
+async def dry_run(
+    meter: Meter, dispatcher: Dispatcher, principal: Principal, valid: ValidRequest, routing: RoutingRequest
+) -> dict[str, Any]:
+    spec = valid.model
+    total = spec.price_micros(valid.size, valid.n)
+    preview = await meter.preview(principal.team_id, valid.n, total)
+    try:
+        plan = await dispatcher.plan(valid, routing, claim=False)
+        route: dict[str, Any] = {
+            "provider": plan[0].route.provider,
+            "reason": plan[0].reason,
+            "expected_seconds": round(plan[0].expected_s, 3),
+            "fallbacks": [p.route.provider for p in plan[1:]],
+        }
+    except GatewayError as exc:  # no route now: the quote still stands, the route says why
+        route = {"provider": None, "reason": exc.message}
+    admission = {
+        "admitted": preview.admitted,
+        "refused_by": None if preview.admitted else preview.verdict,
+        "budget_usd": micros_to_usd(preview.budget_micros),
+        "budget_left_usd": micros_to_usd(
+            max(0, preview.budget_micros - preview.spent_micros - preview.reserved_micros)
+        ),
+        "requests_remaining": preview.limits.requests_remaining,
+        "images_remaining": preview.limits.images_remaining,
+        "in_flight": preview.in_flight,
+        "max_in_flight": preview.max_in_flight,
+    }
+    return {
+        "estimated": True,
+        "model": spec.id,
+        # Routing is evaluated again on the real request; the provider may differ then.
+        "provider": route["provider"],
+        "total_cost_micros": total,
+        "currency": "USD",
+        "components": [
+            {
+                "type": "output",
+                "metric": "image",
+                "quantity": valid.n,
+                "billable_quantity": valid.n,
+                "unit_price": micros_to_usd(total // valid.n),
+                "total_cost": total,
+            }
+        ],
+        "route": route,
+        "admission": admission,
+        "size": valid.size,
+        "generated_size": valid.generated_size,
+        "output_format": valid.output_format,
+        "ignored_params": list(valid.ignored),
+    }
