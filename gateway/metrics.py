@@ -34,6 +34,13 @@ class Metrics:
             ["team", "model", "provider"],
             registry=r,
         )
+        self.wasted_cost = Counter(
+            "gateway_wasted_provider_cost_usd",
+            "What providers cost for images no caller got: the finished parts of a fanned-out request "
+            "that failed as a whole (USD)",
+            ["model", "provider"],
+            registry=r,
+        )
         self.rejections = Counter(
             "gateway_rejections", "Requests refused before any provider call", ["team", "kind"], registry=r
         )

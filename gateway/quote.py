@@ -7,6 +7,7 @@ The body is Lumenfall's quote (`estimated`, `model`, `provider`, `total_cost_mic
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from gateway.accounting.keys import Principal
@@ -24,12 +25,15 @@ async def dry_run(
     total = spec.price_micros(valid.size, valid.n)
     preview = await meter.preview(principal.team_id, valid.n, total)
     try:
-        plan = await dispatcher.plan(valid, routing, claim=False)
+        # a request past one call's images is fanned out: its first part is planned like this one
+        first_part = replace(valid, n=min(valid.n, dispatcher.part_size(valid, routing)))
+        plan = await dispatcher.plan(first_part, routing, claim=False)
         route: dict[str, Any] = {
             "provider": plan[0].route.provider,
             "reason": plan[0].reason,
             "expected_seconds": round(plan[0].expected_s, 3),
             "fallbacks": [p.route.provider for p in plan[1:]],
+            "parts": -(-valid.n // first_part.n),
         }
     except GatewayError as exc:  # no route now: the quote still stands, the route says why
         route = {"provider": None, "reason": exc.message}

@@ -154,7 +154,7 @@ class ImageService:
             data, kept = await self._render(valid, attempt.result.images)
             latency = time.monotonic() - started
             headers = {
-                "x-gateway-provider": attempt.route.provider,
+                "x-gateway-provider": attempt.provider,
                 "x-gateway-route-reason": attempt.reason,
                 "x-gateway-charged-usd": f"{micros_to_usd(quote):.6f}",
                 "x-gateway-generated-size": valid.generated_size,
@@ -181,9 +181,9 @@ class ImageService:
                 "succeeded",
                 valid.n,
                 quote,
-                attempt.route.cost_micros(valid.gen_width, valid.gen_height, valid.n),
+                attempt.cost_micros,
                 spec.id,
-                _fields(principal, valid, attempt.route.provider, latency, ""),
+                _fields(principal, valid, attempt.provider, latency, ""),
                 replay,
             )
             status = "succeeded"

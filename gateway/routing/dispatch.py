@@ -4,10 +4,11 @@ the shared route health."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gateway.catalog import Route, RoutingPolicy
 from gateway.errors import (
@@ -16,7 +17,7 @@ from gateway.errors import (
     UpstreamTimeoutError,
     from_provider_error,
 )
-from gateway.images.validation import ValidRequest
+from gateway.images.validation import MAX_SEED, ValidRequest
 from gateway.metrics import Metrics
 from gateway.routing.breaker import RouteHealth
 from gateway.routing.health import HealthBoard
@@ -51,11 +52,12 @@ class RoutingRequest:
 
 @dataclass(frozen=True, slots=True)
 class Attempted:
-    route: Route
+    provider: str  # the route that served it; several joined by "," for a fanned-out request
     result: ImageResult
     reason: str
     upstream_s: float
-    ignored: tuple[str, ...] = ()  # passed parameters the route could not take
+    cost_micros: int  # what the upstream calls cost the organisation
+    ignored: tuple[str, ...] = ()  # passed parameters a route could not take
 
 
 class Dispatcher:
@@ -81,8 +83,13 @@ class Dispatcher:
             if r.provider in self._providers and valid.n <= r.max_n and (not valid.images or r.edit_model is not None)
         ]
 
+    def part_size(self, valid: ValidRequest, routing: RoutingRequest) -> int:
+        """The most images one upstream call makes for this request (past it, a fan-out)."""
+        usable = [r for r in valid.model.routes if r.provider in self._providers]
+        return max((r.max_n for r in usable if routing.pinned in (None, r.provider)), default=valid.n)
+
     def check_pin(self, valid: ValidRequest, pinned: str) -> None:
-        if pinned not in {r.provider for r in self.candidates(valid)}:
+        if pinned not in {r.provider for r in self.candidates(replace(valid, n=1))}:
             raise InvalidRequestError(
                 f"Provider '{pinned}' cannot serve this request for {valid.model.id}.",
                 param="model" if valid.pinned is not None else "x-gateway-provider",
@@ -116,7 +123,56 @@ class Dispatcher:
     async def call(
         self, valid: ValidRequest, request_id: str, deadline: float, routing: RoutingRequest, *, team_id: str
     ) -> Attempted:
-        plan = await self.plan(valid, routing)
+        """One upstream call with fallbacks, or, for more images than any route makes at once, a
+        fan-out over several (see _fan_out)."""
+        part = self.part_size(valid, routing)
+        if valid.n > part:
+            return await self._fan_out(valid, request_id, deadline, routing, team_id, part)
+        return await self._attempt(await self.plan(valid, routing), valid, request_id, deadline, team_id)
+
+    async def _fan_out(
+        self, valid: ValidRequest, request_id: str, deadline: float, routing: RoutingRequest, team_id: str, size: int
+    ) -> Attempted:
+        """n past every route's max_n: parts of at most `size` images, each planned as it starts
+        (so the router sees the queue the earlier parts made and may place a part elsewhere) and
+        run in parallel, each with its own fallbacks. All n or nothing: the first part that fails
+        for good cancels the others, and what finished parts cost is counted as waste."""
+        counts = [size] * (valid.n // size) + ([valid.n % size] if valid.n % size else [])
+        tasks: list[asyncio.Task[Attempted]] = []
+        first = 0
+        try:
+            for i, k in enumerate(counts):
+                seed = None if valid.seed is None else (valid.seed + first) % (MAX_SEED + 1)
+                part = replace(valid, n=k, seed=seed)
+                plan = await self.plan(part, routing)
+                tasks.append(asyncio.create_task(self._attempt(plan, part, f"{request_id}-{i}", deadline, team_id)))
+                await asyncio.sleep(0)  # let the part reach its upstream before the next is planned
+                first += k
+            done = await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            finished = await asyncio.gather(*tasks, return_exceptions=True)
+            for got in finished:
+                if isinstance(got, Attempted):
+                    for provider in got.provider.split(","):
+                        self._metrics.wasted_cost.labels(valid.model.id, provider).inc(got.cost_micros / 1e6)
+            raise
+        providers = ",".join(dict.fromkeys(p for a in done for p in a.provider.split(",")))
+        images = tuple(img for a in done for img in a.result.images)
+        return Attempted(
+            providers,
+            ImageResult(images, seed=valid.seed),
+            "fan_out",
+            max(a.upstream_s for a in done),
+            sum(a.cost_micros for a in done),
+            tuple(sorted({i for a in done for i in a.ignored})),
+        )
+
+    async def _attempt(
+        self, plan: list[Planned], valid: ValidRequest, request_id: str, deadline: float, team_id: str
+    ) -> Attempted:
+        """The plan's routes in order until one answers, within the deadline."""
         last: ProviderError | None = None
         for i, planned in enumerate(plan):
             remaining = deadline - time.monotonic()
@@ -145,7 +201,14 @@ class Dispatcher:
             await self._health.succeeded(route.provider, route.model, elapsed)
             self._metrics.upstream_duration.labels(route.provider, route.model, "ok").observe(elapsed)
             self._metrics.routed.labels(route.model, route.provider, planned.reason).inc()
-            return Attempted(route, result, planned.reason, elapsed, () if passes else tuple(sorted(valid.extra)))
+            return Attempted(
+                route.provider,
+                result,
+                planned.reason,
+                elapsed,
+                route.cost_micros(valid.gen_width, valid.gen_height, valid.n),
+                () if passes else tuple(sorted(valid.extra)),
+            )
         if last is None:
             raise UpstreamTimeoutError("The request ran out of time before any provider answered.")
         raise from_provider_error(last) from last

@@ -101,17 +101,19 @@ def test_edit_with_more_images_than_the_model_takes_names_image(stack: Stack) ->
 def test_models_list_and_retrieve(stack: Stack) -> None:
     client = stack.client()
     ids = [m.id for m in client.models.list()]
-    assert ids == ["hidream-i1-full", "hidream-i1-dev", "hidream-i1-fast"]
+    assert ids[:3] == ["hidream-i1-full", "hidream-i1-dev", "hidream-i1-fast"]
+    assert set(ids[3:]) == {"dall-e-2", "dall-e-3", "gpt-image-1", "gpt-image-1-mini"}  # aliases (pricing.yaml)
     assert client.models.retrieve("hidream-i1-dev").id == "hidream-i1-dev"
+    assert (client.models.retrieve("dall-e-3").model_extra or {})["alias_of"] == "hidream-i1-full"
     with pytest.raises(openai.NotFoundError):
-        client.models.retrieve("dall-e-3")
+        client.models.retrieve("dall-e-9")
 
 
 @pytest.mark.parametrize(
     ("kwargs", "param", "error"),
     [
         ({"prompt": ""}, "prompt", openai.BadRequestError),
-        ({"prompt": "x", "n": 9}, "n", openai.BadRequestError),
+        ({"prompt": "x", "n": 11}, "n", openai.BadRequestError),
         ({"prompt": "x", "size": "huge"}, "size", openai.BadRequestError),
         ({"prompt": "x", "response_format": "gif"}, "response_format", openai.BadRequestError),
         ({"prompt": "x", "model": "hidream-x"}, "model", openai.NotFoundError),

@@ -227,3 +227,15 @@ def test_a_dry_run_through_the_sdk_quotes_and_generates_nothing(stack: Stack) ->
     assert quote["route"]["reason"] == "pinned" and quote["admission"]["admitted"] is True
     assert httpx.get(stack.fal + "/_fake/stats").json()["submits"] == submits
     assert _spent(stack) == before
+
+
+@pytest.mark.parametrize("provider", ["fal", "local_gpu"])
+def test_ten_images_on_every_route(stack: Stack, provider: str) -> None:
+    raw = stack.client().images.with_raw_response.generate(
+        model="hidream-i1-full", prompt="ten foxes", n=10, size="256x256", response_format="b64_json",
+        extra_headers={"x-gateway-provider": provider}, extra_body={"num_inference_steps": 2},
+    )  # fmt: skip
+    data = raw.parse().data
+    assert data is not None and len(data) == 10
+    assert {Image.open(io.BytesIO(base64.b64decode(d.b64_json or ""))).size for d in data} == {(256, 256)}
+    assert raw.headers["x-gateway-charged-usd"] == "0.500000"

@@ -57,8 +57,8 @@ def test_route_without_a_cost_is_refused(pricing_file: Path, tmp_path: Path) -> 
 
 
 def test_default_outside_range_is_refused(pricing_file: Path, tmp_path: Path) -> None:
-    bad = _mutated(pricing_file, tmp_path, "n: {min: 1, max: 4, default: 1}", "n: {min: 1, max: 4, default: 7}")
-    line = next(i for i, t in enumerate(bad.read_text().splitlines(), 1) if "default: 7}" in t)
+    bad = _mutated(pricing_file, tmp_path, "n: {min: 1, max: 10, default: 1}", "n: {min: 1, max: 10, default: 11}")
+    line = next(i for i, t in enumerate(bad.read_text().splitlines(), 1) if "default: 11}" in t)
     with pytest.raises(CatalogError, match=rf":{line}: models\.hidream-i1-full\.n: Value error, need min <= default"):
         load_catalog(bad, KNOWN)
 
