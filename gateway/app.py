@@ -94,6 +94,7 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
                 settings.public_url,
                 await _signing_key(redis, settings),
                 settings.image_url_ttl_s,
+                min_free_bytes=settings.image_store_min_free_bytes,
             )
             metrics = Metrics(settings.prometheus_multiproc_dir)
             spool = SettlementSpool(settings.data_dir / "spool")
@@ -165,7 +166,11 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
             if embedded is not None:
                 embedded.stop()
 
-    app = GatewayApp(title="Image gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    # No trailing-slash redirects: Starlette builds their Location from the Host header the caller sent.
+    app = GatewayApp(
+        title="Image gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
+        redirect_slashes=False,
+    )  # fmt: skip
     errors.install(app)
     for router in (images.router, models.router, usage.router, admin.router, health.router):
         app.include_router(router)

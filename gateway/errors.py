@@ -179,6 +179,15 @@ class ServiceUnavailableError(GatewayError):
     kind = "unavailable"
 
 
+class StorageFullError(ServiceUnavailableError):
+    """The image store has no room left for answers by URL (b64_json answers need none)."""
+
+    default_code = "storage_full"
+
+    def __init__(self, message: str = "The gateway's image store is full; retry later or ask for b64_json.") -> None:
+        super().__init__(message, param="response_format", headers={"retry-after": "30"})
+
+
 class ContentPolicyError(GatewayError):
     status_code = 400
     error_type = "invalid_request_error"

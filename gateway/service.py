@@ -23,6 +23,7 @@ from gateway.errors import (
     ConflictError,
     GatewayError,
     GoneError,
+    StorageFullError,
     UpstreamTimeoutError,
 )
 from gateway.images.convert import render
@@ -92,6 +93,8 @@ class ImageService:
         routing = routing or RoutingRequest(valid.model.routing)
         if routing.pinned is not None:
             self._dispatcher.check_pin(valid, routing.pinned)
+        if valid.response_format == "url" and not self._store.has_room():
+            raise StorageFullError()  # before admission: the upstream is not paid for images we cannot keep
         idem = Idempotency(idempotency_key, fingerprint(valid)) if idempotency_key else None
         admitted = await self._admit(principal, valid, request_id, idem)
         if isinstance(admitted, Replay):

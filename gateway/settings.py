@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     # Signed image URLs: lifetime, and the HMAC key (unset: one is made once and kept in Redis,
     # so every replica signs alike).
     image_url_ttl_s: int = 3600
+    # Answers by URL are refused with 503 storage_full (before admission: nothing charged) while the
+    # disk holding the images has less than this free; b64_json answers are still served.
+    image_store_min_free_bytes: int = Field(default=512 * 1024 * 1024, ge=0)
     url_signing_key: str | None = None
 
     # Uploads (edits): bytes per image and decoded pixels per image (decompression-bomb guard).

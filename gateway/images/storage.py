@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import hmac
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.errors import StorageFullError
 from gateway.ids import RandomIds
 
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
@@ -31,8 +34,14 @@ class StoredImage:
 
 
 class ImageStore:
-    def __init__(self, root: Path, public_url: str, signing_key: bytes, ttl_s: int) -> None:
+    def __init__(
+        self, root: Path, public_url: str, signing_key: bytes, ttl_s: int, *, min_free_bytes: int = 0
+    ) -> None:
         self.root = root
+        # Answers by URL are refused (503) before the disk holding the images has less than this free.
+        self._min_free = min_free_bytes
+        self._free = 0
+        self._free_read_at = float("-inf")
         self.public_url = public_url
         self._key = signing_key
         self._ids = RandomIds()
@@ -40,13 +49,31 @@ class ImageStore:
         root.mkdir(parents=True, exist_ok=True)
         self._dir = str(root) + os.sep
 
+    def has_room(self, size: int = 0) -> bool:
+        """Whether `size` more bytes leave the disk its minimum free space (read at most once a
+        second: a statvfs per image is cheap, but not free)."""
+        now = time.monotonic()
+        if now - self._free_read_at >= 1.0:
+            self._free = shutil.disk_usage(self.root).free
+            self._free_read_at = now
+        return self._free - size >= self._min_free
+
     async def put(self, data: bytes, content_type: str) -> StoredImage:
+        if not self.has_room(len(data)):
+            raise StorageFullError()
         name = f"{self._ids.urlsafe(18)}.{EXTENSIONS.get(content_type, 'bin')}"
         file = self._dir + name
-        if len(data) <= INLINE_WRITE_BYTES:
-            _write_new(file, data)  # a small write costs less than a hop to a thread and back
-        else:
-            await asyncio.to_thread(_write_new, file, data)
+        try:
+            if len(data) <= INLINE_WRITE_BYTES:
+                _write_new(file, data)  # a small write costs less than a hop to a thread and back
+            else:
+                await asyncio.to_thread(_write_new, file, data)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            self._free_read_at = float("-inf")  # read the disk again on the next request
+            raise StorageFullError() from exc
+        self._free -= len(data)
         return StoredImage(name, file)
 
     def signed_url(self, name: str, now: float | None = None) -> str:

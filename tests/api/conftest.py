@@ -85,7 +85,9 @@ def wait_for(predicate: Callable[[], bool], what: str, timeout_s: float = 10.0) 
 
 
 @pytest.fixture
-def routed(redis_url: str, tmp_path: Path, pricing_file: Path) -> Iterator[Routed]:
+def routed(redis_url: str, tmp_path: Path, pricing_file: Path, request: pytest.FixtureRequest) -> Iterator[Routed]:
+    """The stack above; `@pytest.mark.parametrize("routed", [{setting: value}], indirect=True)`
+    changes gateway settings."""
     fal_key = f"{secrets.token_hex(4)}:{secrets.token_hex(8)}"
     fal_state = FakeFal(inference_s=0.05)
     with (
@@ -103,6 +105,7 @@ def routed(redis_url: str, tmp_path: Path, pricing_file: Path) -> Iterator[Route
             fal_poll_initial_s=0.02,
             local_gpu_urls=[worker.url],
             probe_interval_s=0.05,
+            **getattr(request, "param", {}),
         )
         with TestClient(create_app(settings)) as client:
             team = client.post(
