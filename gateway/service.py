@@ -93,13 +93,13 @@ class ImageService:
         routing = routing or RoutingRequest(valid.model.routing)
         if routing.pinned is not None:
             self._dispatcher.check_pin(valid, routing.pinned)
-        if valid.response_format == "url" and not self._store.has_room():
+        if (valid.response_format == "url" or idempotency_key) and not self._store.has_room():
             raise StorageFullError()  # before admission: the upstream is not paid for images we cannot keep
         idem = Idempotency(idempotency_key, fingerprint(valid)) if idempotency_key else None
         admitted = await self._admit(principal, valid, request_id, idem)
         if isinstance(admitted, Replay):
             assert idem is not None  # only a request with an Idempotency-Key is replayed
-            return self._replayed(admitted, idem.key)
+            return await self._replayed(admitted, idem.key)
         return await self._serve(principal, valid, admitted, routing)
 
     async def dry_run(self, principal: Principal, valid: ValidRequest, routing: RoutingRequest) -> dict[str, Any]:
@@ -154,7 +154,7 @@ class ImageService:
                 valid, request_id, started + self._deadline_s, routing, team_id=principal.team_id
             )
             upstream_s = attempt.upstream_s
-            data, kept = await self._render(valid, attempt.result.images)
+            data, kept = await self._render(valid, attempt.result.images, keep=admission.idempotency is not None)
             latency = time.monotonic() - started
             headers = {
                 "x-gateway-provider": attempt.provider,
@@ -178,8 +178,11 @@ class ImageService:
                 body["seed"] = attempt.result.seed
             replay = ""
             if admission.idempotency is not None:
-                # With the names of the images kept here, so that a replay can sign their URLs anew.
-                replay = json.dumps({"body": body, "headers": headers, "request_id": request_id, "images": kept})
+                # With the names of the images kept here, so that a replay can sign their URLs anew,
+                # and without base64: Redis (noeviction) holds a reference, never the megabytes.
+                kept_body = {**body, "data": [{k: v for k, v in d.items() if k != "b64_json"} for d in data]}
+                record = {"body": kept_body, "headers": headers, "request_id": request_id, "images": kept}
+                replay = json.dumps({**record, "b64": valid.response_format == "b64_json"})
             outcome = Settlement(
                 "succeeded",
                 valid.n,
@@ -243,9 +246,10 @@ class ImageService:
             )
 
     async def _render(
-        self, valid: ValidRequest, images: tuple[GeneratedImage, ...]
+        self, valid: ValidRequest, images: tuple[GeneratedImage, ...], *, keep: bool = False
     ) -> tuple[list[dict[str, str]], list[str | None]]:
-        """The response's data items, and the name of each image kept in the store (None if not)."""
+        """The response's data items, and the name of each image kept in the store (None if not):
+        every URL answer's, and with `keep` (an idempotent request) a b64_json answer's too."""
         images = tuple([await _as_asked(valid, img) for img in images])
         out: list[dict[str, str]] = []
         kept: list[str | None] = []
@@ -255,6 +259,8 @@ class ImageService:
             if valid.response_format == "b64_json":
                 assert img.data is not None  # _check_result guarantees bytes for b64_json
                 item["b64_json"] = img.b64 if img.b64 is not None else base64.b64encode(img.data).decode("ascii")
+                if keep:
+                    name = (await self._store.put(img.data, img.content_type)).name
             elif img.data is not None:
                 stored = await self._store.put(img.data, img.content_type)
                 name = stored.name
@@ -266,17 +272,23 @@ class ImageService:
             kept.append(name)
         return out, kept
 
-    def _replayed(self, replay: Replay, idempotency_key: str) -> ImagesResponse:
+    async def _replayed(self, replay: Replay, idempotency_key: str) -> ImagesResponse:
         stored = json.loads(replay.response)
         body = stored["body"]
+        b64 = stored.get("b64", False)
         # A replay is kept a day, a signed URL image_url_ttl_s: every image kept here gets a URL
-        # signed now. One that was swept meanwhile cannot be shown; say so rather than hand back a
-        # dead URL. (Records written before names were kept have none: returned as they were.)
+        # signed now, or its bytes read back for b64_json. One that was swept meanwhile cannot be
+        # shown; say so rather than hand back a dead URL. (Records written before names were kept
+        # have none: returned as they were.)
         for item, name in zip(body["data"], stored.get("images", ()), strict=False):
             if name is None:
                 continue
-            url = self._store.renew(name)
-            if url is None:
+            if b64:
+                data = await self._store.take_back(name)
+                value = None if data is None else base64.b64encode(data).decode("ascii")
+            else:
+                value = self._store.renew(name)
+            if value is None:
                 raise GoneError(
                     f"The images of the request made with Idempotency-Key '{idempotency_key}' have been deleted "
                     f"(images are kept about {self._store.ttl_s} s after their URL is issued); send the request "
@@ -284,7 +296,7 @@ class ImageService:
                     param="Idempotency-Key",
                     code="idempotency_images_gone",
                 )
-            item["url"] = url
+            item["b64_json" if b64 else "url"] = value
         headers = {
             **stored["headers"],
             "x-gateway-charged-usd": f"{0:.6f}",

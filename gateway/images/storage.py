@@ -90,6 +90,16 @@ class ImageStore:
             return None
         return self.signed_url(name, now)
 
+    async def take_back(self, name: str, now: float | None = None) -> bytes | None:
+        """An image kept earlier, read back for an idempotent replay of a b64_json answer (None
+        when it has been swept); like renew, it is kept another URL lifetime from now."""
+        if self.renew(name, now) is None:
+            return None
+        try:
+            return await asyncio.to_thread(Path(self._dir + name).read_bytes)
+        except FileNotFoundError:  # swept between the two
+            return None
+
     def verify(self, name: str, expires: int, sig: str, now: float | None = None) -> bool:
         if expires < (now if now is not None else time.time()):
             return False

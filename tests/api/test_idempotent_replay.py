@@ -8,8 +8,10 @@ import time
 from urllib.parse import urlsplit
 
 import pytest
+import redis
 from fastapi.testclient import TestClient
 
+from gateway.accounting.metering import Idempotency
 from gateway.api.state import AppState
 from gateway.settings import Settings
 from tests.api.conftest import admin_headers
@@ -82,3 +84,28 @@ def test_a_replay_whose_images_were_swept_is_refused_with_410_naming_the_key(
     assert error["type"] == "invalid_request_error" and error["code"] == "idempotency_images_gone"
     usage = client.get("/v1/usage", headers={"Authorization": headers["Authorization"]}).json()
     assert usage["images"] == 2 and usage["spent_usd"] == 0.1  # still charged once, nothing more
+
+
+def test_a_b64_json_answer_is_kept_as_a_reference_and_replayed_byte_for_byte(
+    served: tuple[TestClient, str], redis_url: str
+) -> None:
+    """Redis runs with noeviction: an idempotency record holds the images' names, not megabytes of
+    base64 (a 2 MiB image made a 2.7 MB record)."""
+    client, team_id = served
+    key = client.post(f"/admin/teams/{team_id}/keys", headers=admin_headers()).json()["key"]
+    headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": "b64-1"}
+    body = {**BODY, "response_format": "b64_json", "size": "1024x1024"}
+    first = client.post("/v1/images/generations", json=body, headers=headers)
+    assert first.status_code == 200, first.text
+    images = [d["b64_json"] for d in first.json()["data"]]
+    assert min(len(b) for b in images) > 1000
+    with redis.Redis.from_url(redis_url) as r:
+        record = r.get(Idempotency("b64-1", "").redis_key(team_id))
+    assert record is not None and len(record) < 2000 and images[0][:200].encode() not in record
+    again = client.post("/v1/images/generations", json=body, headers=headers)
+    assert again.status_code == 200 and again.headers["x-gateway-idempotent-replay"] == "true"
+    assert [d["b64_json"] for d in again.json()["data"]] == images
+    state: AppState = client.app.state.gateway  # type: ignore[attr-defined]
+    assert state.store.sweep(now=time.time() + state.store.ttl_s + 61) == 2
+    gone = client.post("/v1/images/generations", json=body, headers=headers)
+    assert gone.status_code == 410 and gone.json()["error"]["code"] == "idempotency_images_gone"
