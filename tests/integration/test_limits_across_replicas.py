@@ -126,8 +126,15 @@ def _ledger(cluster: Cluster, team_id: str) -> list[dict[bytes, bytes]]:
 
 
 def _check_ledger_matches_served(cluster: Cluster, team_id: str, outcomes: list[Outcome]) -> None:
+    """Once every answered request is settled (settlement runs after the answer is handed over, and
+    a spooled one when Redis is back; 20 s at most), the ledger holds exactly the served images."""
     served = {o.request_id: o.images for o in outcomes if o.status == 200}
-    events = [e for e in _ledger(cluster, team_id) if e[b"status"] == b"succeeded"]
+    deadline = time.monotonic() + 20
+    while True:
+        events = [e for e in _ledger(cluster, team_id) if e[b"status"] == b"succeeded"]
+        if set(served) <= {e[b"request_id"].decode() for e in events} or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     charged = {e[b"request_id"].decode(): int(e[b"charged_micros"]) for e in events}
     assert len(events) == len(charged), "a request was settled twice"
     assert set(charged) == set(served)
@@ -244,16 +251,9 @@ def test_killing_redis_mid_load_loses_no_recorded_event(cluster: Cluster) -> Non
     assert statuses <= {200, 503}, statuses
     assert 503 in statuses and 200 in statuses
     # spooled settlements are replayed within a few seconds of Redis returning
-    deadline = time.monotonic() + 20
     outcomes = before + during
-    served = {o.request_id for o in outcomes if o.status == 200}
-    while time.monotonic() < deadline:
-        settled = {e[b"request_id"].decode() for e in _ledger(cluster, team_id) if e[b"status"] == b"succeeded"}
-        if served <= settled:
-            break
-        time.sleep(0.2)
-    assert recorded_before <= {e[b"request_id"] for e in _ledger(cluster, team_id)}
     _check_ledger_matches_served(cluster, team_id, outcomes)
+    assert recorded_before <= {e[b"request_id"] for e in _ledger(cluster, team_id)}
 
 
 def test_failed_admin_keys_are_counted_once_across_replicas_and_their_processes(cluster: Cluster) -> None:
