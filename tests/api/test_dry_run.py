@@ -3,7 +3,10 @@ whether the team would be admitted, with nothing generated, charged, counted or 
 
 from __future__ import annotations
 
+import io
+
 import redis
+from PIL import Image
 
 from gateway.accounting.keys import team_prefix
 from tests.api.conftest import Routed, admin_headers
@@ -79,3 +82,19 @@ def test_bad_input_in_a_dry_run_is_still_a_400(routed: Routed) -> None:
         headers={"Authorization": f"Bearer {routed.key}"},
     )  # fmt: skip
     assert r.status_code == 400 and r.json()["error"]["param"] == "n"
+
+
+def test_an_edit_dry_run_quotes_the_route_that_can_edit(routed: Routed) -> None:
+    buf = io.BytesIO()
+    Image.new("RGB", (1360, 768), "teal").save(buf, "PNG")
+    submits = routed.fal.count("submits")
+    r = routed.client.post(
+        "/v1/images/edits?dryRun=true",
+        data={"model": "hidream-i1-full", "prompt": "make it red"},
+        files={"image": ("in.png", buf.getvalue(), "image/png")},
+        headers={"Authorization": f"Bearer {routed.key}"},
+    )
+    assert r.status_code == 200, r.text
+    quote = r.json()
+    assert (quote["provider"], quote["total_cost_micros"], quote["size"]) == ("fal", 50_000, "1360x768")
+    assert routed.fal.count("submits") == submits
