@@ -3,7 +3,9 @@
 It learns which worker serves which variant, and how long each would make a new job wait, from
 their /ready reports (cached briefly), sends each request to the ready worker of the route's
 variant with the lowest expected wait, and moves on to the next one on 429, 503 or a refused
-connection. It never retries a worker that timed out or failed a job: generation is not free.
+connection. It never retries a worker that timed out or failed a job: generation is not free. A worker that
+stops answering its /ready (a hung or stopped process) mid-job has its waiting jobs abandoned after
+two missed reads, so the gateway falls back to another route instead of waiting out the deadline.
 
 Its HTTP is the lean client in http.py: every generation the gateway serves from its own GPUs is
 one exchange through it, at about a third of aiohttp's CPU and a twelfth of httpx's.
@@ -53,6 +55,8 @@ class _Worker:
         self.backlog_s = 0.0
         self.backlog_at = float("-inf")
         self.refreshing: asyncio.Task[None] | None = None
+        self.jobs: set[asyncio.Task[object]] = set()  # the generations posted to it, still waiting
+        self.missed_reports = 0  # consecutive /ready reads that got no answer
 
     @property
     def ready(self) -> bool:
@@ -110,6 +114,7 @@ class LocalGpuProvider:
         # Generations hold a connection each for the whole job; a worker's own queue, not a pool
         # limit, is what bounds them.
         self._http = WorkerHttp(connect_timeout_s=connect_timeout_s)
+        self._abandoned: set[asyncio.Task[object]] = set()  # jobs cancelled because their worker hung
 
     async def aclose(self) -> None:
         for worker in self._workers:
@@ -195,11 +200,22 @@ class LocalGpuProvider:
         # The read timeout is the attempt's whole budget; the caller's asyncio.timeout is the real
         # bound, and cancelling it closes the connection, which tells the worker to drop the job.
         headers = {"content-type": "application/json", "x-request-id": request.request_id}
+        task: asyncio.Task[object] | None = asyncio.current_task()
+        if task is not None:
+            worker.jobs.add(task)
         try:
             reply = await self._http.request(
                 "POST", f"{worker.url}/v1/images/generations", body=json.dumps(body).encode(), headers=headers,
                 timeout_s=None,  # generate()'s asyncio.timeout bounds the whole attempt
             )  # fmt: skip
+        except asyncio.CancelledError:
+            if task is None or task not in self._abandoned:
+                raise
+            self._abandoned.discard(task)
+            task.uncancel()
+            raise ProviderUnavailableError(
+                f"{worker.url} stopped answering /ready mid-job; the job was abandoned", provider=PROVIDER
+            ) from None
         except ConnectFailed as exc:
             raise WorkerUnreachableError(str(exc), provider=PROVIDER) from None
         except ExchangeTimeout:
@@ -211,6 +227,9 @@ class LocalGpuProvider:
             if exc.reused and not await self._can_connect(worker):
                 raise WorkerUnreachableError(f"{worker.url} went away: {exc}", provider=PROVIDER) from None
             raise ProviderUnavailableError(f"{worker.url} failed mid-request: {exc}", provider=PROVIDER) from None
+        finally:
+            if task is not None:
+                worker.jobs.discard(task)
         if reply.status != 200:
             raise mapping.error_from_response(reply.status, reply.headers, reply.body)
         return mapping.parse_generation(reply.headers, reply.body, request)
@@ -246,7 +265,11 @@ class LocalGpuProvider:
         except (ConnectFailed, ExchangeTimeout, ExchangeBroken, ProviderBadResponseError):
             worker.reachable = False
             worker.report = None
+            worker.missed_reports += 1
+            if worker.missed_reports >= 2:  # one slow answer under load is not a hung worker
+                self._abandon(worker)
         else:
+            worker.missed_reports = 0
             worker.reachable = True
             worker.report = report
             worker.model = report.model
@@ -254,6 +277,15 @@ class LocalGpuProvider:
         worker.sent_since_check = 0
         worker.backlog_s = 0.0 if worker.report is None else worker.report.expected_wait_s
         worker.backlog_at = worker.checked_at
+
+
+    def _abandon(self, worker: _Worker) -> None:
+        """Cancel the jobs waiting on a worker that stopped answering; each then fails as
+        unavailable (retryable), so the gateway can fall back within the request's deadline."""
+        for job in worker.jobs:
+            self._abandoned.add(job)
+            job.cancel()
+        worker.jobs.clear()
 
 
 def _try_next_worker(err: ProviderError) -> bool:
