@@ -44,6 +44,18 @@ def _spent(stack: Stack) -> int:
         r.close()
 
 
+def _generate_settled(stack: Stack, **kwargs: object) -> None:
+    """A generation, returning once its settlement is in the ledger: a served request is settled
+    after its answer is handed over, so the ledger may lag the answer by a moment."""
+    raw = stack.client().images.with_raw_response.generate(**kwargs)  # type: ignore[call-overload]
+    request_id = raw.headers["x-request-id"].encode()
+    deadline = time.monotonic() + 10
+    with redis.Redis.from_url(stack.redis_url) as r:
+        while not any(f[b"request_id"] == request_id for _, f in r.xrange(team_prefix(stack.team_id) + "ledger")):
+            assert time.monotonic() < deadline, "the request was never settled"
+            time.sleep(0.05)
+
+
 def test_generation_with_urls_through_the_openai_sdk(stack: Stack) -> None:
     raw = stack.client().images.with_raw_response.generate(
         model="hidream-i1-full", prompt="a lighthouse at dusk", n=2, size="1360x768"
@@ -169,7 +181,7 @@ def test_wrong_content_type_and_malformed_json(stack: Stack) -> None:
 
 def test_spend_equals_images_served_times_price(stack: Stack) -> None:
     before = _spent(stack)
-    stack.client().images.generate(model="hidream-i1-full", prompt="count me", n=3)
+    _generate_settled(stack, model="hidream-i1-full", prompt="count me", n=3)
     assert _spent(stack) - before == 3 * 50_000
 
 
@@ -237,7 +249,7 @@ def _metric_sum(text: str, name: str, team_id: str) -> float:
 
 def test_metrics_summed_across_worker_processes_equal_the_ledger(stack: Stack) -> None:
     for _ in range(3):
-        stack.client().images.generate(model="hidream-i1-full", prompt="metered", n=2)
+        _generate_settled(stack, model="hidream-i1-full", prompt="metered", n=2)
     r = redis.Redis.from_url(stack.redis_url)
     try:
         events = [f for _, f in r.xrange(team_prefix(stack.team_id) + "ledger")]
@@ -252,7 +264,7 @@ def test_metrics_summed_across_worker_processes_equal_the_ledger(stack: Stack) -
 
 
 def test_cli_usage_table_and_csv_agree_with_the_ledger(stack: Stack) -> None:
-    stack.client().images.generate(model="hidream-i1-full", prompt="invoice me", n=2)
+    _generate_settled(stack, model="hidream-i1-full", prompt="invoice me", n=2)
     r = redis.Redis.from_url(stack.redis_url)
     try:
         events = [f for _, f in r.xrange(team_prefix(stack.team_id) + "ledger")]
