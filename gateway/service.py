@@ -64,6 +64,23 @@ class ImagesResponse:
     delivery: Delivery | None = None  # None: nothing left to settle (a replay)
 
 
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """A request admitted and not yet served (ImageService.serve settles it)."""
+
+    principal: Principal
+    valid: ValidRequest
+    admission: Admission
+    routing: RoutingRequest
+
+    def headers(self) -> dict[str, str]:
+        """What is known of the answer before it is served (a stream's headers)."""
+        headers = {"x-gateway-generated-size": self.valid.generated_size, **self.admission.limits.headers()}
+        if self.valid.ignored:
+            headers["x-gateway-ignored-params"] = ", ".join(self.valid.ignored)
+        return headers
+
+
 class ImageService:
     def __init__(
         self,
@@ -91,6 +108,41 @@ class ImageService:
         idempotency_key: str | None = None,
     ) -> ImagesResponse:
         routing = routing or RoutingRequest(valid.model.routing)
+        admitted = await self._admitted(principal, valid, request_id, routing, idempotency_key)
+        if isinstance(admitted, ImagesResponse):
+            return admitted
+        return await self._serve(principal, valid, admitted, routing)
+
+    async def admit(
+        self,
+        principal: Principal,
+        valid: ValidRequest,
+        request_id: str,
+        routing: RoutingRequest | None = None,
+        idempotency_key: str | None = None,
+    ) -> Admitted | ImagesResponse:
+        """`generate` in two steps, for a stream, which answers the caller in between: admit
+        (limits, budget, idempotency; or answer from an earlier request with the same
+        Idempotency-Key), then `serve`, which must follow and settles the request."""
+        routing = routing or RoutingRequest(valid.model.routing)
+        admitted = await self._admitted(principal, valid, request_id, routing, idempotency_key)
+        if isinstance(admitted, ImagesResponse):
+            return admitted
+        return Admitted(principal, valid, admitted, routing)
+
+    async def serve(self, admitted: Admitted) -> ImagesResponse:
+        """Route, call, store and answer an admitted request; settled here if it fails, else by
+        its Delivery once answered."""
+        return await self._serve(admitted.principal, admitted.valid, admitted.admission, admitted.routing)
+
+    async def _admitted(
+        self,
+        principal: Principal,
+        valid: ValidRequest,
+        request_id: str,
+        routing: RoutingRequest,
+        idempotency_key: str | None,
+    ) -> Admission | ImagesResponse:
         if routing.pinned is not None:
             self._dispatcher.check_pin(valid, routing.pinned)
         if (valid.response_format == "url" or idempotency_key) and not self._store.has_room():
@@ -100,7 +152,7 @@ class ImageService:
         if isinstance(admitted, Replay):
             assert idem is not None  # only a request with an Idempotency-Key is replayed
             return await self._replayed(admitted, idem.key)
-        return await self._serve(principal, valid, admitted, routing)
+        return admitted
 
     async def dry_run(self, principal: Principal, valid: ValidRequest, routing: RoutingRequest) -> dict[str, Any]:
         """The quote, the route and the admission verdict, with nothing generated or charged."""

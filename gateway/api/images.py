@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
 from contextlib import ExitStack
 from dataclasses import replace
 from typing import Any
@@ -17,12 +16,12 @@ from starlette.formparsers import MultiPartException
 
 from gateway.accounting.keys import Principal
 from gateway.api.deps import State, Team
+from gateway.api.disconnect import until_disconnect
 from gateway.api.json_body import parse_object
 from gateway.api.server import CONNECTION_OPEN
 from gateway.api.state import AppState
 from gateway.catalog import POLICIES
 from gateway.errors import (
-    ClientGone,
     InvalidRequestError,
     MissingParameterError,
     NotFoundError,
@@ -32,7 +31,7 @@ from gateway.errors import (
 )
 from gateway.images.validation import Params, ValidRequest, check_edit_inputs, probe_upload, validate_generation
 from gateway.routing.dispatch import RoutingRequest
-from gateway.service import Delivery, ImagesResponse
+from gateway.service import Delivery
 from providers.base import InputImage
 
 router = APIRouter()
@@ -142,7 +141,7 @@ async def _serve(request: Request, state: AppState, principal: Principal, valid:
     if request.query_params.get("dryRun", "").lower() == "true":
         return JsonBytesResponse(await state.service.dry_run(principal, valid, routing))
     work = state.service.generate(principal, valid, request.state.request_id, routing, _idempotency_key(request))
-    result = await _until_disconnect(request, work)
+    result = await until_disconnect(request.receive, work)
     delivery = result.delivery
     if delivery is None:
         return JsonBytesResponse(result.body, headers=result.headers)
@@ -225,29 +224,3 @@ async def _read_limited(request: Request, limit: int) -> bytes:
             raise PayloadTooLargeError(f"The JSON body is larger than {limit} bytes.")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-async def _until_disconnect(request: Request, work: Awaitable[ImagesResponse]) -> ImagesResponse:
-    """Run the pipeline in this task, cancelling it if the caller goes away (so the upstream job is
-    cancelled and the request settles as cancelled, charged nothing)."""
-    this = asyncio.current_task()
-    assert this is not None
-    gone = False
-
-    async def watch() -> None:
-        nonlocal gone
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-        gone = True
-        this.cancel()
-
-    watcher = asyncio.ensure_future(watch())
-    try:
-        return await work
-    except asyncio.CancelledError:
-        if not gone:
-            raise
-        this.uncancel()
-        raise ClientGone() from None
-    finally:
-        watcher.cancel()
