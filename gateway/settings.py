@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     # Time a request may take end to end, across fallbacks, and per-upstream connect timeout.
     request_deadline_s: float = 300.0
     upstream_connect_timeout_s: float = 5.0
+    # A streamed answer (stream=true) sends an SSE comment this often while it waits for the
+    # upstream, so that proxies do not close a connection that looks idle (nginx's proxy_read_timeout
+    # and most load balancers' idle timeouts are 60 s). Its first byte is the first of these.
+    stream_keepalive_s: float = Field(default=10.0, gt=0)
     # fal status polling: first interval, growth factor and cap (seconds).
     fal_poll_initial_s: float = 0.25
     fal_poll_factor: float = 1.5

@@ -20,6 +20,7 @@ from gateway.api.disconnect import until_disconnect
 from gateway.api.json_body import parse_object
 from gateway.api.server import CONNECTION_OPEN
 from gateway.api.state import AppState
+from gateway.api.streaming import EventStream
 from gateway.catalog import POLICIES
 from gateway.errors import (
     InvalidRequestError,
@@ -140,6 +141,10 @@ async def _serve(request: Request, state: AppState, principal: Principal, valid:
     routing = await _routing(request, state, principal, valid)
     if request.query_params.get("dryRun", "").lower() == "true":
         return JsonBytesResponse(await state.service.dry_run(principal, valid, routing))
+    if valid.stream:
+        admitted = state.service.admit(principal, valid, request.state.request_id, routing, _idempotency_key(request))
+        # Admitted (or refused, with an ordinary HTTP error) before the stream is answered.
+        return EventStream(state, await until_disconnect(request.receive, admitted), edit=bool(valid.images))
     work = state.service.generate(principal, valid, request.state.request_id, routing, _idempotency_key(request))
     result = await until_disconnect(request.receive, work)
     delivery = result.delivery

@@ -93,6 +93,16 @@ class LoadShedder:
         finally:
             self.in_flight -= 1
 
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """Count a request that took its slot already (through `slot`) for as long as its answer
+        outlives its handler (a stream), without checking again: it is admitted and must go on."""
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
     async def watch_loop(self) -> None:
         """Run for the life of the process: how late each tick runs is the loop's lag."""
         while True:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from PIL import Image, UnidentifiedImageError
 
 from gateway.catalog import Catalog, EditSpec, FloatRange, IntRange, ModelRef, ModelSpec, parse_size
-from gateway.errors import InvalidRequestError, MissingParameterError, ModelNotFoundError, UnsupportedParameterError
+from gateway.errors import InvalidRequestError, MissingParameterError, ModelNotFoundError
 from gateway.images.parameters import OUTPUT_FORMATS, classify
 from gateway.images.sizing import SizeError, SizePlan, from_size, native_area, plan_size, size_for_aspect
 from providers.base import InputImage, JsonValue, OutputFormat, ResponseFormat, sniff_content_type
@@ -46,6 +46,8 @@ class ValidRequest:
     ignored: tuple[str, ...] = ()  # OpenAI parameters accepted and not honoured (x-gateway-ignored-params)
     extra: Mapping[str, JsonValue] = field(default_factory=dict)  # passed through to the provider
     pinned: str | None = None  # the route a provider-prefixed model id asked for (fal/hidream-i1-full)
+    stream: bool = False  # answer as OpenAI's Server-Sent Events (gateway/api/streaming.py)
+    partial_images: int = 0  # asked for with `stream`; none are sent yet (named ignored)
 
     @property
     def size(self) -> str:
@@ -254,10 +256,19 @@ def validate_generation(
 
     size = _size(spec, params.text("size"), images)
 
-    response_format = params.text("response_format") or "url"
+    stream, partial_images, stream_ignored = _stream(params)
+    asked_format = params.text("response_format")
+    response_format = asked_format or ("b64_json" if stream else "url")
     if response_format not in ("url", "b64_json"):
         raise InvalidRequestError(
             f"'{response_format}' is not one of ['url', 'b64_json'] - 'response_format'.",
+            param="response_format",
+        )
+    if stream and response_format == "url":
+        # OpenAI's stream events carry the image itself (b64_json); a URL has no place in them.
+        raise InvalidRequestError(
+            "A streamed answer carries each image as b64_json in its completed event; leave response_format "
+            "out, send b64_json, or send stream=false for URLs.",
             param="response_format",
         )
 
@@ -276,7 +287,7 @@ def validate_generation(
         raise InvalidRequestError(f"'seed' must be between 0 and {MAX_SEED}, or -1 for random.", param="seed")
 
     output_format, compression, more_ignored = _output(params)
-    ignored = tuple(sorted({*ignored, *more_ignored}))
+    ignored = tuple(sorted({*ignored, *more_ignored, *stream_ignored}))
 
     strength: float | None = None
     if images:
@@ -307,25 +318,27 @@ def validate_generation(
         ignored=ignored,
         extra=extra,
         pinned=ref.pinned,
+        stream=stream,
+        partial_images=partial_images,
     )
 
 
-def _output(params: Params) -> tuple[OutputFormat, int | None, tuple[str, ...]]:
-    """output_format and output_compression, and which of stream, partial_images and
-    output_compression are accepted without effect."""
-    ignored: list[str] = []
-    if params.boolean("stream"):
-        raise UnsupportedParameterError(
-            "Streaming (stream=true) is not available on this gateway yet; leave it out or send stream=false.",
-            param="stream",
-        )
-    if params.has("stream"):
-        ignored.append("stream")
+def _stream(params: Params) -> tuple[bool, int, tuple[str, ...]]:
+    """stream and partial_images, and which of them are accepted without effect: partial images
+    are not made yet, and without stream=true partial_images means nothing."""
+    stream = bool(params.boolean("stream"))
     partial = params.integer("partial_images")
-    if partial is not None:
-        if not 0 <= partial <= 3:
-            raise InvalidRequestError("'partial_images' must be between 0 and 3.", param="partial_images")
-        ignored.append("partial_images")  # it only means something with stream=true
+    if partial is None:
+        return stream, 0, ()
+    if not 0 <= partial <= 3:
+        raise InvalidRequestError("'partial_images' must be between 0 and 3.", param="partial_images")
+    return stream, partial, ("partial_images",) if partial > 0 or not stream else ()
+
+
+def _output(params: Params) -> tuple[OutputFormat, int | None, tuple[str, ...]]:
+    """output_format and output_compression, and whether output_compression is accepted without
+    effect."""
+    ignored: list[str] = []
     fmt = (params.text("output_format") or "png").lower()
     if fmt == "jpg":
         fmt = "jpeg"

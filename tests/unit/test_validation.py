@@ -90,9 +90,11 @@ def test_form_strings_are_coerced(catalog: Catalog) -> None:
         ({"prompt": "x", "output_format": "gif"}, "output_format", 400),
         ({"prompt": "x", "output_compression": 101}, "output_compression", 400),
         ({"prompt": "x", "output_compression": -1}, "output_compression", 400),
-        ({"prompt": "x", "stream": True}, "stream", 400),
         ({"prompt": "x", "stream": "yes"}, "stream", 400),
+        ({"prompt": "x", "stream": "true"}, "stream", 400),  # a JSON body's boolean is a boolean
+        ({"prompt": "x", "stream": True, "response_format": "url"}, "response_format", 400),
         ({"prompt": "x", "partial_images": 4}, "partial_images", 400),
+        ({"prompt": "x", "stream": True, "partial_images": -1}, "partial_images", 400),
         ({"prompt": "x", "width": 512}, "width", 400),
         ({"prompt": "x", "seed": 2**63}, "seed", 400),
         ({"prompt": "x", "strength": 0.5}, "strength", 400),
@@ -234,8 +236,8 @@ def test_openai_parameters_hidream_cannot_honour_are_accepted_and_named(catalog:
     body = {"prompt": "x", "quality": "hd", "style": "natural", "background": "transparent", "moderation": "low",
             "user": "u-1", "stream": False, "partial_images": 2, "output_format": "png", "output_compression": 50}
     v = validate_generation(catalog, Params(body, form=False))
-    assert v.ignored == ("background", "moderation", "output_compression", "partial_images", "quality", "stream",
-                         "style", "user")
+    assert v.ignored == ("background", "moderation", "output_compression", "partial_images", "quality", "style",
+                         "user")
     assert v.extra == {} and v.output_compression is None
     nulls = validate_generation(catalog, Params({"prompt": "x", "quality": None, "style": None}, form=False))
     assert nulls.ignored == ()
@@ -260,8 +262,19 @@ def test_output_format_and_compression(catalog: Catalog) -> None:
                                             form=False))  # fmt: skip
     assert (v.output_format, v.output_compression, v.needs_bytes) == ("webp", 40, True)
     form = validate_generation(catalog, Params({"prompt": "x", "output_format": "JPG", "stream": "false"}, form=True))
-    assert (form.output_format, form.ignored) == ("jpeg", ("stream",))
+    assert (form.output_format, form.ignored, form.stream) == ("jpeg", (), False)
     assert not validate_generation(catalog, Params({"prompt": "x"}, form=False)).needs_bytes
+
+
+def test_stream_answers_b64_json_and_names_partial_images_it_does_not_send(catalog: Catalog) -> None:
+    v = validate_generation(catalog, Params({"prompt": "x", "stream": True}, form=False))
+    assert (v.stream, v.response_format, v.partial_images, v.ignored) == (True, "b64_json", 0, ())
+    v = validate_generation(catalog, Params({"prompt": "x", "stream": True, "partial_images": 0}, form=False))
+    assert v.ignored == ()  # none asked, none sent: honoured
+    v = validate_generation(catalog, Params({"prompt": "x", "stream": "true", "partial_images": "3"}, form=True))
+    assert (v.stream, v.partial_images, v.ignored) == (True, 3, ("partial_images",))
+    v = validate_generation(catalog, Params({"prompt": "x", "stream": False, "partial_images": 0}, form=False))
+    assert (v.stream, v.response_format, v.ignored) == (False, "url", ("partial_images",))  # means nothing unstreamed
 
 
 def test_seed_minus_one_means_random(catalog: Catalog) -> None:
