@@ -1,7 +1,7 @@
 """A fake fal.ai queue server that follows fal-api.md's emulator checklist (§11): submit, status
 (202/200, logs=0|1|true|false, trailing slash), status SSE stream, result (bare and /response),
 cancel (§2.5), Key auth, HiDream input validation on the runner side, sync_mode data URIs and a
-CDN-like image path, plus failure injection for tests (`/_fake/faults`, `/_fake/stats`).
+CDN-like image path, plus failure injection for tests (`/_fake/faults`, `/_fake/end-hung`, `/_fake/stats`).
 
 Run as a process:  python -m tests.fakes.fal_server --port P --key K [--inference-s S] [--queue-s S]
 """
@@ -76,6 +76,15 @@ def create_app(state: FakeFal, *, key: str, keepalive_s: float = 15.0) -> FastAP
         except (KeyError, TypeError, ValueError) as exc:
             return JSONResponse({"detail": str(exc)}, 400)
         return JSONResponse({"armed": body["fault"], "count": int(body.get("count", 1))})
+
+    @app.post("/_fake/end-hung")
+    async def end_hung(request: Request) -> Response:
+        body = await request.json()
+        try:
+            ended = state.end_hung(str(body["end"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            return JSONResponse({"detail": str(exc)}, 400)
+        return JSONResponse({"ended": ended})
 
     @app.get("/_fake/stats")
     async def stats() -> Response:

@@ -102,6 +102,17 @@ class FakeFal:
         with self._lock:
             self._armed.extend([fault] * count)  # type: ignore[list-item]
 
+    def end_hung(self, end: str) -> int:
+        """End every request the `hang` fault holds, now, as `end` ("ok" or a runner fault): a
+        test decides when a slow upstream answers, and how. The number of requests ended."""
+        if end != "ok" and end not in FAULTS - SUBMIT_FAULTS - POLL_FAULTS - {"hang"}:
+            raise ValueError(f"a hung request cannot end as {end!r}")
+        with self._lock:
+            hung = [r for r in self._requests.values() if r.end == "hang" and r.ended_at is None]
+            for request in hung:
+                request.ended_at, request.end = time.monotonic(), end
+            return len(hung)
+
     def stats(self) -> dict[str, object]:
         with self._lock:
             return {**self._counts, "polls": {r.id: r.polls for r in self._requests.values()}}

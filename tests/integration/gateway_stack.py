@@ -13,7 +13,9 @@ from pathlib import Path
 
 import httpx
 import openai
+import redis
 
+from gateway.accounting.keys import team_prefix
 from tests.fakes.server import free_port
 from tests.processes import Process, python
 from tests.redis_server import RedisServer
@@ -31,16 +33,34 @@ class Stack:
     metrics_token: str
     clients: list[openai.OpenAI] = field(default_factory=list)
 
-    def client(self, key: str | None = None) -> openai.OpenAI:
-        made = openai.OpenAI(base_url=self.base + "/v1", api_key=key or self.key, max_retries=0)
+    def client(self, key: str | None = None, *, strict: bool = False) -> openai.OpenAI:
+        """`strict`: the SDK validates every answer against its types (extra fields allowed)."""
+        made = openai.OpenAI(
+            base_url=self.base + "/v1", api_key=key or self.key, max_retries=0, _strict_response_validation=strict
+        )
         self.clients.append(made)  # closed at teardown: an unclosed one leaks its sockets
         return made
+
+    def ledger(self) -> list[tuple[str, int]]:
+        """The team's settled requests, oldest first: (status, charged micro-dollars)."""
+        r = redis.Redis.from_url(self.redis_url)
+        try:
+            events = r.xrange(team_prefix(self.team_id) + "ledger")
+        finally:
+            r.close()
+        return [(f[b"status"].decode(), int(f[b"charged_micros"])) for _, f in events]
 
 
 @contextmanager
 def running_stack(
-    redis_server: RedisServer, tmp: Path, *, tiny_worker: bool = False, team: dict[str, object] | None = None
+    redis_server: RedisServer,
+    tmp: Path,
+    *,
+    tiny_worker: bool = False,
+    team: dict[str, object] | None = None,
+    gateway_env: dict[str, str] | None = None,
 ) -> Iterator[Stack]:
+    """`gateway_env`: more of the gateway's settings (GATEWAY_* variables)."""
     fal_key = f"{secrets.token_hex(4)}:{secrets.token_hex(8)}"
     admin_key = "adm-" + secrets.token_hex(8)
     metrics_token = "met-" + secrets.token_hex(8)
@@ -62,6 +82,7 @@ def running_stack(
         "GATEWAY_DATA_DIR": str(tmp / "data"),
         "GATEWAY_PUBLIC_URL": base,
         "HF_HUB_OFFLINE": "1",
+        **(gateway_env or {}),
     }
     args = ["serve", "--port", str(gw_port), "--workers", "2"] + (["--tiny-worker"] if tiny_worker else [])
     gw = Process("gateway", python("gateway.cli", *args), env, tmp / "gw.log")
