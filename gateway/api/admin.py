@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.accounting.keys import ApiKey, Team, TeamLimits, TeamNotFoundError
 from gateway.api.deps import Admin, State
+from gateway.api.schemas import ApiKeyList, DeletedApiKey, NewApiKey, TeamList, TeamObject
 from gateway.errors import NotFoundError
 
 router = APIRouter(prefix="/admin", dependencies=[Admin])
@@ -86,7 +87,7 @@ async def _team(state: State, team_id: str) -> Team:
         raise NotFoundError(f"No team '{team_id}'.", param="team_id") from None
 
 
-@router.post("/teams", status_code=201)
+@router.post("/teams", status_code=201, response_model=None, responses={201: {"model": TeamObject}})
 async def create_team(body: TeamIn, state: State) -> dict[str, Any]:
     s = state.settings
     defaults = TeamLimits(s.default_requests_per_minute, s.default_images_per_minute, s.default_max_in_flight)
@@ -97,17 +98,17 @@ async def create_team(body: TeamIn, state: State) -> dict[str, Any]:
     return team_json(team)
 
 
-@router.get("/teams")
+@router.get("/teams", response_model=None, responses={200: {"model": TeamList}})
 async def list_teams(state: State) -> dict[str, Any]:
     return {"object": "list", "data": [team_json(t) for t in await state.keys.list_teams()]}
 
 
-@router.get("/teams/{team_id}")
+@router.get("/teams/{team_id}", response_model=None, responses={200: {"model": TeamObject}})
 async def get_team(team_id: str, state: State) -> dict[str, Any]:
     return team_json(await _team(state, team_id))
 
 
-@router.patch("/teams/{team_id}")
+@router.patch("/teams/{team_id}", response_model=None, responses={200: {"model": TeamObject}})
 async def patch_team(team_id: str, body: TeamPatch, state: State) -> dict[str, Any]:
     team = await _team(state, team_id)
     updated = await state.keys.update_team(
@@ -120,20 +121,20 @@ async def patch_team(team_id: str, body: TeamPatch, state: State) -> dict[str, A
     return team_json(updated)
 
 
-@router.post("/teams/{team_id}/keys", status_code=201)
+@router.post("/teams/{team_id}/keys", status_code=201, response_model=None, responses={201: {"model": NewApiKey}})
 async def create_key(team_id: str, state: State, body: KeyIn | None = None) -> dict[str, Any]:
     await _team(state, team_id)
     key, plain = await state.keys.create_key(team_id, (body or KeyIn()).name)
     return {**key_json(key), "key": plain}
 
 
-@router.get("/teams/{team_id}/keys")
+@router.get("/teams/{team_id}/keys", response_model=None, responses={200: {"model": ApiKeyList}})
 async def list_keys(team_id: str, state: State) -> dict[str, Any]:
     await _team(state, team_id)
     return {"object": "list", "data": [key_json(k) for k in await state.keys.list_keys(team_id)]}
 
 
-@router.delete("/keys/{key_id}")
+@router.delete("/keys/{key_id}", response_model=None, responses={200: {"model": DeletedApiKey}})
 async def revoke_key(key_id: str, state: State) -> dict[str, Any]:
     if not await state.keys.revoke_key(key_id):
         raise NotFoundError(f"No key '{key_id}'.", param="key_id")

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Generic, TypeVar
 
 from fastapi import Depends, Request
+from fastapi.openapi.models import HTTPBearer
+from fastapi.security.base import SecurityBase
 
 from gateway.accounting.keys import Principal
 from gateway.api.state import AppState
@@ -70,6 +73,25 @@ async def observer(request: Request, state: AppState) -> None:
     await _holds(request, state, {"GATEWAY_METRICS_TOKEN": s.metrics_token, "GATEWAY_ADMIN_KEY": s.admin_key})
 
 
-Team = Annotated[Principal, Depends(team_principal)]
-Admin = Depends(admin_principal)
-MetricsReader = Depends(metrics_reader)
+T = TypeVar("T")
+
+
+class BearerScheme(SecurityBase, Generic[T]):
+    """A dependency that runs `check`, and that FastAPI documents in /openapi.json as the bearer
+    scheme `name` each route using it requires (FastAPI's own HTTPBearer would answer its own
+    errors, not OpenAI's)."""
+
+    def __init__(self, name: str, description: str, check: Callable[[Request, AppState], Awaitable[T]]) -> None:
+        self.model = HTTPBearer(description=description)
+        self.scheme_name = name
+        self._check = check
+
+    async def __call__(self, request: Request, state: State) -> T:
+        return await self._check(request, state)
+
+
+Team = Annotated[
+    Principal, Depends(BearerScheme("teamKey", "A team's API key (POST /admin/teams/{id}/keys).", team_principal))
+]
+Admin = Depends(BearerScheme("adminKey", "GATEWAY_ADMIN_KEY.", admin_principal))
+MetricsReader = Depends(BearerScheme("metricsToken", "GATEWAY_METRICS_TOKEN.", metrics_reader))

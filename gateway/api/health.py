@@ -8,21 +8,27 @@ from typing import Any
 
 import redis.exceptions
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 
 from gateway.api.deps import MetricsReader, State, observer
+from gateway.api.schemas import Health, Readiness
 from gateway.errors import NotFoundError, PermissionDeniedError
 from gateway.images.storage import CONTENT_TYPES
 
 router = APIRouter()
 
 
-@router.get("/health")
+@router.get("/health", response_model=None, responses={200: {"model": Health}})
 async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready")
+@router.get(
+    "/ready",
+    responses={200: {"model": Readiness}, 503: {"model": Readiness, "description": "Not ready."}},
+    # Anyone, or with the metrics token or the admin key for the detail.
+    openapi_extra={"security": [{}, {"metricsToken": []}, {"adminKey": []}]},
+)
 async def ready(request: Request, state: State) -> JSONResponse:
     """Ready or not, to anyone (load balancers, orchestrators); with the metrics token or the admin
     key, also why: Redis, and each route's health and probe detail."""
@@ -45,12 +51,18 @@ async def ready(request: Request, state: State) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
 
-@router.get("/metrics", dependencies=[MetricsReader])
+@router.get("/metrics", dependencies=[MetricsReader], response_class=PlainTextResponse)
 async def metrics(state: State) -> Response:
     return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
-@router.get("/v1/files/images/{name}")
+@router.get(
+    "/v1/files/images/{name}",
+    response_class=Response,
+    responses={
+        200: {"content": {t: {"schema": {"type": "string", "format": "binary"}} for t in CONTENT_TYPES.values()}}
+    },
+)
 async def image_file(
     name: str, state: State, expires: int = Query(...), sig: str = Query(..., max_length=128)
 ) -> FileResponse:

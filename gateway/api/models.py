@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from gateway.api.deps import State, Team
+from gateway.api.schemas import ModelList, ModelObject
 from gateway.catalog import ModelSpec, micros_to_usd
 from gateway.errors import ModelNotFoundError
 
@@ -40,7 +41,7 @@ def _model(spec: ModelSpec, name: str | None = None, pinned: str | None = None) 
     return entry
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", response_model=None, responses={200: {"model": ModelList}})
 async def list_models(state: State, principal: Team) -> dict[str, Any]:
     catalog = state.catalog
     data = [_model(m) for m in catalog.models.values()]
@@ -50,7 +51,7 @@ async def list_models(state: State, principal: Team) -> dict[str, Any]:
     return {"object": "list", "data": data}
 
 
-@router.get("/v1/models/{model_id:path}")
+@router.get("/v1/models/{model_id:path}", response_model=None, responses={200: {"model": ModelObject}})
 async def get_model(model_id: str, state: State, _: Team) -> dict[str, Any]:
     ref = state.catalog.resolve(model_id)
     if ref is None:

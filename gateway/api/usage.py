@@ -9,26 +9,38 @@ from fastapi import APIRouter, Query
 from fastapi.responses import PlainTextResponse
 
 from gateway.accounting.keys import TeamNotFoundError
-from gateway.accounting.usage import ledger_lines, month_usage, parse_month, to_csv
+from gateway.accounting.usage import MONTH, ledger_lines, month_usage, parse_month, to_csv
 from gateway.api.deps import Admin, State, Team
+from gateway.api.schemas import Usage, UsageReport
 from gateway.errors import NotFoundError
 
 router = APIRouter()
 
 
-@router.get("/v1/usage")
-async def team_usage(state: State, principal: Team, month: str | None = Query(default=None)) -> dict[str, Any]:
+# Documented, not enforced by FastAPI: parse_month refuses a bad month with its own message.
+MonthParam = Query(
+    default=None, description="YYYY-MM; the current month by default.", json_schema_extra={"pattern": MONTH.pattern}
+)
+
+
+@router.get("/v1/usage", response_model=None, responses={200: {"model": Usage}})
+async def team_usage(state: State, principal: Team, month: str | None = MonthParam) -> dict[str, Any]:
     m = parse_month(month)
     team = await state.keys.get_team(principal.team_id)
     usage = await month_usage(state.redis, principal.team_id, m)
     return usage.as_json(team.monthly_budget_usd)
 
 
-@router.get("/admin/usage", dependencies=[Admin], response_model=None)
+@router.get(
+    "/admin/usage",
+    dependencies=[Admin],
+    response_model=None,
+    responses={200: {"model": UsageReport, "content": {"text/csv": {"schema": {"type": "string"}}}}},
+)
 async def admin_usage(
     state: State,
     team_id: str | None = Query(default=None),
-    month: str | None = Query(default=None),
+    month: str | None = MonthParam,
     format: Literal["json", "csv"] = Query(default="json"),
 ) -> dict[str, Any] | PlainTextResponse:
     m = parse_month(month)
