@@ -16,7 +16,9 @@ from gateway.catalog import micros_to_usd
 from gateway.errors import InvalidRequestError
 from gateway.redis.client import RedisClient, as_str
 
-MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+# ASCII digits only, the whole string (re's \d takes any script's digits, its $ a final newline).
+MONTH = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])$")
+FIRST_MONTH = "1970-01"
 
 LEDGER_COLUMNS = (
     "time", "request_id", "team_id", "key_id", "model", "provider", "kind", "status", "images", "size",
@@ -27,8 +29,10 @@ LEDGER_COLUMNS = (
 def parse_month(value: str | None) -> str:
     if value is None:
         return datetime.now(UTC).strftime("%Y-%m")
-    if not MONTH.match(value):
+    if not MONTH.fullmatch(value):
         raise InvalidRequestError(f"'month' must look like 2026-11; got '{value}'.", param="month")
+    if value < FIRST_MONTH:  # the ledger's ids are milliseconds since 1970: nothing is older
+        raise InvalidRequestError(f"'month' must be {FIRST_MONTH} or later; got '{value}'.", param="month")
     return value
 
 

@@ -19,7 +19,9 @@ router = APIRouter()
 
 # Documented, not enforced by FastAPI: parse_month refuses a bad month with its own message.
 MonthParam = Query(
-    default=None, description="YYYY-MM; the current month by default.", json_schema_extra={"pattern": MONTH.pattern}
+    default=None,
+    description="YYYY-MM, 1970-01 or later; the current month by default.",
+    json_schema_extra={"pattern": MONTH.pattern},
 )
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 from fastapi.testclient import TestClient
 
 from tests.api.conftest import admin_headers, metrics_headers
@@ -102,10 +103,27 @@ def test_no_configured_route_means_not_ready_and_503_costing_nothing(bare_client
     assert usage["spent_usd"] == 0 and usage["reserved_usd"] == 0 and usage["failed_requests"] == 1
 
 
+@pytest.mark.parametrize("month", ["0000-01", "1969-12"])
+def test_a_month_before_the_ledger_began_is_a_400_not_a_500(bare_client: TestClient, month: str) -> None:
+    # The ledger's ids count milliseconds from 1970: year 0 broke the calendar, 1969 Redis's XRANGE.
+    team = _team(bare_client)
+    key = bare_client.post(f"/admin/teams/{team['id']}/keys", headers=admin_headers()).json()["key"]
+    answers = [
+        bare_client.get(f"/admin/usage?month={month}", headers=admin_headers()),
+        bare_client.get(f"/admin/usage?month={month}&format=csv", headers=admin_headers()),
+        bare_client.get(f"/admin/usage?month={month}&team_id={team['id']}", headers=admin_headers()),
+        bare_client.get(f"/v1/usage?month={month}", headers={"Authorization": f"Bearer {key}"}),
+    ]
+    for r in answers:
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == "month"
+
+
 def test_usage_month_is_validated(bare_client: TestClient) -> None:
     team = _team(bare_client)
     key = bare_client.post(f"/admin/teams/{team['id']}/keys", headers=admin_headers()).json()["key"]
-    r = bare_client.get("/v1/usage?month=2026-13", headers={"Authorization": f"Bearer {key}"})
-    assert r.status_code == 400 and r.json()["error"]["param"] == "month"
+    for month in ("2026-13", "2026-11%0A", "%EF%BC%92%EF%BC%90%EF%BC%92%EF%BC%96-11"):  # a newline; fullwidth digits
+        r = bare_client.get(f"/v1/usage?month={month}", headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "month", month
     csv = bare_client.get("/admin/usage?format=csv&month=2026-11", headers=admin_headers())
     assert csv.status_code == 200 and csv.text.startswith("time,request_id,team_id")
