@@ -103,7 +103,8 @@ class ImageStore:
     def verify(self, name: str, expires: int, sig: str, now: float | None = None) -> bool:
         if expires < (now if now is not None else time.time()):
             return False
-        return hmac.compare_digest(self._sign(name, expires), sig)
+        # As bytes: compare_digest refuses str holding anything but ASCII, and a caller sends any text.
+        return hmac.compare_digest(self._sign(name, expires).encode(), sig.encode())
 
     def path_of(self, name: str) -> Path | None:
         """The file for a name, or None when the name is not one we could have made."""

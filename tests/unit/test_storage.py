@@ -27,6 +27,9 @@ async def test_other_keys_signatures_and_path_tricks_are_refused(tmp_path: Path)
     stored = await a.put(b"data", "image/jpeg")
     q = parse_qs(urlparse(a.signed_url(stored.name)).query)
     assert not b.verify(stored.name, int(q["expires"][0]), q["sig"][0])
+    # Not hex at all: hmac.compare_digest raised TypeError on non-ASCII text (a 500 for the URL).
+    assert not a.verify(stored.name, int(q["expires"][0]), "é" * 64)
+    assert not a.verify("é.png", int(q["expires"][0]), q["sig"][0])
     assert a.path_of("../etc/passwd") is None
     assert a.path_of("nothing.png") is None
     assert a.path_of(stored.name.replace(".jpg", ".exe")) is None
