@@ -93,6 +93,13 @@ class NotFoundError(GatewayError):
     kind = "not_found"
 
 
+class MethodNotAllowedError(GatewayError):
+    status_code = 405
+    error_type = "invalid_request_error"
+    default_code = "method_not_allowed"
+    kind = "invalid_request"
+
+
 class ModelNotFoundError(NotFoundError):
     default_code = "model_not_found"
 

@@ -24,7 +24,7 @@ from gateway.api.deps import team_principal
 from gateway.api.errors import error_response
 from gateway.api.openapi import complete, is_complete
 from gateway.api.state import AppState
-from gateway.errors import ClientGone
+from gateway.errors import ClientGone, MethodNotAllowedError
 from gateway.ids import RandomIds, request_id
 
 OPENAI_PREFIX = "/openai/v1/"
@@ -40,6 +40,8 @@ class GatewayApp(FastAPI):
         super().__init__(**kwargs)
         self._ids = RandomIds()
         self._hot: dict[tuple[str, str], Handler] = {("POST", "/v1/images/generations"): images.generations}
+        # Each hot path's methods, for the 405 another method gets (FastAPI has no route to say so).
+        self._allow = {path: ", ".join(sorted(m for m, p in self._hot if p == path)) for _, path in self._hot}
 
     def openapi(self) -> dict[str, Any]:
         """FastAPI's schema of its routes (made once and kept), completed with the hot path's
@@ -70,7 +72,12 @@ class GatewayApp(FastAPI):
 
         handler = self._hot.get((scope["method"], scope["path"]))
         if handler is None:
-            await super().__call__(scope, receive, send_with_id)
+            allow = self._allow.get(scope["path"])
+            if allow is None:
+                await super().__call__(scope, receive, send_with_id)
+            else:
+                wrong = MethodNotAllowedError("Method Not Allowed", headers={"allow": allow})
+                await error_response(wrong, None)(scope, receive, send_with_id)
             return
         scope["app"] = self
         await self._serve(handler, scope, receive, send_with_id)

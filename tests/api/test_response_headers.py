@@ -60,3 +60,17 @@ def test_an_image_is_cached_no_longer_than_its_url_lives(served: tuple[TestClien
     directives = dict(d.strip().partition("=")[::2] for d in image.headers["cache-control"].split(","))
     assert "private" in directives
     assert 0 < int(directives["max-age"]) <= expires - before <= 600
+
+
+def test_another_method_on_the_hot_path_is_a_405_naming_post(bare_client: TestClient) -> None:
+    # As on FastAPI's routes: the resource exists, the method does not (it answered 404 not_found).
+    for method in ("GET", "PUT", "DELETE", "OPTIONS"):
+        for path in ("/v1/images/generations", "/openai/v1/images/generations"):
+            r = bare_client.request(method, path)
+            assert r.status_code == 405, (method, path, r.text)
+            assert r.headers["allow"] == "POST"
+            assert r.json()["error"]["code"] == "method_not_allowed"
+            assert r.headers["x-request-id"].startswith("req_")
+    assert bare_client.get("/v1/models").status_code == 401  # the other routes are FastAPI's, as before
+    r = bare_client.post("/v1/models")
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
