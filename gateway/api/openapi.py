@@ -120,7 +120,9 @@ def complete(schema: dict[str, Any]) -> None:
     paths[GENERATIONS] = {"post": _generations()}
     edit = paths[EDITS]["post"]
     edit["parameters"] = _image_parameters()
-    edit["requestBody"] = {"required": True, "content": {"multipart/form-data": {"schema": _ref(ImageEditRequest)}}}
+    images = {"contentType": "image/png, image/jpeg, image/webp"}
+    form = {"schema": _ref(ImageEditRequest), "encoding": {"image": images, "image[]": images, "mask": images}}
+    edit["requestBody"] = {"required": True, "content": {"multipart/form-data": form}}
     edit["responses"]["200"] = _images_answer()
     for operations in paths.values():
         for operation in operations.values():

@@ -98,8 +98,13 @@ class ImageEditRequest(_ImageParams):
     Unknown text fields pass through as for generations."""
 
     model_config = ConfigDict(extra="allow")
-    image: Binary | list[Binary] = Field(description="PNG, JPEG or WebP; as many as the model takes.")
-    image_list: list[Binary] | None = Field(default=None, alias="image[]", description="The same, as image[].")
+    # A list: on the wire one file is a list of one part (OpenAI's anyOf of a file or a list says no more).
+    image: list[Binary] = Field(
+        min_length=1, description="PNG, JPEG or WebP, one part each; as many as the model takes."
+    )
+    image_list: list[Binary] | None = Field(
+        default=None, alias="image[]", description="The same under the name OpenAI's SDKs give a list of images."
+    )
     mask: Binary | None = Field(default=None, description="Only models that take one.")
     strength: float | None = Field(default=None, ge=0, le=1, description="How far to move from the image.")
     input_fidelity: InputFidelity = None

@@ -70,6 +70,12 @@ def test_edits_document_their_multipart_body(bare_client: TestClient) -> None:
     body = _component(schema, operation["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"])
     assert set(body["required"]) == {"image", "prompt"}
     assert {"image[]", "mask", "strength"} <= set(body["properties"])
+    # Files, as generators and clients recognise them: a file part is a string of format binary
+    # (one image is a list of one part on the wire), sent with an image type.
+    assert body["properties"]["image"]["items"] == {"type": "string", "format": "binary"}
+    assert {k: body["properties"]["mask"][k] for k in ("type", "format")} == {"type": "string", "format": "binary"}
+    encoding = operation["requestBody"]["content"]["multipart/form-data"]["encoding"]
+    assert encoding["image"]["contentType"].startswith("image/png")
     # A form field cannot be null: parameters not sent are absent.
     assert "null" not in str(body["properties"]["n"])
 
