@@ -171,8 +171,9 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
         title="Image gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
         redirect_slashes=False,
     )  # fmt: skip
-    errors.install(app)
-    for router in (images.router, models.router, usage.router, admin.router, health.router):
+    routers = (images.router, models.router, usage.router, admin.router, health.router)
+    errors.install(app, [route for router in routers for route in router.routes])
+    for router in routers:
         app.include_router(router)
     return app
 

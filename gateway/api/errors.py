@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import redis.exceptions
 from fastapi import FastAPI, Request
@@ -10,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import BaseRoute, Match
 
 from gateway.api.state import AppState
 from gateway.errors import ClientGone, GatewayError, InvalidRequestError, ServiceUnavailableError
@@ -54,7 +56,9 @@ def error_response(exc: Exception, state: AppState | None) -> JSONResponse:
     return JSONResponse(body, status_code=500)
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, routes: Sequence[BaseRoute]) -> None:
+    """`routes`: every route the app serves, to name all the methods of a path in a 405."""
+
     @app.exception_handler(GatewayError)
     @app.exception_handler(ClientGone)
     @app.exception_handler(ClientDisconnect)
@@ -72,7 +76,12 @@ def install(app: FastAPI) -> None:
         return _render(InvalidRequestError(f"{param or 'request'}: {first.get('msg', 'invalid')}", param=param))
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            # Starlette's router names the methods of the first route on the path only.
+            methods = {m for r in routes if r.matches(request.scope)[0] != Match.NONE for m in _methods(r)}
+            headers = {**(headers or {}), "allow": ", ".join(sorted(methods))}
         kinds = {404: "not_found", 405: "method_not_allowed"}
         body = {
             "error": {
@@ -82,4 +91,9 @@ def install(app: FastAPI) -> None:
                 "code": kinds.get(exc.status_code),
             }
         }
-        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        return JSONResponse(body, status_code=exc.status_code, headers=headers)
+
+
+def _methods(route: BaseRoute) -> set[str]:
+    methods: set[str] | None = getattr(route, "methods", None)
+    return methods or set()

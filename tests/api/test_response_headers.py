@@ -74,3 +74,17 @@ def test_another_method_on_the_hot_path_is_a_405_naming_post(bare_client: TestCl
     assert bare_client.get("/v1/models").status_code == 401  # the other routes are FastAPI's, as before
     r = bare_client.post("/v1/models")
     assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_a_405_allows_every_method_the_path_serves(bare_client: TestClient) -> None:
+    # Several routes share these paths; Starlette's 405 named the first route's methods only.
+    for path, methods in (
+        ("/admin/teams", {"GET", "POST"}),
+        ("/admin/teams/t1", {"GET", "PATCH"}),
+        ("/admin/teams/t1/keys", {"GET", "POST"}),
+        ("/v1/usage", {"GET"}),
+    ):
+        r = bare_client.request("PUT", path)
+        assert r.status_code == 405, (path, r.text)
+        assert set(r.headers["allow"].split(", ")) == methods, path
+        assert r.json()["error"]["code"] == "method_not_allowed"
