@@ -74,9 +74,13 @@ SERVED_HEADERS = (
 
 def _images_answer() -> dict[str, Any]:
     return {
-        "description": "The images, or with ?dryRun=true the quote.",
+        "description": "The images, or with ?dryRun=true the quote; with stream=true, OpenAI's Server-Sent "
+        "Events (`image_generation.completed` or `image_edit.completed` per image, `error` after a late failure).",
         "headers": {name: {"description": text, "schema": {"type": "string"}} for name, text in SERVED_HEADERS},
-        "content": {"application/json": {"schema": {"anyOf": [_ref(ImagesResponse), _ref(DryRun)]}}},
+        "content": {
+            "application/json": {"schema": {"anyOf": [_ref(ImagesResponse), _ref(DryRun)]}},
+            "text/event-stream": {"schema": {"type": "string"}},
+        },
     }
 
 
