@@ -40,17 +40,25 @@ IMAGE_PATHS = ("/v1/images/generations", "/v1/images/edits")
 
 
 @pytest.fixture(scope="module")
-def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # Limits, budget and the secret throttle far past what the run sends: a 429 would hide the code
-    # behind it (each has its own tests).
+    # behind it (each has its own tests). A redis-server of its own: the throttle counts the run's
+    # wrong secrets per client address, and on the session's server that count would refuse the
+    # next stack's admin calls from 127.0.0.1 for a minute.
     team = {
         "monthly_budget_usd": 10_000.0,
         "allow_provider_pinning": True,
         "limits": {"requests_per_minute": 1_000_000, "images_per_minute": 1_000_000, "max_in_flight": 100},
     }
     settings = {"GATEWAY_AUTH_FAILURE_LIMIT": "1000000"}
-    with running_stack(redis_server, tmp_path_factory.mktemp("fuzz"), team=team, gateway_env=settings) as made:
-        yield made
+    tmp = tmp_path_factory.mktemp("fuzz")
+    server = RedisServer(tmp / "redis")
+    server.start()
+    try:
+        with running_stack(server, tmp, team=team, gateway_env=settings) as made:
+            yield made
+    finally:
+        server.stop()
 
 
 def _fuzz(stack: Stack, report: Path, *args: str) -> list[dict[str, Any]]:
