@@ -140,6 +140,10 @@ async def _probe(upload: UploadFile, param: str, limit: int, max_pixels: int) ->
 async def _serve(request: Request, state: AppState, principal: Principal, valid: ValidRequest) -> Response:
     routing = await _routing(request, state, principal, valid)
     if request.query_params.get("dryRun", "").lower() == "true":
+        if valid.stream:  # an SDK reading a stream would find no event in a JSON quote, and say nothing
+            raise InvalidRequestError(
+                "A dry run answers its quote as JSON; send it without stream=true.", param="stream"
+            )
         return JsonBytesResponse(await state.service.dry_run(principal, valid, routing))
     if valid.stream:
         admitted = state.service.admit(principal, valid, request.state.request_id, routing, _idempotency_key(request))

@@ -98,3 +98,11 @@ def test_an_edit_dry_run_quotes_the_route_that_can_edit(routed: Routed) -> None:
     quote = r.json()
     assert (quote["provider"], quote["total_cost_micros"], quote["size"]) == ("fal", 50_000, "1360x768")
     assert routed.fal.count("submits") == submits
+
+
+def test_a_dry_run_with_stream_is_refused_not_answered_as_json(routed: Routed) -> None:
+    r = routed.client.post(
+        "/v1/images/generations?dryRun=true", json={"prompt": "x", "stream": True},
+        headers={"Authorization": f"Bearer {routed.key}"},
+    )  # fmt: skip
+    assert r.status_code == 400 and r.json()["error"]["param"] == "stream"
