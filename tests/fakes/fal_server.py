@@ -86,6 +86,10 @@ def create_app(state: FakeFal, *, key: str, keepalive_s: float = 15.0) -> FastAP
             return JSONResponse({"detail": str(exc)}, 400)
         return JSONResponse({"ended": ended})
 
+    @app.delete("/_fake/faults")
+    async def disarm() -> Response:
+        return JSONResponse({"disarmed": state.disarm()})
+
     @app.get("/_fake/stats")
     async def stats() -> Response:
         return JSONResponse(state.stats())

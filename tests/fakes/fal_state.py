@@ -102,6 +102,13 @@ class FakeFal:
         with self._lock:
             self._armed.extend([fault] * count)  # type: ignore[list-item]
 
+    def disarm(self) -> int:
+        """Drop the faults not yet taken (a storm that is over); returns how many there were."""
+        with self._lock:
+            left = len(self._armed)
+            self._armed.clear()
+            return left
+
     def end_hung(self, end: str) -> int:
         """End every request the `hang` fault holds, now, as `end` ("ok" or a runner fault): a
         test decides when a slow upstream answers, and how. The number of requests ended."""
