@@ -107,11 +107,10 @@ class ImageService:
         routing: RoutingRequest | None = None,
         idempotency_key: str | None = None,
     ) -> ImagesResponse:
-        routing = routing or RoutingRequest(valid.model.routing)
-        admitted = await self._admitted(principal, valid, request_id, routing, idempotency_key)
+        admitted = await self.admit(principal, valid, request_id, routing, idempotency_key)
         if isinstance(admitted, ImagesResponse):
             return admitted
-        return await self._serve(principal, valid, admitted, routing)
+        return await self.serve(admitted)
 
     async def admit(
         self,
