@@ -157,7 +157,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         uvicorn.run(
             "gateway.app:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
             log_level=settings.log_level, access_log=False, loop="uvloop", http=http,
-            backlog=args.backlog,
+            ws="none", backlog=args.backlog,
         )  # fmt: skip
     except EmbeddedRedisError as exc:
         print(f"gateway: {exc}", file=sys.stderr)

@@ -15,15 +15,17 @@ from gateway.errors import NotFoundError
 router = APIRouter(prefix="/admin", dependencies=[Admin])
 
 
+# strict: a 0 is not a false and "5" is not a 5; an admin's typo is a 400 naming the field, not a
+# guess. (JSON integers still count as numbers for the budget.)
 class LimitsIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     requests_per_minute: int | None = Field(default=None, ge=1, le=1_000_000)
     images_per_minute: int | None = Field(default=None, ge=1, le=1_000_000)
     max_in_flight: int | None = Field(default=None, ge=1, le=100_000)
 
 
 class TeamIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     name: str = Field(min_length=1, max_length=64)
     monthly_budget_usd: float | None = Field(default=None, ge=0, le=10_000_000)
     limits: LimitsIn | None = None
@@ -31,7 +33,7 @@ class TeamIn(BaseModel):
 
 
 class TeamPatch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     name: str | None = Field(default=None, min_length=1, max_length=64)
     monthly_budget_usd: float | None = Field(default=None, ge=0, le=10_000_000)
     limits: LimitsIn | None = None
@@ -39,7 +41,7 @@ class TeamPatch(BaseModel):
 
 
 class KeyIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     name: str = Field(default="", max_length=64)
 
 

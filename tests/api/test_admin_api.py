@@ -71,6 +71,15 @@ def test_bad_admin_bodies_name_the_field(bare_client: TestClient) -> None:
     assert r.status_code == 400 and r.json()["error"]["param"] == "limits.max_in_flight"
     r = bare_client.post("/admin/teams", json={"name": "x", "budget": 3}, headers=admin_headers())
     assert r.status_code == 400 and r.json()["error"]["param"] == "budget"
+    for body, field in (
+        ({"name": "x", "allow_provider_pinning": 0}, "allow_provider_pinning"),
+        ({"name": "x", "limits": {"max_in_flight": "5"}}, "limits.max_in_flight"),
+        ({"name": 7}, "name"),
+    ):
+        r = bare_client.post("/admin/teams", json=body, headers=admin_headers())
+        assert r.status_code == 400 and r.json()["error"]["param"] == field, body
+    r = bare_client.post("/admin/teams", json={"name": "x", "monthly_budget_usd": 12}, headers=admin_headers())
+    assert r.status_code == 201 and r.json()["monthly_budget_usd"] == 12
     r = bare_client.get("/admin/teams/team_nope", headers=admin_headers())
     assert r.status_code == 404 and r.json()["error"]["param"] == "team_id"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from PIL import Image
 from gateway.accounting.keys import team_prefix
 from tests.integration.gateway_stack import Stack, running_stack
 from tests.processes import python
+from tests.raw_http import connect, read_response, request_head
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.slow
@@ -279,3 +281,16 @@ def test_cli_usage_table_and_csv_agree_with_the_ledger(stack: Stack) -> None:
     assert lines[0].startswith("time,request_id") and len(lines) - 1 == len(events)
     charged = sum(float(line.split(",")[10]) for line in lines[1:])
     assert abs(charged - spent) < 1e-9
+
+
+def test_websocket_upgrades_are_not_taken(stack: Stack) -> None:
+    # The gateway speaks no WebSocket: an upgrade request is answered as plain HTTP, so that
+    # surface (a second protocol stack reachable before authentication) does not exist.
+    upgrade = {
+        "connection": "Upgrade", "upgrade": "websocket", "sec-websocket-version": "13",
+        "sec-websocket-key": base64.b64encode(os.urandom(16)).decode(),
+    }  # fmt: skip
+    with connect(stack.base) as sock:
+        sock.sendall(request_head("GET", "/health", upgrade))
+        r = read_response(sock)
+    assert r.status == 200 and r.json()["status"] == "ok", (r.status, r.body)
