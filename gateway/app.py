@@ -24,6 +24,7 @@ from gateway.api.throttle import SecretThrottle
 from gateway.catalog import load_catalog
 from gateway.images.decoding import UploadDecoder
 from gateway.images.storage import ImageStore
+from gateway.live_catalog import LiveCatalog
 from gateway.metrics import Metrics
 from gateway.periodic import repeat
 from gateway.redis.client import RedisClient, connect
@@ -120,9 +121,12 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
                 accept_queue=accept_queue,
                 on_shed=lambda reason: metrics.shed.labels(reason).inc(),
             )
+            catalogs = LiveCatalog(
+                settings.pricing_file, catalog, known_providers=registry.keys(), metrics=metrics, on_change=board.use
+            )
             app.state.gateway = AppState(
                 settings=settings,
-                catalog=catalog,
+                catalogs=catalogs,
                 redis=redis,
                 keys=keys,
                 store=store,
@@ -147,6 +151,10 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
                 asyncio.create_task(route_health.flush_forever()),
                 asyncio.create_task(shedder.watch_loop()),
             ]
+            if settings.pricing_reload_s > 0:
+                background.append(
+                    asyncio.create_task(repeat(catalogs.check, settings.pricing_reload_s, "pricing file check"))
+                )
             try:
                 yield
             finally:

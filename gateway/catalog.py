@@ -1,6 +1,7 @@
 """pricing.yaml: the catalog of public models, what teams are billed, provider routes and what
 each costs the organisation, and parameter ranges. Validated at start-up; a bad file stops the
-boot with a message naming the file, the line and the field.
+boot with a message naming the file, the line and the field. While the gateway runs, a changed
+file is validated the same way and swapped in whole (gateway/live_catalog.py).
 
 Money is kept in integer micro-dollars (1 USD = 1_000_000) so that sums agree to the cent.
 """
@@ -313,6 +314,11 @@ def load_catalog(path: Path, known_providers: Iterable[str] | None = None) -> Ca
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise CatalogError(f"{path}: cannot read the pricing file: {exc.strerror or exc}") from exc
+    return parse_catalog(text, path, known_providers)
+
+
+def parse_catalog(text: str, path: Path, known_providers: Iterable[str] | None = None) -> Catalog:
+    """The catalog in `text` (read from `path`, which error messages name)."""
     try:
         root = yaml.compose(text)
         data = yaml.safe_load(text)

@@ -91,6 +91,13 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=r,
         )
+        self.pricing_reloads = Counter(
+            "gateway_pricing_reloads",
+            "pricing.yaml changes seen while running, by result (loaded, or rejected and the old catalog kept); "
+            "each process counts its own",
+            ["result"],
+            registry=r,
+        )
         self.redis_errors = Counter("gateway_redis_errors", "Redis calls that failed", ["operation"], registry=r)
         self.shed = Counter(
             "gateway_shed", "Image requests refused by load shedding, before any other work", ["reason"], registry=r

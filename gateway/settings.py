@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     local_gpu_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
     public_url: str = "http://127.0.0.1:8000"
     pricing_file: Path = Path("pricing.yaml")
+    # How often each process looks for a changed pricing file (0: never; changes need a restart).
+    pricing_reload_s: float = Field(default=5.0, ge=0)
     data_dir: Path = Path("data")
 
     # Signed image URLs: lifetime, and the HMAC key (unset: one is made once and kept in Redis,

@@ -9,6 +9,7 @@ from gateway.api.shedding import LoadShedder
 from gateway.api.throttle import SecretThrottle
 from gateway.catalog import Catalog
 from gateway.images.storage import ImageStore
+from gateway.live_catalog import LiveCatalog
 from gateway.metrics import Metrics
 from gateway.redis.client import RedisClient
 from gateway.routing.health import HealthBoard
@@ -19,7 +20,7 @@ from gateway.settings import Settings
 @dataclass(frozen=True, slots=True)
 class AppState:
     settings: Settings
-    catalog: Catalog
+    catalogs: LiveCatalog
     redis: RedisClient
     keys: KeyStore
     store: ImageStore
@@ -30,3 +31,8 @@ class AppState:
     secrets_throttle: SecretThrottle
     # Fields the configured adapters set themselves: no caller may pass them through.
     owned_params: frozenset[str] = frozenset()
+
+    @property
+    def catalog(self) -> Catalog:
+        """The catalog in use now (pricing.yaml as last loaded): read it once per request."""
+        return self.catalogs.current

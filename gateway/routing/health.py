@@ -34,16 +34,20 @@ class HealthBoard:
     ) -> None:
         self._metrics = metrics
         self._route_health = route_health
-        self._routes = [r for m in catalog.models.values() for r in m.routes if r.provider in providers]
         self._providers = providers
         self._interval_s = interval_s
         self._timeout_s = probe_timeout_s
         self._current: dict[RouteId, ProviderHealth] = {}
         self._refreshed = False
+        self.use(catalog)
+
+    def use(self, catalog: Catalog) -> None:
+        """Probe the routes of `catalog` from the next round on (pricing.yaml was reloaded)."""
+        self._routes = [r for m in catalog.models.values() for r in m.routes if r.provider in self._providers]
         self._estimated: dict[RouteId, tuple[QueueEstimator, RouteTarget]] = {
             (r.model, r.provider): (p, r.target)
             for r in self._routes
-            if isinstance(p := providers[r.provider], QueueEstimator)
+            if isinstance(p := self._providers[r.provider], QueueEstimator)
         }
 
     def current(self) -> Mapping[RouteId, ProviderHealth]:

@@ -94,12 +94,14 @@ def routed(redis_url: str, tmp_path: Path, pricing_file: Path, request: pytest.F
         running_worker("full", max_queue=1, pipeline=StandInPipeline(step_s=0.01)) as worker,
         serve_in_thread(create_fal_app(fal_state, key=fal_key)) as fal_url,
     ):
+        own_pricing = tmp_path / "pricing.yaml"  # a copy a test may edit while the gateway runs
+        own_pricing.write_bytes(pricing_file.read_bytes())
         settings = Settings(
             redis_url=redis_url,
             admin_key=ADMIN,
             metrics_token=METRICS,
             data_dir=tmp_path / "data",
-            pricing_file=pricing_file,
+            pricing_file=own_pricing,
             fal_key=fal_key,
             fal_queue_url=fal_url,
             fal_poll_initial_s=0.02,
