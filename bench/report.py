@@ -94,9 +94,15 @@ def table(runs: Sequence[RunSummary]) -> str:
     header = ("scenario", "policy", "requests", "failed", "$/image", "local share", "p50 s", "p95 s", "max s")
     rows = [
         (
-            r.scenario, r.policy, r.requests, r.failed, _num(r.cost_per_image_usd, ".4f"),
+            r.scenario,
+            r.policy,
+            r.requests,
+            r.failed,
+            _num(r.cost_per_image_usd, ".4f"),
             _num(None if r.local_share is None else 100 * r.local_share, ".0f") + "%",
-            _num(r.p50_s, ".2f"), _num(r.p95_s, ".2f"), _num(r.max_s, ".2f"),
+            _num(r.p50_s, ".2f"),
+            _num(r.p95_s, ".2f"),
+            _num(r.max_s, ".2f"),
         )  # fmt: skip
         for r in runs
     ]
@@ -157,8 +163,13 @@ def ratio_table(comparisons: Sequence[Comparison]) -> str:
               "cheaper at equal or better p95")  # fmt: skip
     rows = [
         (
-            c.scenario, c.ours, c.baseline, _num(c.cost_ratio, ".3f"), _num(c.p95_ratio, ".3f"),
-            f"{c.ours_failed} / {c.baseline_failed}", "yes" if c.meets_bar else "no",
+            c.scenario,
+            c.ours,
+            c.baseline,
+            _num(c.cost_ratio, ".3f"),
+            _num(c.p95_ratio, ".3f"),
+            f"{c.ours_failed} / {c.baseline_failed}",
+            "yes" if c.meets_bar else "no",
         )  # fmt: skip
         for c in comparisons
     ]
@@ -186,3 +197,68 @@ def matched_table(comparisons: Sequence[Comparison]) -> str:
             rows.append((scenario, baseline, best.ours, _num(best.cost_ratio, ".3f"), _num(best.p95_ratio, ".3f")))
     header = ("scenario", "vs", "best of ours at equal or better p95", "cost ratio", "p95 ratio")
     return markdown(header, "lllrr", rows)
+
+
+# The bar of the routing issue (17): on or below each simple policy's cost/latency point.
+COST_TOLERANCE = 1.02  # "cost <= 1.02x the baseline's" at some target on the list
+DEFAULT_BASELINES = ("round_robin", "least_busy")  # at the default target: never dearer at equal or better p95
+
+
+@dataclass(frozen=True, slots=True)
+class FrontierRow:
+    scenario: str
+    baseline: str
+    best: Comparison | None  # the cheapest of ours within the bar, else the nearest miss
+    met: bool
+
+
+def frontier(comparisons: Sequence[Comparison]) -> list[FrontierRow]:
+    """Per scenario and baseline: is there a latency target on the list where ours costs at most
+    COST_TOLERANCE x the baseline at a p95 no worse, with no failures of its own?"""
+    rows: list[FrontierRow] = []
+    for scenario, baseline in dict.fromkeys((c.scenario, c.baseline) for c in comparisons):
+        mine = [c for c in comparisons if (c.scenario, c.baseline) == (scenario, baseline)]
+        fit = [c for c in mine if _within(c, COST_TOLERANCE)]
+        if fit:
+            rows.append(FrontierRow(scenario, baseline, min(fit, key=lambda c: c.cost_ratio or 0.0), True))
+        else:  # the miss nearest to the bar: the smallest excess over it, cost and p95 together
+            near = min(mine, key=_excess, default=None)
+            rows.append(FrontierRow(scenario, baseline, near, False))
+    return rows
+
+
+def default_target_misses(comparisons: Sequence[Comparison], default: str) -> list[Comparison]:
+    """Ours at the default target against round robin and least busy: dearer, or slower at p95."""
+    return [c for c in comparisons if c.ours == default and c.baseline in DEFAULT_BASELINES and not _within(c, 1.0)]
+
+
+def _within(c: Comparison, cost_tolerance: float) -> bool:
+    return (
+        c.cost_ratio is not None
+        and c.p95_ratio is not None
+        and c.cost_ratio <= cost_tolerance
+        and c.p95_ratio <= 1.0
+        and c.ours_failed == 0
+    )
+
+
+def _excess(c: Comparison) -> float:
+    if c.cost_ratio is None or c.p95_ratio is None:
+        return float("inf")
+    return max(c.cost_ratio - COST_TOLERANCE, 0.0) + max(c.p95_ratio - 1.0, 0.0) + c.ours_failed
+
+
+def frontier_table(rows: Sequence[FrontierRow]) -> str:
+    header = ("scenario", "vs", "best matching target", "cost ratio", "p95 ratio", "met")
+    out = [
+        (
+            r.scenario,
+            r.baseline,
+            r.best.ours if r.best else "-",
+            _num(r.best.cost_ratio if r.best else None, ".3f"),
+            _num(r.best.p95_ratio if r.best else None, ".3f"),
+            "yes" if r.met else "no",
+        )  # fmt: skip
+        for r in rows
+    ]
+    return markdown(header, "lllrrl", out)

@@ -3,13 +3,19 @@ policy, in three scenarios (normal; one GPU worker killed halfway; fal failing f
 against two GPU workers of fixed capacity and a fake fal, all real processes on loopback.
 
     .venv/bin/python -m bench.routing [--quick] [--scenarios normal,...] [--policies priority,...]
-                                      [--targets 60,120] [--match-p95] [--capacity-rps R]
+                                      [--targets 60,120 | --frontier] [--match-p95] [--capacity-rps R]
+                                      [--seed S] [--check]
 
 Prints a markdown table per policy and scenario (cost per image to the organisation, p50/p95 time
 to result, failed requests, share served by the owned GPUs) and ours against each baseline, and
 writes everything, each request included, as JSON under bench/results/. With --match-p95, ours
 also runs once per baseline with that baseline's measured p95 as its latency target: the cost of
 each baseline's time to result, when ours is asked for it.
+
+--frontier runs ours at 0.5x, 1x, 2x and 4x the default latency target and prints, per scenario
+and baseline, the cheapest target where ours costs at most 1.02x the baseline at a p95 no worse
+(the routing issue's bar); --check exits 1 when that bar, or the default target's (never dearer
+nor slower at p95 than round robin and least busy), or zero failures for ours, is not met.
 """
 
 from __future__ import annotations
@@ -26,7 +32,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.replay import Events, Replayed, replay
-from bench.report import Comparison, RunSummary, compare, matched_table, ratio_table, summarize, table, versus
+from bench.report import (
+    Comparison,
+    RunSummary,
+    compare,
+    default_target_misses,
+    frontier,
+    frontier_table,
+    matched_table,
+    ratio_table,
+    summarize,
+    table,
+    versus,
+)
 from bench.scaling import TimeScale, write_scaled_pricing
 from bench.stack import FAL_KEY, Stack, StackConfig
 from bench.workload import Workload, describe
@@ -43,6 +61,8 @@ FULL_STEPS = 50  # HiDream-I1 Full's default steps (worker/variants.py); Dev run
 REAL_FULL_JOB_S = 30.0  # one HiDream-I1 Full image at 1024x1024 on one owned GPU
 REAL_FAL_QUEUE_S, REAL_FAL_INFERENCE_S = 3.0, 12.0
 REAL_TARGETS_S = (60.0,)  # ours: the time to result the teams accept before they would rather pay
+FRONTIER = (0.5, 1.0, 2.0, 4.0)  # --frontier: ours at these multiples of the default target
+SEED = 4
 REAL_RUN_S, REAL_QUICK_RUN_S = 20 * 60.0, 8 * 60.0
 # The owned GPUs: one worker per variant the organisation runs itself, and the mix of requests
 # for those two models (fal serves both as well; it alone serves -fast, left out so that every
@@ -105,12 +125,12 @@ def stack_config(workdir: Path) -> StackConfig:
     )
 
 
-def make_plan(job_s: dict[str, float], quick: bool, capacity_rps: float | None) -> Plan:
+def make_plan(job_s: dict[str, float], quick: bool, capacity_rps: float | None, seed: int = SEED) -> Plan:
     # The rate at which the busiest owned GPU is exactly full, given the mix, measured on this
     # machine (per-step overhead included) unless given.
     capacity = capacity_rps or min((1.0 / job_s[model]) / share for model, share in MIX)
     duration = SCALE.seconds(REAL_QUICK_RUN_S if quick else REAL_RUN_S)
-    workload = Workload(duration, tuple((x, m * capacity) for x, m in PROFILE), MIX)
+    workload = Workload(duration, tuple((x, m * capacity) for x, m in PROFILE), MIX, seed=seed)
     return Plan(SCALE, workload, capacity, job_s)
 
 
@@ -160,6 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="latency targets for ours, in real-world seconds (one run each)")  # fmt: skip
     parser.add_argument("--match-p95", action="store_true",
                         help="also run ours once per baseline, with that baseline's p95 as the target")  # fmt: skip
+    parser.add_argument("--frontier", action="store_true",
+                        help="ours at 0.5x, 1x, 2x, 4x the default target, and the frontier table")  # fmt: skip
+    parser.add_argument("--check", action="store_true", help="exit 1 when the routing bar is not met")
+    parser.add_argument("--seed", type=int, default=SEED, help="the workload's seed (arrivals and models)")
     parser.add_argument("--capacity-rps", type=float, help="the owned GPUs' capacity (default: measured)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
@@ -168,7 +192,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = (set(scenarios) - set(SCENARIOS)) | (set(baselines) - set(BASELINES))
     if unknown:
         parser.error(f"unknown scenario or policy: {', '.join(sorted(unknown))}")
-    policies = [PolicyRun(OURS, float(t)) for t in args.targets.split(",") if t] + [PolicyRun(b) for b in baselines]
+    given = [float(t) for t in args.targets.split(",") if t]
+    targets = [REAL_TARGETS_S[0] * m for m in FRONTIER] if args.frontier else given
+    policies = [PolicyRun(OURS, t) for t in targets] + [PolicyRun(b) for b in baselines]
+    default = PolicyRun(OURS, REAL_TARGETS_S[0]).label
 
     began = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="bench-routing-"))
@@ -179,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     matched: list[Comparison] = []
     try:
         stack.start()
-        plan = make_plan(asyncio.run(stack.time_jobs()), args.quick, args.capacity_rps)
+        plan = make_plan(asyncio.run(stack.time_jobs()), args.quick, args.capacity_rps, args.seed)
         _print_plan(plan, workdir)
         for scenario in scenarios:
             done = [_run_and_log(stack, plan, scenario, policy, catalog) for policy in policies]
@@ -204,10 +231,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if matched:
         print("Ours with each baseline's p95 as its latency target, against that baseline:\n")
         print(ratio_table(matched) + "\n")
+    rows = frontier(comparisons)
+    front = frontier_table(rows)
+    print(f"The bar, seed {args.seed}: some target with cost <= 1.02x and p95 <= 1.00x the baseline's:\n")
+    print(front + "\n")
+    misses = default_target_misses(comparisons, default)
+    failed = sorted({s.scenario for s in summaries if s.policy.startswith(OURS) and s.failed})
+    for c in misses:
+        print(f"default target: {c.scenario} vs {c.baseline}: cost {c.cost_ratio}, p95 {c.p95_ratio} (want both <= 1)")
+    for scenario in failed:
+        print(f"ours failed requests in {scenario}")
+    met = all(r.met for r in rows) and not misses and not failed
+    print(f"routing bar {'met' if met else 'NOT met'}")
     elapsed = time.monotonic() - began
     path = _write(args.out, plan, runs, [*comparisons, *matched], elapsed, workdir)
-    print(f"total {elapsed:.0f} s; results in {path}; process logs in {workdir}")
-    return 0
+    path.with_suffix(".md").write_text(table(summaries) + "\n\n" + front + "\n", encoding="utf-8")
+    print(f"total {elapsed:.0f} s; results in {path} (tables in {path.with_suffix('.md').name}); logs in {workdir}")
+    return 1 if args.check and not met else 0
 
 
 def _run_and_log(stack: Stack, plan: Plan, scenario: str, policy: PolicyRun, catalog: Catalog) -> Run:
