@@ -46,9 +46,10 @@ class Delivery:
     connection: delivered, it is charged; the caller gone first, it is settled as cancelled and
     charged nothing. Never called (the process died), the reservation expires uncharged."""
 
-    def __init__(self, settle: Callable[[bool], Awaitable[None]]) -> None:
+    def __init__(self, settle: Callable[[bool], Awaitable[None]], outcome: Settlement | None = None) -> None:
         self._settle = settle
         self.done = False
+        self.outcome = outcome  # what a delivered answer is settled as (a job keeps it, to settle it after a crash)
 
     async def __call__(self, delivered: bool) -> None:
         if self.done:
@@ -62,6 +63,7 @@ class ImagesResponse:
     body: dict[str, Any]
     headers: dict[str, str] = field(default_factory=dict)
     delivery: Delivery | None = None  # None: nothing left to settle (a replay)
+    kept: tuple[str | None, ...] = ()  # each image's name in the store, where it was kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,7 @@ class Admitted:
     valid: ValidRequest
     admission: Admission
     routing: RoutingRequest
+    keep: bool = False  # keep every image in the store, b64_json ones too (a job answers them later)
 
     def headers(self) -> dict[str, str]:
         """What is known of the answer before it is served (a stream's headers)."""
@@ -119,12 +122,14 @@ class ImageService:
         request_id: str,
         routing: RoutingRequest | None = None,
         idempotency_key: str | None = None,
+        hold_s: float | None = None,
     ) -> Admitted | ImagesResponse:
         """`generate` in two steps, for a stream, which answers the caller in between: admit
         (limits, budget, idempotency; or answer from an earlier request with the same
-        Idempotency-Key), then `serve`, which must follow and settles the request."""
+        Idempotency-Key), then `serve`, which must follow and settles the request. `hold_s`: how long
+        the reservation holds unsettled (a job's waits in its queue too); default the deadline and a minute."""
         routing = routing or RoutingRequest(valid.model.routing)
-        admitted = await self._admitted(principal, valid, request_id, routing, idempotency_key)
+        admitted = await self._admitted(principal, valid, request_id, routing, idempotency_key, hold_s)
         if isinstance(admitted, ImagesResponse):
             return admitted
         return Admitted(principal, valid, admitted, routing)
@@ -132,7 +137,9 @@ class ImageService:
     async def serve(self, admitted: Admitted) -> ImagesResponse:
         """Route, call, store and answer an admitted request; settled here if it fails, else by
         its Delivery once answered."""
-        return await self._serve(admitted.principal, admitted.valid, admitted.admission, admitted.routing)
+        return await self._serve(
+            admitted.principal, admitted.valid, admitted.admission, admitted.routing, keep=admitted.keep
+        )
 
     async def _admitted(
         self,
@@ -141,13 +148,14 @@ class ImageService:
         request_id: str,
         routing: RoutingRequest,
         idempotency_key: str | None,
+        hold_s: float | None = None,
     ) -> Admission | ImagesResponse:
         if routing.pinned is not None:
             self._dispatcher.check_pin(valid, routing.pinned)
         if (valid.response_format == "url" or idempotency_key) and not self._store.has_room():
             raise StorageFullError()  # before admission: the upstream is not paid for images we cannot keep
         idem = Idempotency(idempotency_key, fingerprint(valid)) if idempotency_key else None
-        admitted = await self._admit(principal, valid, request_id, idem)
+        admitted = await self._admit(principal, valid, request_id, idem, hold_s)
         if isinstance(admitted, Replay):
             assert idem is not None  # only a request with an Idempotency-Key is replayed
             return await self._replayed(admitted, idem.key)
@@ -160,7 +168,12 @@ class ImageService:
         return await dry_run(self._meter, self._dispatcher, principal, valid, routing)
 
     async def _admit(
-        self, principal: Principal, valid: ValidRequest, request_id: str, idem: Idempotency | None
+        self,
+        principal: Principal,
+        valid: ValidRequest,
+        request_id: str,
+        idem: Idempotency | None,
+        hold_s: float | None = None,
     ) -> Admission | Replay:
         """Admit, or find the earlier request with the same Idempotency-Key and wait for it."""
         quote = valid.model.price_micros(valid.size, valid.n)
@@ -168,7 +181,12 @@ class ImageService:
         while True:
             try:
                 got = await self._meter.admit(
-                    principal.team_id, request_id, valid.n, quote, hold_s=self._deadline_s + 60, idempotency=idem
+                    principal.team_id,
+                    request_id,
+                    valid.n,
+                    quote,
+                    hold_s=hold_s if hold_s is not None else self._deadline_s + 60,
+                    idempotency=idem,
                 )
             except GatewayError as exc:
                 self._metrics.rejections.labels(principal.team_id, exc.kind).inc()
@@ -184,7 +202,13 @@ class ImageService:
             await asyncio.sleep(0.2)
 
     async def _serve(
-        self, principal: Principal, valid: ValidRequest, admission: Admission, routing: RoutingRequest
+        self,
+        principal: Principal,
+        valid: ValidRequest,
+        admission: Admission,
+        routing: RoutingRequest,
+        *,
+        keep: bool = False,
     ) -> ImagesResponse:
         spec = valid.model
         quote = admission.quote_micros
@@ -205,7 +229,9 @@ class ImageService:
                 valid, request_id, started + self._deadline_s, routing, team_id=principal.team_id
             )
             upstream_s = attempt.upstream_s
-            data, kept = await self._render(valid, attempt.result.images, keep=admission.idempotency is not None)
+            data, kept = await self._render(
+                valid, attempt.result.images, keep=keep or admission.idempotency is not None
+            )
             latency = time.monotonic() - started
             headers = {
                 "x-gateway-provider": attempt.provider,
@@ -257,7 +283,9 @@ class ImageService:
                     await self._settle(admission, gone, principal, "cancelled", elapsed)
 
             handed_over = True
-            return ImagesResponse(body, {**headers, **admission.limits.headers()}, Delivery(settle))
+            return ImagesResponse(
+                body, {**headers, **admission.limits.headers()}, Delivery(settle, served), tuple(kept)
+            )
         except asyncio.CancelledError:
             status = "cancelled"
             outcome = Settlement(
@@ -355,8 +383,6 @@ class ImageService:
             "x-gateway-original-request-id": stored["request_id"],
         }
         return ImagesResponse(body, headers)
-
-
 
 
 async def _as_asked(valid: ValidRequest, img: GeneratedImage) -> GeneratedImage:
