@@ -9,6 +9,7 @@ from gateway.api.shedding import LoadShedder
 from gateway.api.throttle import SecretThrottle
 from gateway.catalog import Catalog
 from gateway.images.storage import ImageStore
+from gateway.jobs.service import JobService
 from gateway.metrics import Metrics
 from gateway.redis.client import RedisClient
 from gateway.routing.health import HealthBoard
@@ -30,3 +31,4 @@ class AppState:
     secrets_throttle: SecretThrottle
     # Fields the configured adapters set themselves: no caller may pass them through.
     owned_params: frozenset[str] = frozenset()
+    jobs: JobService | None = None  # async jobs (Prefer: respond-async)
