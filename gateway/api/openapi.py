@@ -61,12 +61,15 @@ def _image_parameters() -> list[dict[str, Any]]:
             "Another latency target (seconds) for this request.",
         ),
         _header("x-gateway-provider", {"type": "string"}, "Pin a provider (teams allowed to pin)."),
-        _header(
-            "Prefer",
-            {"type": "string"},
-            "respond-async: answer 202 with a job at once (GET /v1/images/jobs/{job_id} for its result; "
-            "webhook_url for a signed webhook when it is done).",
-        ),
+        {
+            **_header(
+                "Prefer",
+                {"type": "string"},
+                "respond-async: answer 202 with a job at once (GET /v1/images/jobs/{job_id} for its result; "
+                "webhook_url for a signed webhook when it is done).",
+            ),
+            "example": "respond-async",
+        },
     ]
 
 
