@@ -46,7 +46,10 @@ def _owner_replica(cluster: Cluster, r: redis.Redis, job_id: str) -> int | None:
     return None
 
 
-def test_a_job_survives_the_sigkill_of_the_replica_serving_it_and_is_charged_once(cluster: Cluster) -> None:
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+def test_a_job_survives_the_replica_serving_it_and_is_charged_once(cluster: Cluster, how: signal.Signals) -> None:
+    """SIGKILL: nothing runs on the way out, the lease runs out. SIGTERM: the replica cancels its
+    jobs upstream (uncharged) and releases them at once; the survivor admits the job anew."""
     team_id, key = cluster.team("takeover")
     auth = {"Authorization": f"Bearer {key}"}
     r = httpx.post(
@@ -67,7 +70,7 @@ def test_a_job_survives_the_sigkill_of_the_replica_serving_it_and_is_charged_onc
         while httpx.get(cluster.fal + "/_fake/stats").json()["submits"] == 0:
             assert time.monotonic() < deadline, "the job never reached fal"
             time.sleep(0.02)
-        os.killpg(cluster.processes[victim].proc.pid, signal.SIGKILL)
+        os.killpg(cluster.processes[victim].proc.pid, how)
         survivor = cluster.bases[1 - victim]
 
         deadline = time.monotonic() + 60
@@ -83,5 +86,7 @@ def test_a_job_survives_the_sigkill_of_the_replica_serving_it_and_is_charged_onc
         assert _owner_replica(cluster, db, job_id) == 1 - victim
         time.sleep(0.5)
         events = [f for _, f in db.xrange(team_prefix(team_id) + "ledger") if f[b"request_id"] == job_id.encode()]
-        assert [(e[b"status"], int(e[b"charged_micros"])) for e in events] == [(b"succeeded", PRICE)]
+        charges = [(e[b"status"], int(e[b"charged_micros"])) for e in events]
+        # SIGTERM: the first run was settled cancelled, charged nothing, before the second began.
+        assert charges == ([(b"cancelled", 0)] if how == signal.SIGTERM else []) + [(b"succeeded", PRICE)]
         assert db.hlen(team_prefix(team_id) + "res") == 0  # no reservation left behind
