@@ -33,9 +33,10 @@ from gateway.images.storage import ImageStore
 from gateway.images.validation import ValidRequest
 from gateway.metrics import Metrics
 from gateway.quote import dry_run
-from gateway.routing.dispatch import Dispatcher, RoutingRequest
+from gateway.routing.dispatch import Attempted, Dispatcher, OnSubmitted, RoutingRequest
 from providers.base import (
     GeneratedImage,
+    ProviderError,
 )
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,10 @@ class Admitted:
     admission: Admission
     routing: RoutingRequest
     keep: bool = False  # keep every image in the store, b64_json ones too (a job answers them later)
+    # An async job's: the upstream request to re-attach to (provider, handle) before submitting
+    # anew, and where to report the handle of a new one.
+    upstream: tuple[str, str] | None = None
+    on_submitted: OnSubmitted | None = None
 
     def headers(self) -> dict[str, str]:
         """What is known of the answer before it is served (a stream's headers)."""
@@ -137,9 +142,7 @@ class ImageService:
     async def serve(self, admitted: Admitted) -> ImagesResponse:
         """Route, call, store and answer an admitted request; settled here if it fails, else by
         its Delivery once answered."""
-        return await self._serve(
-            admitted.principal, admitted.valid, admitted.admission, admitted.routing, keep=admitted.keep
-        )
+        return await self._serve(admitted.principal, admitted.valid, admitted.admission, admitted.routing, admitted)
 
     async def _admitted(
         self,
@@ -207,8 +210,7 @@ class ImageService:
         valid: ValidRequest,
         admission: Admission,
         routing: RoutingRequest,
-        *,
-        keep: bool = False,
+        job: Admitted | None = None,
     ) -> ImagesResponse:
         spec = valid.model
         quote = admission.quote_micros
@@ -225,12 +227,10 @@ class ImageService:
                 # Only now, admitted: an edit refused by its limits or budget decodes nothing, and
                 # a truncated or corrupt upload fails here and is settled, charged nothing.
                 await self._decoder.check(valid)
-            attempt = await self._dispatcher.call(
-                valid, request_id, started + self._deadline_s, routing, team_id=principal.team_id
-            )
+            attempt = await self._call(valid, request_id, started + self._deadline_s, routing, principal, job)
             upstream_s = attempt.upstream_s
             data, kept = await self._render(
-                valid, attempt.result.images, keep=keep or admission.idempotency is not None
+                valid, attempt.result.images, keep=(job is not None and job.keep) or admission.idempotency is not None
             )
             latency = time.monotonic() - started
             headers = {
@@ -302,6 +302,30 @@ class ImageService:
             if not handed_over:  # a served request is settled by its Delivery, once answered
                 in_flight.dec()
                 await self._settle(admission, outcome, principal, status, time.monotonic() - started)
+
+    async def _call(
+        self,
+        valid: ValidRequest,
+        request_id: str,
+        deadline: float,
+        routing: RoutingRequest,
+        principal: Principal,
+        job: Admitted | None,
+    ) -> Attempted:
+        """The dispatcher's call; for a job taken over from a process that died, first the
+        upstream request that process had submitted, where its provider can re-attach to it."""
+        if job is not None and job.upstream is not None:
+            try:
+                found = await self._dispatcher.reattach(valid, request_id, deadline, *job.upstream)
+            except ProviderError as exc:  # lost upstream (cancelled, expired): submitted anew
+                log.info("re-attaching %s to %s failed (%s); submitting anew", request_id, job.upstream[0], exc.kind)
+                found = None
+            if found is not None:
+                return found
+        on_submitted = job.on_submitted if job is not None else None
+        return await self._dispatcher.call(
+            valid, request_id, deadline, routing, team_id=principal.team_id, on_submitted=on_submitted
+        )
 
     async def _settle(
         self, admission: Admission, outcome: Settlement, principal: Principal, status: str, elapsed: float

@@ -185,7 +185,14 @@ class JobRunner:
                 assert isinstance(again, Admitted)  # no Idempotency-Key: never a replay
                 admission = again.admission
                 await self._move(job, ("running",), {"admission": json.dumps(to_record(a=admission)["a"])})
-            result = await self._service.serve(Admitted(principal, valid, admission, routing, keep=True))
+
+            async def submitted(provider: str, handle: str) -> None:
+                await self._move(job, ("running",), {"upstream": json.dumps([provider, handle])})
+
+            admitted = Admitted(
+                principal, valid, admission, routing, keep=True, upstream=job.upstream, on_submitted=submitted
+            )
+            result = await self._service.serve(admitted)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

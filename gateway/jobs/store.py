@@ -123,10 +123,12 @@ return status
 """
 )
 
-# KEYS: leases, job   ARGV: owner, id: the owner's lease ends now (another process may take the job)
+# KEYS: leases, job   ARGV: owner, id: the owner's lease ends now (another process may take the
+# job), and the upstream request it had (cancelled) is forgotten
 _EXPIRE = """
 if redis.call('HGET', KEYS[2], 'owner') == ARGV[1] and redis.call('ZSCORE', KEYS[1], ARGV[2]) then
   redis.call('ZADD', KEYS[1], 0, ARGV[2])
+  redis.call('HDEL', KEYS[2], 'upstream')
 end
 return 1
 """
@@ -153,6 +155,7 @@ class Job:
     error: dict[str, Any] | None
     webhook_url: str | None
     webhook: dict[str, Any] | None
+    upstream: tuple[str, str] | None = None  # (provider, handle) of the upstream request, to re-attach to
 
     @classmethod
     def from_hash(cls, job_id: str, raw: dict[Any, Any]) -> Job:
@@ -182,6 +185,7 @@ class Job:
             error=parsed("error"),
             webhook_url=f.get("webhook_url") or None,
             webhook=parsed("webhook"),
+            upstream=tuple(parsed("upstream")) if f.get("upstream") else None,
         )
 
 

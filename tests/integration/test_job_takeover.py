@@ -83,6 +83,9 @@ def test_a_job_survives_the_replica_serving_it_and_is_charged_once(cluster: Clus
         assert job["status"] == "succeeded", job
         assert httpx.get(job["result"]["data"][0]["url"]).status_code == 200  # served by the survivor
         assert int(db.hget(JOB + job_id, "runs") or 0) == 2  # leased by the victim, then the survivor
+        # SIGKILL: the survivor waited for the fal request the victim had submitted (its handle is on
+        # the job) instead of submitting another; SIGTERM had it cancelled, so it was submitted anew.
+        assert httpx.get(cluster.fal + "/_fake/stats").json()["submits"] == (2 if how == signal.SIGTERM else 1)
         assert _owner_replica(cluster, db, job_id) == 1 - victim
         time.sleep(0.5)
         events = [f for _, f in db.xrange(team_prefix(team_id) + "ledger") if f[b"request_id"] == job_id.encode()]
