@@ -85,7 +85,6 @@ class JobRunner:
         self._sender = sender
         self._c = config
         self._running: dict[str, asyncio.Task[None]] = {}
-        self._stopping = False
 
     async def run_forever(self) -> None:
         try:
@@ -117,7 +116,6 @@ class JobRunner:
     async def _stop(self) -> None:
         """Shutting down: jobs in hand are cancelled upstream and settled uncharged, and their
         leases end now, so another process serves them again at once (admitted anew)."""
-        self._stopping = True
         tasks = dict(self._running)
         for task in tasks.values():
             task.cancel()
