@@ -16,7 +16,7 @@ from gateway.accounting.billing_metrics import BillingMetrics
 from gateway.accounting.keys import KeyStore
 from gateway.accounting.metering import Meter
 from gateway.accounting.spool import SettlementSpool
-from gateway.api import admin, errors, health, images, models, usage
+from gateway.api import admin, errors, health, images, jobs, models, usage
 from gateway.api.hot import GatewayApp
 from gateway.api.shedding import AcceptQueue, LoadShedder
 from gateway.api.state import AppState
@@ -24,6 +24,7 @@ from gateway.api.throttle import SecretThrottle
 from gateway.catalog import load_catalog
 from gateway.images.decoding import UploadDecoder
 from gateway.images.storage import ImageStore
+from gateway.jobs.setup import job_runner, job_service
 from gateway.live_catalog import LiveCatalog
 from gateway.metrics import Metrics
 from gateway.periodic import repeat
@@ -124,6 +125,7 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
             catalogs = LiveCatalog(
                 settings.pricing_file, catalog, known_providers=registry.keys(), metrics=metrics, on_change=board.use
             )
+            job_parts = job_service(settings, redis, service, meter, store)
             app.state.gateway = AppState(
                 settings=settings,
                 catalogs=catalogs,
@@ -140,7 +142,9 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
                 owned_params=frozenset().union(
                     *(p.owned_params for p in providers.values() if isinstance(p, PassesThrough))
                 ),
+                jobs=job_parts.service,
             )
+            runner = job_runner(settings, job_parts, service, meter, lambda: catalogs.current, store)
             billing = BillingMetrics(redis, metrics, interval_s=settings.billing_metrics_interval_s)
             background = [
                 asyncio.create_task(repeat(partial(_sweep_images, store), 300.0, "image sweep")),
@@ -150,6 +154,7 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
                 asyncio.create_task(keys.follow_revocations()),
                 asyncio.create_task(route_health.flush_forever()),
                 asyncio.create_task(shedder.watch_loop()),
+                asyncio.create_task(runner.run_forever()),
             ]
             if settings.pricing_reload_s > 0:
                 background.append(
@@ -163,6 +168,7 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
                 # Let them finish (the last flush of route health, closing the revocation feed)
                 # while Redis is still open, but never hold up shutdown for long.
                 await asyncio.wait(background, timeout=5)
+                await job_parts.sender.aclose()
                 accept_queue.close()
                 decoder.close()
         finally:
@@ -179,7 +185,7 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
         title="Image gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
         redirect_slashes=False,
     )  # fmt: skip
-    routers = (images.router, models.router, usage.router, admin.router, health.router)
+    routers = (images.router, jobs.router, models.router, usage.router, admin.router, jobs.admin_router, health.router)
     errors.install(app, [route for router in routers for route in router.routes])
     for router in routers:
         app.include_router(router)

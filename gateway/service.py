@@ -33,9 +33,10 @@ from gateway.images.storage import ImageStore
 from gateway.images.validation import ValidRequest
 from gateway.metrics import Metrics
 from gateway.quote import dry_run
-from gateway.routing.dispatch import Dispatcher, RoutingRequest
+from gateway.routing.dispatch import Attempted, Dispatcher, OnSubmitted, RoutingRequest
 from providers.base import (
     GeneratedImage,
+    ProviderError,
 )
 
 log = logging.getLogger(__name__)
@@ -46,9 +47,10 @@ class Delivery:
     connection: delivered, it is charged; the caller gone first, it is settled as cancelled and
     charged nothing. Never called (the process died), the reservation expires uncharged."""
 
-    def __init__(self, settle: Callable[[bool], Awaitable[None]]) -> None:
+    def __init__(self, settle: Callable[[bool], Awaitable[None]], outcome: Settlement | None = None) -> None:
         self._settle = settle
         self.done = False
+        self.outcome = outcome  # what a delivered answer is settled as (a job keeps it, to settle it after a crash)
 
     async def __call__(self, delivered: bool) -> None:
         if self.done:
@@ -62,6 +64,7 @@ class ImagesResponse:
     body: dict[str, Any]
     headers: dict[str, str] = field(default_factory=dict)
     delivery: Delivery | None = None  # None: nothing left to settle (a replay)
+    kept: tuple[str | None, ...] = ()  # each image's name in the store, where it was kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +75,11 @@ class Admitted:
     valid: ValidRequest
     admission: Admission
     routing: RoutingRequest
+    keep: bool = False  # keep every image in the store, b64_json ones too (a job answers them later)
+    # An async job's: the upstream request to re-attach to (provider, handle) before submitting
+    # anew, and where to report the handle of a new one.
+    upstream: tuple[str, str] | None = None
+    on_submitted: OnSubmitted | None = None
 
     def headers(self) -> dict[str, str]:
         """What is known of the answer before it is served (a stream's headers)."""
@@ -119,12 +127,14 @@ class ImageService:
         request_id: str,
         routing: RoutingRequest | None = None,
         idempotency_key: str | None = None,
+        hold_s: float | None = None,
     ) -> Admitted | ImagesResponse:
         """`generate` in two steps, for a stream, which answers the caller in between: admit
         (limits, budget, idempotency; or answer from an earlier request with the same
-        Idempotency-Key), then `serve`, which must follow and settles the request."""
+        Idempotency-Key), then `serve`, which must follow and settles the request. `hold_s`: how long
+        the reservation holds unsettled (a job's waits in its queue too); default the deadline and a minute."""
         routing = routing or RoutingRequest(valid.model.routing)
-        admitted = await self._admitted(principal, valid, request_id, routing, idempotency_key)
+        admitted = await self._admitted(principal, valid, request_id, routing, idempotency_key, hold_s)
         if isinstance(admitted, ImagesResponse):
             return admitted
         return Admitted(principal, valid, admitted, routing)
@@ -132,7 +142,7 @@ class ImageService:
     async def serve(self, admitted: Admitted) -> ImagesResponse:
         """Route, call, store and answer an admitted request; settled here if it fails, else by
         its Delivery once answered."""
-        return await self._serve(admitted.principal, admitted.valid, admitted.admission, admitted.routing)
+        return await self._serve(admitted.principal, admitted.valid, admitted.admission, admitted.routing, admitted)
 
     async def _admitted(
         self,
@@ -141,13 +151,14 @@ class ImageService:
         request_id: str,
         routing: RoutingRequest,
         idempotency_key: str | None,
+        hold_s: float | None = None,
     ) -> Admission | ImagesResponse:
         if routing.pinned is not None:
             self._dispatcher.check_pin(valid, routing.pinned)
         if (valid.response_format == "url" or idempotency_key) and not self._store.has_room():
             raise StorageFullError()  # before admission: the upstream is not paid for images we cannot keep
         idem = Idempotency(idempotency_key, fingerprint(valid)) if idempotency_key else None
-        admitted = await self._admit(principal, valid, request_id, idem)
+        admitted = await self._admit(principal, valid, request_id, idem, hold_s)
         if isinstance(admitted, Replay):
             assert idem is not None  # only a request with an Idempotency-Key is replayed
             return await self._replayed(admitted, idem.key)
@@ -160,7 +171,12 @@ class ImageService:
         return await dry_run(self._meter, self._dispatcher, principal, valid, routing)
 
     async def _admit(
-        self, principal: Principal, valid: ValidRequest, request_id: str, idem: Idempotency | None
+        self,
+        principal: Principal,
+        valid: ValidRequest,
+        request_id: str,
+        idem: Idempotency | None,
+        hold_s: float | None = None,
     ) -> Admission | Replay:
         """Admit, or find the earlier request with the same Idempotency-Key and wait for it."""
         quote = valid.model.price_micros(valid.size, valid.n)
@@ -168,7 +184,12 @@ class ImageService:
         while True:
             try:
                 got = await self._meter.admit(
-                    principal.team_id, request_id, valid.n, quote, hold_s=self._deadline_s + 60, idempotency=idem
+                    principal.team_id,
+                    request_id,
+                    valid.n,
+                    quote,
+                    hold_s=hold_s if hold_s is not None else self._deadline_s + 60,
+                    idempotency=idem,
                 )
             except GatewayError as exc:
                 self._metrics.rejections.labels(principal.team_id, exc.kind).inc()
@@ -184,7 +205,12 @@ class ImageService:
             await asyncio.sleep(0.2)
 
     async def _serve(
-        self, principal: Principal, valid: ValidRequest, admission: Admission, routing: RoutingRequest
+        self,
+        principal: Principal,
+        valid: ValidRequest,
+        admission: Admission,
+        routing: RoutingRequest,
+        job: Admitted | None = None,
     ) -> ImagesResponse:
         spec = valid.model
         quote = admission.quote_micros
@@ -201,11 +227,11 @@ class ImageService:
                 # Only now, admitted: an edit refused by its limits or budget decodes nothing, and
                 # a truncated or corrupt upload fails here and is settled, charged nothing.
                 await self._decoder.check(valid)
-            attempt = await self._dispatcher.call(
-                valid, request_id, started + self._deadline_s, routing, team_id=principal.team_id
-            )
+            attempt = await self._call(valid, request_id, started + self._deadline_s, routing, principal, job)
             upstream_s = attempt.upstream_s
-            data, kept = await self._render(valid, attempt.result.images, keep=admission.idempotency is not None)
+            data, kept = await self._render(
+                valid, attempt.result.images, keep=(job is not None and job.keep) or admission.idempotency is not None
+            )
             latency = time.monotonic() - started
             headers = {
                 "x-gateway-provider": attempt.provider,
@@ -257,7 +283,9 @@ class ImageService:
                     await self._settle(admission, gone, principal, "cancelled", elapsed)
 
             handed_over = True
-            return ImagesResponse(body, {**headers, **admission.limits.headers()}, Delivery(settle))
+            return ImagesResponse(
+                body, {**headers, **admission.limits.headers()}, Delivery(settle, served), tuple(kept)
+            )
         except asyncio.CancelledError:
             status = "cancelled"
             outcome = Settlement(
@@ -274,6 +302,30 @@ class ImageService:
             if not handed_over:  # a served request is settled by its Delivery, once answered
                 in_flight.dec()
                 await self._settle(admission, outcome, principal, status, time.monotonic() - started)
+
+    async def _call(
+        self,
+        valid: ValidRequest,
+        request_id: str,
+        deadline: float,
+        routing: RoutingRequest,
+        principal: Principal,
+        job: Admitted | None,
+    ) -> Attempted:
+        """The dispatcher's call; for a job taken over from a process that died, first the
+        upstream request that process had submitted, where its provider can re-attach to it."""
+        if job is not None and job.upstream is not None:
+            try:
+                found = await self._dispatcher.reattach(valid, request_id, deadline, *job.upstream)
+            except ProviderError as exc:  # lost upstream (cancelled, expired): submitted anew
+                log.info("re-attaching %s to %s failed (%s); submitting anew", request_id, job.upstream[0], exc.kind)
+                found = None
+            if found is not None:
+                return found
+        on_submitted = job.on_submitted if job is not None else None
+        return await self._dispatcher.call(
+            valid, request_id, deadline, routing, team_id=principal.team_id, on_submitted=on_submitted
+        )
 
     async def _settle(
         self, admission: Admission, outcome: Settlement, principal: Principal, status: str, elapsed: float
@@ -355,8 +407,6 @@ class ImageService:
             "x-gateway-original-request-id": stored["request_id"],
         }
         return ImagesResponse(body, headers)
-
-
 
 
 async def _as_asked(valid: ValidRequest, img: GeneratedImage) -> GeneratedImage:

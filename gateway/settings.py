@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated
 
@@ -109,6 +110,26 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(default=30.0, gt=0)
     body_min_rate_bytes_s: float = Field(default=1024.0, ge=0)
 
+    # Async jobs (Prefer: respond-async; gateway/jobs/). A job's reservation holds `job_hold_s` (it
+    # counts as in flight, queued or running, and must be settled within it); each process runs up
+    # to `job_concurrency` jobs, looks for new ones every `job_poll_s`, and holds a job by a lease of
+    # `job_lease_s`, renewed while it runs: a process that dies loses its jobs to another that long
+    # after. A finished job is kept `job_keep_s`.
+    job_hold_s: float = Field(default=3600.0, gt=0)
+    job_concurrency: int = Field(default=16, ge=0)
+    job_poll_s: float = Field(default=0.5, gt=0)
+    job_lease_s: float = Field(default=15.0, gt=0)
+    job_keep_s: float = Field(default=86400.0, gt=0)
+    # Webhooks: refused to any address that is not public (loopback, private, link-local, ...) unless
+    # inside one of these comma-separated CIDR ranges; https only, unless plain http is allowed.
+    # A failed delivery is tried again after webhook_backoff_s, then twice as long each time, up to
+    # webhook_attempts attempts in all; each attempt may take webhook_timeout_s.
+    webhook_allow_cidrs: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    webhook_allow_http: bool = False
+    webhook_attempts: int = Field(default=8, ge=1, le=30)
+    webhook_backoff_s: float = Field(default=5.0, gt=0)
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+
     log_level: str = "info"
     # Set by `gateway serve` for several worker processes (prometheus-client's multiprocess mode).
     prometheus_multiproc_dir: Path | None = Field(
@@ -120,6 +141,16 @@ class Settings(BaseSettings):
     def _split_urls(cls, value: object) -> object:
         if isinstance(value, str):
             return [u.strip().rstrip("/") for u in value.split(",") if u.strip()]
+        return value
+
+    @field_validator("webhook_allow_cidrs", mode="before")
+    @classmethod
+    def _split_cidrs(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [c.strip() for c in value.split(",") if c.strip()]
+        if isinstance(value, list):
+            for cidr in value:
+                ipaddress.ip_network(str(cidr), strict=False)  # a bad range stops the boot, naming it
         return value
 
     @field_validator("fal_queue_url", "public_url")

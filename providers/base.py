@@ -8,7 +8,7 @@ into these types at their boundary; the core never sees an httpx error or a fal 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -62,6 +62,9 @@ class ImageRequest:
     output_format: OutputFormat = "png"
     # The caller's other parameters, for adapters that pass them on (see PassesThrough).
     extra: Mapping[str, JsonValue] = field(default_factory=dict)
+    # Told the upstream's own handle on the request once it has one (Reattachable adapters): an
+    # async job keeps it, so a process that takes the job over can wait for that request.
+    on_submitted: Callable[[str], Awaitable[None]] | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_edit(self) -> bool:
@@ -230,6 +233,15 @@ class PassesThrough(Protocol):
     without it gets no `extra`, and the gateway tells the caller they were ignored."""
 
     owned_params: frozenset[str]
+
+
+@runtime_checkable
+class Reattachable(Protocol):
+    """Optional, for upstreams that keep a request after our call ends (fal's queue): wait for the
+    request whose handle `generate` reported through `request.on_submitted`, instead of submitting
+    it again. Cancellation cancels it upstream, as in `generate`."""
+
+    async def reattach(self, target: RouteTarget, request: ImageRequest, handle: str) -> ImageResult: ...
 
 
 @runtime_checkable

@@ -235,6 +235,18 @@ class Meter:
         what = {"rpm": "requests per minute", "ipm": "images per minute", "in_flight": "images in flight"}[code]
         raise RateLimitError(f"Rate limit exceeded for {what}.", headers=headers)
 
+    async def is_reserved(self, team_id: str, request_id: str) -> bool:
+        """Whether the request's reservation is still held (admitted, not settled nor expired)."""
+        return bool(await self._r.hexists(team_prefix(team_id) + "res", request_id))
+
+    def admission_of(self, record: dict[str, Any]) -> Admission:
+        """An Admission back from its to_record form (as the spool and async jobs keep it)."""
+        idem = record.get("idempotency")
+        return Admission(
+            record["request_id"], record["team_id"], record["quote_micros"], RateLimitState(**record["limits"]),
+            Idempotency(**idem) if idem else None,
+        )  # fmt: skip
+
     async def settle(self, admission: Admission, outcome: Settlement) -> int | None:
         """Charge (or refund) exactly once; returns the amount charged in micro-USD, or None when
         the request was already settled or Redis could not be reached.

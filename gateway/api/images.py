@@ -15,6 +15,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException
 
 from gateway.accounting.keys import Principal
+from gateway.api import jobs
 from gateway.api.deps import State, Team
 from gateway.api.disconnect import until_disconnect
 from gateway.api.json_body import parse_object
@@ -139,12 +140,18 @@ async def _probe(upload: UploadFile, param: str, limit: int, max_pixels: int) ->
 
 async def _serve(request: Request, state: AppState, principal: Principal, valid: ValidRequest) -> Response:
     routing = await _routing(request, state, principal, valid)
+    respond_async = jobs.wants_async(request)
+    if not respond_async:
+        jobs.refuse_webhook_without_job(valid)
     if request.query_params.get("dryRun", "").lower() == "true":
         if valid.stream:  # an SDK reading a stream would find no event in a JSON quote, and say nothing
             raise InvalidRequestError(
                 "A dry run answers its quote as JSON; send it without stream=true.", param="stream"
             )
         return JsonBytesResponse(await state.service.dry_run(principal, valid, routing))
+    if respond_async:  # admitted now, served by the job runner: 202 with the job
+        body, headers = await jobs.submit(request, state, principal, valid, routing)
+        return JsonBytesResponse(body, status_code=202, headers=headers)
     if valid.stream:
         admitted = state.service.admit(principal, valid, request.state.request_id, routing, _idempotency_key(request))
         # Admitted (or refused, with an ordinary HTTP error) before the stream is answered.

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, models_json_schema
 
+from gateway.api.job_schemas import JobObject
 from gateway.api.schemas import (
     DryRun,
     ErrorResponse,
@@ -24,7 +25,7 @@ GENERATIONS = "/v1/images/generations"
 EDITS = "/v1/images/edits"
 
 REQUESTS = (ImageGenerationRequest, ImageEditRequest)
-RESPONSES = (ImagesResponse, DryRun, ErrorResponse)
+RESPONSES = (ImagesResponse, DryRun, ErrorResponse, JobObject)
 ERROR_REF = "#/components/responses/Error"
 
 # Every dict below is made anew for each schema: no module-level state to mutate.
@@ -60,6 +61,15 @@ def _image_parameters() -> list[dict[str, Any]]:
             "Another latency target (seconds) for this request.",
         ),
         _header("x-gateway-provider", {"type": "string"}, "Pin a provider (teams allowed to pin)."),
+        {
+            **_header(
+                "Prefer",
+                {"type": "string"},
+                "respond-async: answer 202 with a job at once (GET /v1/images/jobs/{job_id} for its result; "
+                "webhook_url for a signed webhook when it is done).",
+            ),
+            "example": "respond-async",
+        },
     ]
 
 
@@ -84,6 +94,17 @@ def _images_answer() -> dict[str, Any]:
     }
 
 
+def _job_answer() -> dict[str, Any]:
+    return {
+        "description": "With Prefer: respond-async: the job, admitted and queued (Preference-Applied: respond-async).",
+        "headers": {
+            "Preference-Applied": {"description": "respond-async", "schema": {"type": "string"}},
+            "Location": {"description": "The job's URL.", "schema": {"type": "string"}},
+        },
+        "content": {"application/json": {"schema": _ref(JobObject)}},
+    }
+
+
 def _generations() -> dict[str, Any]:
     return {
         "summary": "Create images",
@@ -92,7 +113,7 @@ def _generations() -> dict[str, Any]:
         "operationId": "create_image",
         "parameters": _image_parameters(),
         "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(ImageGenerationRequest)}}},
-        "responses": {"200": _images_answer()},
+        "responses": {"200": _images_answer(), "202": _job_answer()},
         "security": [{"teamKey": []}],
     }
 
@@ -128,6 +149,7 @@ def complete(schema: dict[str, Any]) -> None:
     form = {"schema": _ref(ImageEditRequest), "encoding": {"image": images, "image[]": images, "mask": images}}
     edit["requestBody"] = {"required": True, "content": {"multipart/form-data": form}}
     edit["responses"]["200"] = _images_answer()
+    edit["responses"]["202"] = _job_answer()
     for operations in paths.values():
         for operation in operations.values():
             responses = operation["responses"]

@@ -79,6 +79,11 @@ class _ImageParams(BaseModel):
     guidance_scale: float | None = Field(default=None, ge=0, description="Only models that take one.")
     stream: bool | None = Field(default=None, description="true is refused (400 unsupported_parameter) for now.")
     partial_images: int | None = Field(default=None, ge=0, le=3, description="Accepted and ignored without stream.")
+    webhook_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="With Prefer: respond-async: where the job's result is POSTed, signed (Standard Webhooks).",
+    )
 
 
 class ImageGenerationRequest(_ImageParams):

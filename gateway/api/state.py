@@ -9,6 +9,7 @@ from gateway.api.shedding import LoadShedder
 from gateway.api.throttle import SecretThrottle
 from gateway.catalog import Catalog
 from gateway.images.storage import ImageStore
+from gateway.jobs.service import JobService
 from gateway.live_catalog import LiveCatalog
 from gateway.metrics import Metrics
 from gateway.redis.client import RedisClient
@@ -31,6 +32,7 @@ class AppState:
     secrets_throttle: SecretThrottle
     # Fields the configured adapters set themselves: no caller may pass them through.
     owned_params: frozenset[str] = frozenset()
+    jobs: JobService | None = None  # async jobs (Prefer: respond-async)
 
     @property
     def catalog(self) -> Catalog:

@@ -24,6 +24,7 @@ READ = frozenset(
     {
         "model", "prompt", "n", "size", "response_format", "num_inference_steps", "guidance_scale",
         "negative_prompt", "seed", "strength", "output_format", "output_compression", "stream", "partial_images",
+        "webhook_url",  # the gateway's own (async jobs, gateway/jobs/): never sent upstream
     }
 )  # fmt: skip
 

@@ -48,6 +48,7 @@ class ValidRequest:
     pinned: str | None = None  # the route a provider-prefixed model id asked for (fal/hidream-i1-full)
     stream: bool = False  # answer as OpenAI's Server-Sent Events (gateway/api/streaming.py)
     partial_images: int = 0  # asked for with `stream`; none are sent yet (named ignored)
+    webhook_url: str | None = None  # an async job's webhook (gateway/jobs/); checked there
 
     @property
     def size(self) -> str:
@@ -320,6 +321,7 @@ def validate_generation(
         pinned=ref.pinned,
         stream=stream,
         partial_images=partial_images,
+        webhook_url=params.text("webhook_url", max_len=2048),
     )
 
 

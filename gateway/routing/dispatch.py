@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 
 from gateway.catalog import Route, RoutingPolicy
 from gateway.errors import (
@@ -30,7 +31,11 @@ from providers.base import (
     PassesThrough,
     ProviderBadResponseError,
     ProviderError,
+    Reattachable,
 )
+
+# Told (route's provider, the upstream's handle) once a route's upstream has taken the request.
+OnSubmitted = Callable[[str, str], Awaitable[None]]
 
 log = logging.getLogger(__name__)
 
@@ -121,14 +126,43 @@ class Dispatcher:
         return plan
 
     async def call(
-        self, valid: ValidRequest, request_id: str, deadline: float, routing: RoutingRequest, *, team_id: str
+        self,
+        valid: ValidRequest,
+        request_id: str,
+        deadline: float,
+        routing: RoutingRequest,
+        *,
+        team_id: str,
+        on_submitted: OnSubmitted | None = None,
     ) -> Attempted:
         """One upstream call with fallbacks, or, for more images than any route makes at once, a
-        fan-out over several (see _fan_out)."""
+        fan-out over several (see _fan_out). `on_submitted`: told the upstream's handle on a
+        single call (an async job keeps it to re-attach; a fan-out's parts are not re-attached)."""
         part = self.part_size(valid, routing)
         if valid.n > part:
             return await self._fan_out(valid, request_id, deadline, routing, team_id, part)
-        return await self._attempt(await self.plan(valid, routing), valid, request_id, deadline, team_id)
+        plan = await self.plan(valid, routing)
+        return await self._attempt(plan, valid, request_id, deadline, team_id, on_submitted)
+
+    async def reattach(
+        self, valid: ValidRequest, request_id: str, deadline: float, provider_name: str, handle: str
+    ) -> Attempted | None:
+        """Wait for a request an upstream already holds (submitted by a process that died); None
+        when that cannot be done (the route is gone, or its upstream cannot re-attach)."""
+        provider = self._providers.get(provider_name)
+        route = next((r for r in self.candidates(valid) if r.provider == provider_name), None)
+        if route is None or not isinstance(provider, Reattachable):
+            return None
+        passes = isinstance(provider, PassesThrough)
+        request = _provider_request(valid, request_id, deadline - time.monotonic(), with_extra=passes)
+        t0 = time.monotonic()
+        result = await provider.reattach(route.target, request, handle)
+        _check_result(route, valid, result)
+        elapsed = time.monotonic() - t0
+        cost = route.cost_micros(valid.gen_width, valid.gen_height, valid.n)
+        return Attempted(
+            route.provider, result, "reattached", elapsed, cost, () if passes else tuple(sorted(valid.extra))
+        )
 
     async def _fan_out(
         self, valid: ValidRequest, request_id: str, deadline: float, routing: RoutingRequest, team_id: str, size: int
@@ -170,7 +204,13 @@ class Dispatcher:
         )
 
     async def _attempt(
-        self, plan: list[Planned], valid: ValidRequest, request_id: str, deadline: float, team_id: str
+        self,
+        plan: list[Planned],
+        valid: ValidRequest,
+        request_id: str,
+        deadline: float,
+        team_id: str,
+        on_submitted: OnSubmitted | None = None,
     ) -> Attempted:
         """The plan's routes in order until one answers, within the deadline."""
         last: ProviderError | None = None
@@ -181,12 +221,13 @@ class Dispatcher:
             route = planned.route
             provider = self._providers[route.provider]
             passes = isinstance(provider, PassesThrough)
+            request = _provider_request(valid, request_id, remaining, with_extra=passes)
+            if on_submitted is not None:
+                request = replace(request, on_submitted=partial(on_submitted, route.provider))
             t0 = time.monotonic()
             try:
                 with self._router.attempt(route):
-                    result = await provider.generate(
-                        route.target, _provider_request(valid, request_id, remaining, with_extra=passes)
-                    )
+                    result = await provider.generate(route.target, request)
                 _check_result(route, valid, result)
             except ProviderError as err:
                 elapsed = time.monotonic() - t0

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from providers.base import (
     ImageRequest,
@@ -97,13 +98,33 @@ class FalProvider:
     async def generate(self, target: RouteTarget, request: ImageRequest) -> ImageResult:
         endpoint = mapping.endpoint_for(target, request)
         body = mapping.submit_body(request)
+        return await self._follow(endpoint, request, lambda: self._submit(endpoint, body, request.timeout_s))
+
+    async def reattach(self, target: RouteTarget, request: ImageRequest, handle: str) -> ImageResult:
+        """Reattachable: follow a request submitted earlier (by a process that died) to its result."""
+        submission = mapping.parse_submission(handle.encode(), queue_url=self._queue_url)
+
+        async def known() -> Submission:
+            return submission
+
+        return await self._follow(mapping.endpoint_for(target, request), request, known)
+
+    async def _follow(
+        self, endpoint: str, request: ImageRequest, submit: Callable[[], Awaitable[Submission]]
+    ) -> ImageResult:
+        """Submit (or take a submission), report its handle, wait for the result; under the request's deadline."""
         started = time.monotonic()
         submitting: asyncio.Task[Submission] | None = None
         try:
             async with asyncio.timeout(request.timeout_s):
                 # Shielded: a submit cut short could leave a job at fal that we hold no id for.
-                submitting = asyncio.ensure_future(self._submit(endpoint, body, request.timeout_s))
+                submitting = asyncio.ensure_future(submit())
                 submission = await asyncio.shield(submitting)
+                if request.on_submitted is not None:
+                    try:
+                        await request.on_submitted(json.dumps(dataclasses.asdict(submission)))
+                    except Exception as exc:  # a handle not kept costs only a re-attach later
+                        log.info("fal request handle not kept: %s", type(exc).__name__)
                 try:
                     status = await self._until_completed(endpoint, submission)
                 except ProviderError:

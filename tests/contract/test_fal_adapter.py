@@ -11,7 +11,7 @@ import base64
 import io
 import json
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import httpx
 import pytest
@@ -404,3 +404,30 @@ async def test_learned_short_jobs_are_polled_and_overruns_streamed(rig_factory: 
         await rig.provider.generate(TARGET, make_request(timeout_s=1.5))
     hung = rig.fake.requests()[-1]
     assert rig.fake.count("streams") == 4 and hung.polls >= 1
+
+
+async def test_a_request_is_reattached_by_its_reported_handle_without_a_second_submit(rig: Rig) -> None:
+    """An async job keeps the handle the adapter reports after the submit; a process taking the job
+    over follows that fal request to its result instead of submitting another."""
+    handles: list[str] = []
+
+    async def keep(handle: str) -> None:
+        handles.append(handle)
+
+    first = asyncio.create_task(rig.provider.generate(TARGET, replace(make_request(), on_submitted=keep)))
+    while not handles:
+        await asyncio.sleep(0.005)
+    result = await rig.provider.reattach(TARGET, make_request(), handles[0])
+    assert len(result.images) == 1 and result.images[0].url
+    assert len(rig.transport.of("POST")) == 1  # the one submit, followed twice
+    assert result.upstream_request_id == json.loads(handles[0])["request_id"]
+    await first
+
+
+async def test_a_handle_pointing_outside_the_queue_url_is_refused(rig: Rig) -> None:
+    handle = json.dumps({"request_id": "r", "status_url": "http://elsewhere.test/s", "response_url":
+                         "http://elsewhere.test/r", "cancel_url": "http://elsewhere.test/c"})  # fmt: skip
+    with pytest.raises(ProviderError) as caught:
+        await rig.provider.reattach(TARGET, make_request(), handle)
+    assert caught.value.kind == ErrorKind.BAD_RESPONSE
+    assert rig.transport.seen == []  # the key went nowhere

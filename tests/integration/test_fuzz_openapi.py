@@ -89,17 +89,28 @@ def _header(entry: dict[str, Any], name: str) -> str | None:
     return next((h["value"] for h in entry["response"]["headers"] if h["name"].lower() == name), None)
 
 
+def _job_charge(stack: Stack, job_id: str) -> Decimal:
+    r = httpx.get(f"{stack.base}/v1/images/jobs/{job_id}", headers={"Authorization": f"Bearer {stack.key}"})
+    assert r.status_code == 200, r.text
+    job = r.json()
+    assert job["status"] in ("succeeded", "failed", "cancelled"), job  # its reservation was settled
+    return Decimal(job["result"]["gateway"]["charged_usd"]) if job["status"] == "succeeded" else Decimal(0)
+
+
 def test_the_live_gateway_under_fuzzing(stack: Stack, tmp_path: Path) -> None:
     spent_before = Decimal(str(_usage(stack)["spent_usd"]))
     entries = _fuzz(stack, tmp_path / "fuzz.har", "--phases", "examples,coverage,fuzzing")
 
     answers: Counter[tuple[str, int]] = Counter()
     charged = Decimal(0)
+    jobs: list[str] = []
     for entry in entries:
         path, status = urlsplit(entry["request"]["url"]).path, entry["response"]["status"]
         if entry["request"]["method"] == "POST" and path in IMAGE_PATHS:
             answers[path, status] += 1
-            if 200 <= status < 300:
+            if status == 202:  # a job (Prefer: respond-async): charged when it is done
+                jobs.append(json.loads(entry["response"]["content"]["text"])["id"])
+            elif 200 <= status < 300:
                 charged += Decimal(_header(entry, "x-gateway-charged-usd") or "0")  # none on a dry run
     for path in IMAGE_PATHS:  # the fuzz reached both sides of each image operation
         assert any(p == path and s == 200 for p, s in answers), answers
@@ -107,6 +118,8 @@ def test_the_live_gateway_under_fuzzing(stack: Stack, tmp_path: Path) -> None:
     assert charged > 0, answers
     # Settlement lands just after an answer is sent: wait until nothing is held any more.
     wait_for(lambda: _usage(stack)["reserved_usd"] == 0, "every reservation settled or released")
+    assert jobs, answers
+    charged += sum((_job_charge(stack, job_id) for job_id in jobs), Decimal(0))
     assert Decimal(str(_usage(stack)["spent_usd"])) - spent_before == charged, answers
 
     admin = _fuzz(stack, tmp_path / "admin.har", "--phases", "stateful", "--include-path-regex", "^/admin/")
