@@ -158,6 +158,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "gateway.app:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
             log_level=settings.log_level, access_log=False, loop="uvloop", http=http,
             ws="none", backlog=args.backlog,
+            # uvicorn kills a worker process whose ping thread has not answered in this long. At
+            # its default (5 s) a process still starting on a loaded machine was killed, restarted
+            # and killed again; 30 s still replaces a process that is really hung.
+            timeout_worker_healthcheck=30,
         )  # fmt: skip
     except EmbeddedRedisError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
