@@ -5,6 +5,7 @@ the same callback, the size check (or tiny mode's resize) and PNG encoding."""
 from __future__ import annotations
 
 import io
+import logging
 import sys
 import threading
 from collections.abc import Sequence
@@ -15,6 +16,8 @@ from PIL import Image
 from worker.errors import FatalDeviceError, InferenceError, JobCancelledError
 from worker.jobs import JobOutput, JobSpec, Preview, Report, StepDone
 from worker.previews import Previewer, preview_steps
+
+log = logging.getLogger("worker.inference")
 
 
 class PipelineOutput(Protocol):
@@ -72,8 +75,13 @@ def run_job(
             return {}
         if report is not None:
             if steps_done in at_steps and previewer is not None:
-                report(_preview(previewer, tensors["latents"], sent, steps_done, spec.steps))
-                sent += 1
+                try:
+                    preview = _preview(previewer, tensors["latents"], sent, steps_done, spec.steps)
+                except Exception:  # a preview is a courtesy: the job goes on without it
+                    log.exception("job preview after step %d failed", steps_done)
+                else:
+                    report(preview)
+                    sent += 1
             report(StepDone(steps_done, spec.steps))
         return {}
 

@@ -61,3 +61,18 @@ def test_run_job_reports_each_step_and_the_previews_of_the_real_loop(tiny: Any) 
     assert [(p.index, p.step, p.steps) for p in previews] == [(0, 1, 4), (1, 3, 4)]
     assert all(len(p.pngs) == 2 and (p.width, p.height) == (16, 16) for p in previews)
     assert len(out.images) == 2
+
+
+def test_a_preview_that_cannot_be_made_leaves_the_job_to_finish() -> None:
+    from tests.fakes.stand_in_pipeline import StandInPipeline
+
+    class NoVae(StandInPipeline):
+        vae = None  # type: ignore[assignment]
+
+    pipe = NoVae()
+    events: list[JobEvent] = []
+    spec = JobSpec("a fox", None, 1, 1024, 1024, 4, 5.0, 1, partial_images=2)
+    out = run_job(pipe, spec, threading.Event(), events.append, resize_to_request=False, previewer=Previewer(pipe))
+    assert [e.step for e in events if isinstance(e, StepDone)] == [1, 2, 3, 4]
+    assert not [e for e in events if isinstance(e, Preview)]
+    assert len(out.images) == 1
