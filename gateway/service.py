@@ -13,8 +13,8 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 from gateway.accounting.keys import Principal
 from gateway.accounting.metering import Admission, Idempotency, Meter, Replay, Settlement, StillRunning
@@ -36,6 +36,7 @@ from gateway.quote import dry_run
 from gateway.routing.dispatch import Attempted, Dispatcher, OnSubmitted, RoutingRequest
 from providers.base import (
     GeneratedImage,
+    ProgressEvent,
     ProviderError,
 )
 
@@ -89,6 +90,55 @@ class Admitted:
         return headers
 
 
+@dataclass(frozen=True, slots=True)
+class PartServed:
+    """Images of a streamed request made and rendered as asked, before the others are."""
+
+    first: int  # index of its first image in the request's
+    b64: tuple[str, ...]
+    seed: int | None
+    facts: dict[str, Any]  # what its completed events say of the gateway (provider, charge, ...)
+
+
+class StreamListener(Protocol):
+    """A streamed request's: its progress and each part as it is served (neither may block)."""
+
+    def progress(self, first: int, event: ProgressEvent) -> None: ...
+
+    def served(self, part: PartServed) -> None: ...
+
+
+class _Parts:
+    """The dispatcher's Listener for a stream: renders each call's images as asked when they come
+    (kept, so the answer's body reuses them) and tells the stream."""
+
+    def __init__(self, valid: ValidRequest, quote: int, outer: StreamListener) -> None:
+        self._valid = valid
+        self._quote = quote
+        self._outer = outer
+        self.rendered: dict[int, GeneratedImage] = {}  # id() of an upstream image -> as asked
+
+    def progress(self, first: int, event: ProgressEvent) -> None:
+        self._outer.progress(first, event)
+
+    async def part_done(self, first: int, attempted: Attempted) -> None:
+        b64 = []
+        for img in attempted.result.images:
+            done = await _as_asked(self._valid, img)
+            assert done.data is not None
+            if done.b64 is None:  # encoded once: the answer's body reuses it
+                done = replace(done, b64=base64.b64encode(done.data).decode("ascii"))
+            self.rendered[id(img)] = done
+            b64.append(done.b64 or "")
+        facts = {
+            "provider": attempted.provider,
+            "route_reason": attempted.reason,
+            "charged_usd": f"{micros_to_usd(self._quote):.6f}",
+            "ignored_params": sorted({*self._valid.ignored, *attempted.ignored}),
+        }
+        self._outer.served(PartServed(first, tuple(b64), attempted.result.seed, facts))
+
+
 class ImageService:
     def __init__(
         self,
@@ -139,10 +189,14 @@ class ImageService:
             return admitted
         return Admitted(principal, valid, admitted, routing)
 
-    async def serve(self, admitted: Admitted) -> ImagesResponse:
+    async def serve(self, admitted: Admitted, listener: StreamListener | None = None) -> ImagesResponse:
         """Route, call, store and answer an admitted request; settled here if it fails, else by
-        its Delivery once answered."""
-        return await self._serve(admitted.principal, admitted.valid, admitted.admission, admitted.routing, admitted)
+        its Delivery once answered. A stream's `listener` hears its progress and each image as
+        it is made (the answer then holds them all, as usual)."""
+        parts = None if listener is None else _Parts(admitted.valid, admitted.admission.quote_micros, listener)
+        return await self._serve(
+            admitted.principal, admitted.valid, admitted.admission, admitted.routing, admitted, parts
+        )
 
     async def _admitted(
         self,
@@ -211,6 +265,7 @@ class ImageService:
         admission: Admission,
         routing: RoutingRequest,
         job: Admitted | None = None,
+        parts: _Parts | None = None,
     ) -> ImagesResponse:
         spec = valid.model
         quote = admission.quote_micros
@@ -227,11 +282,13 @@ class ImageService:
                 # Only now, admitted: an edit refused by its limits or budget decodes nothing, and
                 # a truncated or corrupt upload fails here and is settled, charged nothing.
                 await self._decoder.check(valid)
-            attempt = await self._call(valid, request_id, started + self._deadline_s, routing, principal, job)
+            attempt = await self._call(valid, request_id, started + self._deadline_s, routing, principal, job, parts)
             upstream_s = attempt.upstream_s
-            data, kept = await self._render(
-                valid, attempt.result.images, keep=(job is not None and job.keep) or admission.idempotency is not None
-            )
+            images = attempt.result.images
+            if parts is not None:  # each rendered as asked when it came
+                images = tuple(parts.rendered[id(img)] for img in images)
+            keep = (job is not None and job.keep) or admission.idempotency is not None
+            data, kept = await self._render(valid, images, keep=keep, as_asked=parts is not None)
             latency = time.monotonic() - started
             headers = {
                 "x-gateway-provider": attempt.provider,
@@ -311,6 +368,7 @@ class ImageService:
         routing: RoutingRequest,
         principal: Principal,
         job: Admitted | None,
+        listener: _Parts | None = None,
     ) -> Attempted:
         """The dispatcher's call; for a job taken over from a process that died, first the
         upstream request that process had submitted, where its provider can re-attach to it."""
@@ -324,8 +382,9 @@ class ImageService:
                 return found
         on_submitted = job.on_submitted if job is not None else None
         return await self._dispatcher.call(
-            valid, request_id, deadline, routing, team_id=principal.team_id, on_submitted=on_submitted
-        )
+            valid, request_id, deadline, routing, team_id=principal.team_id, on_submitted=on_submitted,
+            listener=listener,
+        )  # fmt: skip
 
     async def _settle(
         self, admission: Admission, outcome: Settlement, principal: Principal, status: str, elapsed: float
@@ -349,11 +408,13 @@ class ImageService:
             )
 
     async def _render(
-        self, valid: ValidRequest, images: tuple[GeneratedImage, ...], *, keep: bool = False
+        self, valid: ValidRequest, images: tuple[GeneratedImage, ...], *, keep: bool = False, as_asked: bool = False
     ) -> tuple[list[dict[str, str]], list[str | None]]:
         """The response's data items, and the name of each image kept in the store (None if not):
-        every URL answer's, and with `keep` (an idempotent request) a b64_json answer's too."""
-        images = tuple([await _as_asked(valid, img) for img in images])
+        every URL answer's, and with `keep` (an idempotent request) a b64_json answer's too.
+        `as_asked`: the images are at the asked size and format already."""
+        if not as_asked:
+            images = tuple([await _as_asked(valid, img) for img in images])
         out: list[dict[str, str]] = []
         kept: list[str | None] = []
         for img in images:

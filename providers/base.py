@@ -65,6 +65,8 @@ class ImageRequest:
     # Told the upstream's own handle on the request once it has one (Reattachable adapters): an
     # async job keeps it, so a process that takes the job over can wait for that request.
     on_submitted: Callable[[str], Awaitable[None]] | None = field(default=None, compare=False, repr=False)
+    # Previews to report while it runs (0-3), for adapters that make them (see ReportsProgress).
+    partial_images: int = 0
 
     @property
     def is_edit(self) -> bool:
@@ -233,6 +235,45 @@ class PassesThrough(Protocol):
     without it gets no `extra`, and the gateway tells the caller they were ignored."""
 
     owned_params: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """How a job is going, as far as the upstream says (each field None where it says nothing)."""
+
+    queue_position: int | None = None  # jobs ahead of it; 0 once it runs
+    step: int | None = None  # denoising steps done
+    steps: int | None = None
+    expected_s: float | None = None  # until the result, as the adapter expects it now
+
+
+@dataclass(frozen=True, slots=True)
+class PartialImage:
+    """A preview of the images being made, one per image of the call, smaller than the result
+    (the gateway scales it like a finished image)."""
+
+    index: int  # 0-based, in the order made (OpenAI's partial_image_index)
+    images: tuple[GeneratedImage, ...]
+    step: int | None = None
+    steps: int | None = None
+
+
+ProgressEvent = Progress | PartialImage
+# Called on the event loop, never blocking: the gateway queues what it gets.
+ProgressSink = Callable[[ProgressEvent], None]
+
+
+@runtime_checkable
+class ReportsProgress(Protocol):
+    """Optional: the adapter reports how a job goes while it runs (queue position, steps) and,
+    where `makes_partial_images`, up to `request.partial_images` previews. The same call as
+    `generate` otherwise, with the same result and errors."""
+
+    makes_partial_images: bool
+
+    async def generate_reporting(
+        self, target: RouteTarget, request: ImageRequest, report: ProgressSink
+    ) -> ImageResult: ...
 
 
 @runtime_checkable

@@ -18,20 +18,24 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.types import Receive, Scope, Send
 
 from worker import __version__
 from worker.errors import FatalDeviceError, InvalidRequestError, NotReadyError, WorkerError
 from worker.inference import Pipeline, run_job
 from worker.jobs import Execute, Job, JobQueue, JobSpec
+from worker.previews import Previewer
 from worker.schemas import generation_body, parse_request, to_job_spec
 from worker.settings import WorkerSettings
 from worker.state import WorkerState
+from worker.streaming import EventChannel, JobStream
 from worker.variants import SIZES
 
 log = logging.getLogger("worker")
 
 PipelineFactory = Callable[[WorkerSettings], Pipeline]
 T = TypeVar("T")
+Answer = tuple[int, dict[str, str], dict[str, Any]]  # status, headers, body
 
 # Two 4000-character prompts in 4-byte UTF-8 and every other field fit easily.
 MAX_BODY_BYTES = 256 * 1024
@@ -92,14 +96,15 @@ async def _load_warm_and_serve(state: WorkerState, factory: PipelineFactory) -> 
     state.mark_loaded(time.perf_counter() - started)
     log.info("pipeline for %s loaded in %.1f s", settings.spec.model_id, state.load_seconds)
     execute: Execute = partial(
-        run_job, pipeline, resize_to_request=settings.tiny, png_compress_level=settings.png_compress_level
-    )
+        run_job, pipeline, resize_to_request=settings.tiny, png_compress_level=settings.png_compress_level,
+        previewer=Previewer(pipeline),
+    )  # fmt: skip
     if settings.warmup:
         spec = warmup_spec(settings)
         stop_warming = threading.Event()
         t0 = time.perf_counter()
         try:
-            await asyncio.to_thread(execute, spec, stop_warming)
+            await asyncio.to_thread(execute, spec, stop_warming, None)
         except asyncio.CancelledError:
             stop_warming.set()  # shutting down mid warm-up: stop at the next step
             raise
@@ -169,31 +174,60 @@ async def create_generation(request: Request) -> Response:
     arrived = time.perf_counter()
     request_id = (request.headers.get("x-request-id") or uuid.uuid4().hex)[:128]
     try:
-        spec = to_job_spec(parse_request(await _json_body(request)), state.settings)
+        req = parse_request(await _json_body(request))
+        spec = to_job_spec(req, state.settings)
         state.ensure_ready()
-        job = state.queue.submit(spec, request_id)
+        channel = EventChannel(asyncio.get_running_loop()) if req.stream else None
+        job = state.queue.submit(spec, request_id, channel.report if channel is not None else None)
     except WorkerError as err:
         m.requests.labels(err.status_label).inc()
         return error_response(err)
+    outcome = partial(_outcome, state, job, request_id, arrived)
+    if channel is not None:  # the worker's streaming protocol (worker/streaming.py)
+        return _Streamed(JobStream(state.queue, job, channel, outcome))
     if not await _finished_before_disconnect(request, state.queue, job):
         m.requests.labels("cancelled").inc()
         log.info("job %s cancelled: the client went away", job.id)
         return Response(status_code=CLIENT_CLOSED_REQUEST)
+    status, headers, body = await _outcome(state, job, request_id, arrived)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class _Streamed(Response):
+    """A Response (so FastAPI passes it on) that is the JobStream itself."""
+
+    def __init__(self, stream: JobStream) -> None:
+        self.status_code = 200
+        self.background = None
+        self._stream = stream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._stream(scope, receive, send)
+
+
+async def _outcome(state: WorkerState, job: Job, request_id: str, arrived: float) -> Answer:
+    """The answer to a finished job: status, headers and body (an OpenAI error body on failure)."""
+    m = state.metrics
+    spec = job.spec
+    if job.future.cancelled():  # the client left (a stream's own cancel) or the worker stops
+        if job.cancel_requested and not state.draining:
+            m.requests.labels("cancelled").inc()
+            log.info("job %s cancelled: the client went away", job.id)
+            return CLIENT_CLOSED_REQUEST, {}, {}
+        m.requests.labels("not_ready").inc()
+        return _error(NotReadyError("The worker is shutting down.", retry_after_s=1))
     try:
         output = job.future.result()
-    except asyncio.CancelledError:
-        m.requests.labels("not_ready").inc()
-        return error_response(NotReadyError("The worker is shutting down.", retry_after_s=1))
     except WorkerError as err:
         if isinstance(err, FatalDeviceError):
             state.mark_failed(err.message)
         log.error("job %s failed: %s", job.id, err.message, exc_info=err.__cause__)
         m.requests.labels(err.status_label).inc()
-        return error_response(err)
+        return _error(err)
     except Exception as exc:
         log.exception("job %s failed", job.id, exc_info=exc)
         m.requests.labels("error").inc()
-        return error_response(WorkerError(f"Generation failed: {type(exc).__name__}."))
+        return _error(WorkerError(f"Generation failed: {type(exc).__name__}."))
     m.queue_duration.observe(job.queue_s)
     m.inference_duration.observe(job.infer_s)
     m.request_duration.observe(time.perf_counter() - arrived)
@@ -210,7 +244,11 @@ async def create_generation(request: Request) -> Response:
         "x-queue-ms": str(round(job.queue_s * 1000)),
         "x-infer-ms": str(round(job.infer_s * 1000)),
     }
-    return JSONResponse(generation_body(spec, output), headers=headers)
+    return 200, headers, generation_body(spec, output)
+
+
+def _error(err: WorkerError) -> Answer:
+    return err.status_code, err.headers(), dict(err.body())
 
 
 async def _json_body(request: Request) -> object:

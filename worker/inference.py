@@ -1,10 +1,11 @@
 """One job on the pipeline, in the inference thread: seeding, per-step cancellation through
-diffusers' `callback_on_step_end` + `pipe._interrupt`, the size check (or tiny mode's resize)
-and PNG encoding."""
+diffusers' `callback_on_step_end` + `pipe._interrupt`, progress and partial images reported from
+the same callback, the size check (or tiny mode's resize) and PNG encoding."""
 
 from __future__ import annotations
 
 import io
+import logging
 import sys
 import threading
 from collections.abc import Sequence
@@ -13,7 +14,10 @@ from typing import Protocol
 from PIL import Image
 
 from worker.errors import FatalDeviceError, InferenceError, JobCancelledError
-from worker.jobs import JobOutput, JobSpec
+from worker.jobs import JobOutput, JobSpec, Preview, Report, StepDone
+from worker.previews import Previewer, preview_steps
+
+log = logging.getLogger("worker.inference")
 
 
 class PipelineOutput(Protocol):
@@ -47,22 +51,38 @@ def run_job(
     pipeline: Pipeline,
     spec: JobSpec,
     cancel: threading.Event,
+    report: Report | None = None,
     *,
     resize_to_request: bool,
     png_compress_level: int = 1,
+    previewer: Previewer | None = None,
 ) -> JobOutput:
     """Generate spec.n images. `resize_to_request` is tiny mode only: its small native output is
-    resized to the requested size; with real weights a size mismatch is an error."""
+    resized to the requested size; with real weights a size mismatch is an error. With `report`,
+    every finished step is reported, and spec.partial_images previews (needs `previewer`)."""
     if cancel.is_set():
         raise JobCancelledError("cancelled before it started")
     steps_done = 0
+    at_steps = preview_steps(spec.steps, spec.partial_images) if report is not None and previewer else ()
+    sent = 0
 
     def on_step_end(pipe: object, step: int, timestep: object, tensors: dict[str, object]) -> dict[str, object]:
-        nonlocal steps_done
+        nonlocal steps_done, sent
         steps_done = step + 1
         if cancel.is_set():
             # diffusers then skips the remaining steps (it still decodes once; we discard that).
             pipe._interrupt = True  # type: ignore[attr-defined]
+            return {}
+        if report is not None:
+            if steps_done in at_steps and previewer is not None:
+                try:
+                    preview = _preview(previewer, tensors["latents"], sent, steps_done, spec.steps)
+                except Exception:  # a preview is a courtesy: the job goes on without it
+                    log.exception("job preview after step %d failed", steps_done)
+                else:
+                    report(preview)
+                    sent += 1
+            report(StepDone(steps_done, spec.steps))
         return {}
 
     try:
@@ -76,6 +96,7 @@ def run_job(
             num_images_per_prompt=spec.n,
             generator=seeded_generator(spec.seed),
             callback_on_step_end=on_step_end,
+            callback_on_step_end_tensor_inputs=["latents"],
             output_type="pil",
         )
     except Exception as exc:
@@ -90,6 +111,16 @@ def run_job(
         raise InferenceError(f"The pipeline returned {len(images)} images for n={spec.n}.")
     pngs = tuple(_png(img, spec, resize_to_request, png_compress_level) for img in images)
     return JobOutput(pngs, spec.width, spec.height)
+
+
+def _preview(previewer: Previewer, latents: object, index: int, step: int, steps: int) -> Preview:
+    images = previewer.images(latents)
+    pngs = []
+    for image in images:
+        buf = io.BytesIO()
+        image.save(buf, format="PNG", compress_level=1)
+        pngs.append(buf.getvalue())
+    return Preview(index, step, steps, tuple(pngs), images[0].width, images[0].height)
 
 
 def _png(image: Image.Image, spec: JobSpec, resize: bool, compress_level: int) -> bytes:

@@ -11,6 +11,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from worker.errors import JobCancelledError, QueueFullError
 
@@ -29,6 +30,7 @@ class JobSpec:
     steps: int
     guidance_scale: float
     seed: int
+    partial_images: int = 0  # previews to send while it runs (worker/previews.py), 0-3
 
     @property
     def work_units(self) -> int:
@@ -44,7 +46,33 @@ class JobOutput:
     height: int
 
 
-Execute = Callable[[JobSpec, threading.Event], JobOutput]
+@dataclass(frozen=True, slots=True)
+class StepDone:
+    """A denoising step finished (sent to a streaming client as `progress`)."""
+
+    step: int  # steps done, 1-based
+    steps: int
+
+
+@dataclass(frozen=True, slots=True)
+class Preview:
+    """A partial image: one PNG per image of the batch, from the latents after `step` steps."""
+
+    index: int  # 0-based, in the order sent
+    step: int
+    steps: int
+    pngs: tuple[bytes, ...]
+    width: int  # the preview's own size (latent resolution), not the job's
+    height: int
+
+
+JobEvent = StepDone | Preview
+# Called from the inference thread; implementations hand the event to the event loop.
+Report = Callable[[JobEvent], None]
+
+
+class Execute(Protocol):
+    def __call__(self, spec: JobSpec, cancel: threading.Event, report: Report | None) -> JobOutput: ...
 
 
 @dataclass(slots=True)
@@ -67,6 +95,7 @@ class Job:
         self.cancel_requested = False
         # Read by the inference thread between denoising steps.
         self.cancel_event = threading.Event()
+        self.report: Report | None = None  # a streaming client's: steps and previews as they come
 
     @property
     def queue_s(self) -> float:
@@ -136,6 +165,15 @@ class JobQueue:
         """How long a job admitted now would wait before it starts."""
         return self.running_remaining_s() + sum(self.estimate_s(j.spec) for j in self._waiting)
 
+    def ahead_of(self, job: Job) -> int:
+        """Jobs that run before this one (the running one included); 0 once it runs."""
+        if job is self._running:
+            return 0
+        try:
+            return self.in_flight + self._waiting.index(job)
+        except ValueError:
+            return 0
+
     def slot_free_in_s(self) -> float:
         """How long until a full queue admits again: when the running job ends, the first waiting
         job starts and frees its place. Retry-After for a 429."""
@@ -158,7 +196,7 @@ class JobQueue:
 
     # --- admission and cancellation -------------------------------------------------------
 
-    def submit(self, spec: JobSpec, job_id: str) -> Job:
+    def submit(self, spec: JobSpec, job_id: str, report: Report | None = None) -> Job:
         if self.in_flight + self.waiting >= 1 + self.max_queue:
             self.stats.rejected += 1
             raise QueueFullError(
@@ -166,6 +204,7 @@ class JobQueue:
                 retry_after_s=self.slot_free_in_s(),
             )
         job = Job(job_id, spec, asyncio.get_running_loop().create_future(), self._clock())
+        job.report = report
         self._waiting.append(job)
         self.stats.accepted += 1
         self._wakeup.set()
@@ -199,7 +238,7 @@ class JobQueue:
             job = self._waiting.popleft()
             self._running = job
             job.started_at = self._clock()
-            work = asyncio.ensure_future(asyncio.to_thread(execute, job.spec, job.cancel_event))
+            work = asyncio.ensure_future(asyncio.to_thread(execute, job.spec, job.cancel_event, job.report))
             try:
                 # Shielded so that shutting the loop down interrupts the thread between steps
                 # instead of abandoning it mid-job.

@@ -33,6 +33,10 @@ class GenerationRequest(BaseModel):
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
     seed: int | None = None
+    # The worker's streaming protocol (worker/streaming.py): an NDJSON answer with progress and
+    # `partial_images` previews before the result.
+    stream: bool | None = None
+    partial_images: int | None = None
 
 
 def parse_request(payload: object) -> GenerationRequest:
@@ -108,6 +112,9 @@ def to_job_spec(req: GenerationRequest, settings: WorkerSettings) -> JobSpec:
             param="guidance_scale",
         )
     seed = secrets.randbelow(2**32) if req.seed is None else _int_in("seed", req.seed, 0, 0, MAX_SEED)
+    partial_images = _int_in("partial_images", req.partial_images, 0, 0, 3)
+    if partial_images and not req.stream:
+        raise InvalidRequestError("'partial_images' needs 'stream': true.", param="partial_images")
     return JobSpec(
         prompt=req.prompt,
         negative_prompt=req.negative_prompt,
@@ -117,6 +124,7 @@ def to_job_spec(req: GenerationRequest, settings: WorkerSettings) -> JobSpec:
         steps=steps,
         guidance_scale=float(guidance),
         seed=seed,
+        partial_images=partial_images,
     )
 
 

@@ -153,9 +153,11 @@ async def _serve(request: Request, state: AppState, principal: Principal, valid:
         body, headers = await jobs.submit(request, state, principal, valid, routing)
         return JsonBytesResponse(body, status_code=202, headers=headers)
     if valid.stream:
+        progress = _progress_opt_in(request)
         admitted = state.service.admit(principal, valid, request.state.request_id, routing, _idempotency_key(request))
         # Admitted (or refused, with an ordinary HTTP error) before the stream is answered.
-        return EventStream(state, await until_disconnect(request.receive, admitted), edit=bool(valid.images))
+        answer = await until_disconnect(request.receive, admitted)
+        return EventStream(state, answer, edit=bool(valid.images), progress=progress)
     work = state.service.generate(principal, valid, request.state.request_id, routing, _idempotency_key(request))
     result = await until_disconnect(request.receive, work)
     delivery = result.delivery
@@ -212,6 +214,14 @@ async def _routing(request: Request, state: AppState, principal: Principal, vali
             param="model" if valid.pinned is not None else "x-gateway-provider",
         )
     return RoutingRequest(policy, pinned)
+
+
+def _progress_opt_in(request: Request) -> bool:
+    """x-gateway-progress: true adds gateway.progress events to a stream (OpenAI's only, without)."""
+    value = request.headers.get("x-gateway-progress", "false").strip().lower()
+    if value not in ("true", "false"):
+        raise InvalidRequestError("x-gateway-progress must be true or false.", param="x-gateway-progress")
+    return value == "true"
 
 
 def _idempotency_key(request: Request) -> str | None:

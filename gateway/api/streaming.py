@@ -4,16 +4,22 @@ The stream starts with its first byte: the first keep-alive comment, sent once t
 taken `stream_keepalive_s` without answering, or the answer itself. A failure before then is an
 ordinary HTTP error (its status and retry-after stand, and the SDK retries it as any other); a
 failure after it is an `error` event, which both OpenAI SDKs raise as APIError. Either way the
-request is settled failed and charged nothing. The images are sent as one completed event each
-(`image_generation.completed`, or `image_edit.completed` for an edit), and the request is charged
-once they were all handed to a connection that was still open; a caller that goes away first
-cancels the upstream job and is charged nothing.
+request is settled failed and charged nothing. Each image is a call of its own, sent as its
+completed event (`image_generation.completed`, or `image_edit.completed` for an edit) as soon as
+it is made; routes that make previews (our GPU workers) send `partial_images` of them first as
+`*.partial_image` events, scaled and encoded as the finished image is; with `x-gateway-progress:
+true`, `gateway.progress` events say the queue position, step and expected time. The request is
+admitted and charged as a whole: once every completed event was handed to a connection that was
+still open; a caller that goes away first (even after some images) cancels the upstream calls
+still running and is charged nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -25,8 +31,12 @@ from gateway.api.errors import error_response
 from gateway.api.server import CONNECTION_OPEN
 from gateway.api.state import AppState
 from gateway.errors import ClientGone
-from gateway.service import Admitted, Delivery, ImagesResponse
+from gateway.images.convert import render
+from gateway.images.validation import ValidRequest
+from gateway.service import Admitted, Delivery, ImagesResponse, PartServed
+from providers.base import PartialImage, Progress, ProgressEvent
 
+PROGRESS_EVENT = "gateway.progress"
 KEEPALIVE = {"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True}
 END: Message = {"type": "http.response.body", "body": b"", "more_body": False}
 
@@ -44,16 +54,42 @@ LATE_HEADERS = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class _Heard:
+    first: int  # the index of the first image of the call it is about
+    event: ProgressEvent
+
+
+class _Relay:
+    """The service's StreamListener for one stream: what it hears, queued for the stream to send."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[_Heard | PartServed] = asyncio.Queue()
+
+    def progress(self, first: int, event: ProgressEvent) -> None:
+        self.queue.put_nowait(_Heard(first, event))
+
+    def served(self, part: PartServed) -> None:
+        self.queue.put_nowait(part)
+
+
 class EventStream(Response):
     """The ASGI answer to a stream=true request (a Response, so FastAPI's routes pass it on)."""
 
-    def __init__(self, state: AppState, answer: Admitted | ImagesResponse, *, edit: bool) -> None:
+    def __init__(
+        self, state: AppState, answer: Admitted | ImagesResponse, *, edit: bool, progress: bool = False
+    ) -> None:
         # Response's own __init__ is not used: this answer writes its own start and body.
         self.status_code = 200
         self.background = None
         self._state = state
         self._answer = answer  # an admitted request, or a replay (nothing left to settle)
-        self._event = "image_edit.completed" if edit else "image_generation.completed"
+        kind = "image_edit" if edit else "image_generation"
+        self._event = f"{kind}.completed"
+        self._partial = f"{kind}.partial_image"
+        self._progress = progress  # the caller asked for gateway.progress events
+        self._sent: set[int] = set()  # indexes of the images sent as completed events
+        self._began = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         with self._state.shedder.held():  # in flight until the stream ends, not its handler
@@ -65,19 +101,20 @@ class EventStream(Response):
             await self.background()
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, admitted: Admitted) -> None:
-        work = asyncio.ensure_future(self._state.service.serve(admitted))
+        relay = _Relay()
+        work = asyncio.ensure_future(self._state.service.serve(admitted, relay))
         delivered = False
         try:
             try:
-                began = await until_disconnect(receive, self._wait(work, send, admitted.headers()))
+                await until_disconnect(receive, self._relay(work, relay, send, admitted))
             except ClientGone:
-                return  # the upstream job was cancelled and the request settled, charged nothing
+                return  # the upstream calls were cancelled and the request settled, charged nothing
             try:
                 result = work.result()
             except Exception as exc:  # settled as failed by the service; said to the caller here
-                await self._fail(exc, began, scope, receive, send)
+                await self._fail(exc, self._began, scope, receive, send)
                 return
-            await self._send_events(send, result, None if began else admitted.headers())
+            await self._send_events(send, result, None if self._began else admitted.headers())
             is_open = scope.get("extensions", {}).get(CONNECTION_OPEN)
             delivered = is_open() if is_open is not None else True
         finally:
@@ -85,31 +122,72 @@ class EventStream(Response):
             if delivery is not None:  # an answer not handed over (its sending failed) is not charged
                 await delivery(delivered)
 
-    async def _wait(self, work: asyncio.Future[ImagesResponse], send: Send, headers: dict[str, str]) -> bool:
-        """Wait for the served answer, keeping the connection alive meanwhile; whether the stream
-        has begun (its headers sent)."""
-        began = False
+    async def _relay(
+        self, work: asyncio.Future[ImagesResponse], relay: _Relay, send: Send, admitted: Admitted
+    ) -> None:
+        """Until the request is served: what the service hears, as events, and keep-alive comments
+        while nothing is said."""
         keepalive_s = self._state.settings.stream_keepalive_s
+        queue = relay.queue
         try:
-            while not work.done():
-                await asyncio.wait((work,), timeout=keepalive_s)
-                if not work.done():
-                    if not began:
-                        await send(_start(headers))
-                        began = True
+            while True:
+                while not queue.empty():
+                    await self._heard(queue.get_nowait(), send, admitted)
+                if work.done():
+                    return
+                getting = asyncio.ensure_future(queue.get())
+                try:
+                    await asyncio.wait((work, getting), timeout=keepalive_s, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    if not getting.done():
+                        getting.cancel()
+                if getting.done() and not getting.cancelled():
+                    await self._heard(getting.result(), send, admitted)
+                elif not work.done():
+                    await self._begin(send, admitted.headers())
                     await send(KEEPALIVE)
         except asyncio.CancelledError:  # the caller left (or the server is stopping)
             work.cancel()
-            await asyncio.wait((work,))  # the upstream job cancelled and the request settled first
+            await asyncio.wait((work,))  # the upstream calls cancelled and the request settled first
             raise
-        return began
+
+    async def _begin(self, send: Send, headers: dict[str, str]) -> None:
+        if not self._began:
+            await send(_start(headers))
+            self._began = True
+
+    async def _heard(self, heard: _Heard | PartServed, send: Send, admitted: Admitted) -> None:
+        valid = admitted.valid
+        if isinstance(heard, PartServed):
+            headers = admitted.headers()
+            ignored = heard.facts["ignored_params"]
+            if ignored:  # known now that a route served it (a stream's headers go before routing)
+                headers["x-gateway-ignored-params"] = ", ".join(ignored)
+            await self._begin(send, headers)
+            for i, b64 in enumerate(heard.b64):
+                self._sent.add(heard.first + i)
+                done = _completed(self._event, valid, b64, heard.seed, heard.facts)
+                await send({"type": "http.response.body", "body": done, "more_body": True})
+            return
+        event = heard.event
+        if isinstance(event, PartialImage) and valid.partial_images:
+            for i, img in enumerate(event.images):
+                assert img.data is not None
+                await self._begin(send, admitted.headers())
+                body = await asyncio.to_thread(_partial, self._partial, valid, img.data, event, heard.first + i)
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+        elif isinstance(event, Progress) and self._progress:
+            await self._begin(send, admitted.headers())
+            await send({"type": "http.response.body", "body": _progress(event, heard.first), "more_body": True})
 
     async def _send_events(self, send: Send, result: ImagesResponse, headers: dict[str, str] | None) -> None:
-        """The completed events, one per image; `headers`: the stream's, if it has not begun."""
+        """The completed events of the images not sent yet, one each; `headers`: the stream's, if
+        it has not begun."""
         if headers is not None:
             await send(_start(headers))
-        for event in completed_events(self._event, result):
-            await send({"type": "http.response.body", "body": event, "more_body": True})
+        for i, event in enumerate(completed_events(self._event, result)):
+            if i not in self._sent:
+                await send({"type": "http.response.body", "body": event, "more_body": True})
         await send(END)
 
     async def _fail(self, exc: Exception, began: bool, scope: Scope, receive: Receive, send: Send) -> None:
@@ -143,6 +221,57 @@ def completed_events(event: str, result: ImagesResponse) -> list[bytes]:
     common["gateway"] = gateway
     head = b"event: " + event.encode() + b"\ndata: "
     return [head + orjson.dumps({**common, "b64_json": item["b64_json"]}) + b"\n\n" for item in body["data"]]
+
+
+def _completed(event: str, valid: ValidRequest, b64: str, seed: int | None, facts: dict[str, Any]) -> bytes:
+    """One image's completed event, sent as soon as it is made (the same shape as completed_events)."""
+    body: dict[str, Any] = {
+        "type": event,
+        "created_at": int(time.time()),
+        "size": valid.size,
+        "quality": valid.model.quality,
+        "background": "opaque",
+        "output_format": valid.output_format,
+        "usage": USAGE,
+    }
+    if seed is not None:
+        body["seed"] = seed
+    body["gateway"] = facts
+    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps({**body, "b64_json": b64}) + b"\n\n"
+
+
+def _partial(event: str, valid: ValidRequest, preview: bytes, partial: PartialImage, image_index: int) -> bytes:
+    """A preview as OpenAI's partial_image event, at the asked size and format (as the finished
+    image is converted, with the encoder's quickest effort: a 1024x1024 PNG took 1.7 s at zlib's
+    default level on the loaded test machine, 0.6 s at level 1); the step it shows and its
+    image's index among the request's in `gateway`."""
+    data = render(preview, valid.width, valid.height, valid.output_format, valid.output_compression, fast=True)
+    body = {
+        "type": event,
+        "b64_json": base64.b64encode(data).decode("ascii"),
+        "partial_image_index": partial.index,
+        "created_at": int(time.time()),
+        "size": valid.size,
+        "quality": valid.model.quality,
+        "background": "opaque",
+        "output_format": valid.output_format,
+        "gateway": {"image_index": image_index, "step": partial.step, "steps": partial.steps},
+    }
+    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(body) + b"\n\n"
+
+
+def _progress(progress: Progress, image_index: int) -> bytes:
+    """A gateway.progress event (sent only to a caller that asked, with x-gateway-progress: true)."""
+    body = {
+        "type": PROGRESS_EVENT,
+        "created_at": int(time.time()),
+        "image_index": image_index,
+        "queue_position": progress.queue_position,
+        "step": progress.step,
+        "steps": progress.steps,
+        "expected_s": progress.expected_s,
+    }
+    return b"event: " + PROGRESS_EVENT.encode() + b"\ndata: " + orjson.dumps(body) + b"\n\n"
 
 
 def _start(headers: dict[str, str]) -> Message:

@@ -47,7 +47,8 @@ class ValidRequest:
     extra: Mapping[str, JsonValue] = field(default_factory=dict)  # passed through to the provider
     pinned: str | None = None  # the route a provider-prefixed model id asked for (fal/hidream-i1-full)
     stream: bool = False  # answer as OpenAI's Server-Sent Events (gateway/api/streaming.py)
-    partial_images: int = 0  # asked for with `stream`; none are sent yet (named ignored)
+    # Previews asked for with `stream` (0 without it); a route that makes none names it ignored.
+    partial_images: int = 0
     webhook_url: str | None = None  # an async job's webhook (gateway/jobs/); checked there
 
     @property
@@ -326,15 +327,17 @@ def validate_generation(
 
 
 def _stream(params: Params) -> tuple[bool, int, tuple[str, ...]]:
-    """stream and partial_images, and which of them are accepted without effect: partial images
-    are not made yet, and without stream=true partial_images means nothing."""
+    """stream and partial_images, and which of them are accepted without effect: without
+    stream=true partial_images means nothing (with it, the route decides: see Dispatcher)."""
     stream = bool(params.boolean("stream"))
     partial = params.integer("partial_images")
     if partial is None:
         return stream, 0, ()
     if not 0 <= partial <= 3:
         raise InvalidRequestError("'partial_images' must be between 0 and 3.", param="partial_images")
-    return stream, partial, ("partial_images",) if partial > 0 or not stream else ()
+    if not stream:
+        return stream, 0, ("partial_images",)
+    return stream, partial, ()
 
 
 def _output(params: Params) -> tuple[OutputFormat, int | None, tuple[str, ...]]:

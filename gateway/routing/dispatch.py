@@ -10,6 +10,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from functools import partial
+from typing import Protocol
 
 from gateway.catalog import Route, RoutingPolicy
 from gateway.errors import (
@@ -29,9 +30,11 @@ from providers.base import (
     ImageRequest,
     ImageResult,
     PassesThrough,
+    ProgressEvent,
     ProviderBadResponseError,
     ProviderError,
     Reattachable,
+    ReportsProgress,
 )
 
 # Told (route's provider, the upstream's handle) once a route's upstream has taken the request.
@@ -63,6 +66,17 @@ class Attempted:
     upstream_s: float
     cost_micros: int  # what the upstream calls cost the organisation
     ignored: tuple[str, ...] = ()  # passed parameters a route could not take
+
+
+class Listener(Protocol):
+    """A streamed request's ear on its upstream calls. `first`: the index, in the request's images,
+    of the first image of the call it is about."""
+
+    def progress(self, first: int, event: ProgressEvent) -> None:
+        """What a route that reports progress said (ReportsProgress); must not block."""
+
+    async def part_done(self, first: int, attempted: Attempted) -> None:
+        """A call's images are in, before the request's other calls are."""
 
 
 class Dispatcher:
@@ -134,15 +148,18 @@ class Dispatcher:
         *,
         team_id: str,
         on_submitted: OnSubmitted | None = None,
+        listener: Listener | None = None,
     ) -> Attempted:
         """One upstream call with fallbacks, or, for more images than any route makes at once, a
         fan-out over several (see _fan_out). `on_submitted`: told the upstream's handle on a
-        single call (an async job keeps it to re-attach; a fan-out's parts are not re-attached)."""
-        part = self.part_size(valid, routing)
+        single call (an async job keeps it to re-attach; a fan-out's parts are not re-attached).
+        With a `listener` (a stream), each image is a call of its own, so that each is sent to the
+        caller as soon as it is made."""
+        part = 1 if listener is not None else self.part_size(valid, routing)
         if valid.n > part:
-            return await self._fan_out(valid, request_id, deadline, routing, team_id, part)
+            return await self._fan_out(valid, request_id, deadline, routing, team_id, part, listener)
         plan = await self.plan(valid, routing)
-        return await self._attempt(plan, valid, request_id, deadline, team_id, on_submitted)
+        return await self._attempt(plan, valid, request_id, deadline, team_id, on_submitted, listener)
 
     async def reattach(
         self, valid: ValidRequest, request_id: str, deadline: float, provider_name: str, handle: str
@@ -165,7 +182,14 @@ class Dispatcher:
         )
 
     async def _fan_out(
-        self, valid: ValidRequest, request_id: str, deadline: float, routing: RoutingRequest, team_id: str, size: int
+        self,
+        valid: ValidRequest,
+        request_id: str,
+        deadline: float,
+        routing: RoutingRequest,
+        team_id: str,
+        size: int,
+        listener: Listener | None = None,
     ) -> Attempted:
         """n past every route's max_n: parts of at most `size` images, each planned as it starts
         (so the router sees the queue the earlier parts made and may place a part elsewhere) and
@@ -179,7 +203,10 @@ class Dispatcher:
                 seed = None if valid.seed is None else (valid.seed + first) % (MAX_SEED + 1)
                 part = replace(valid, n=k, seed=seed)
                 plan = await self.plan(part, routing)
-                tasks.append(asyncio.create_task(self._attempt(plan, part, f"{request_id}-{i}", deadline, team_id)))
+                attempt = self._attempt(
+                    plan, part, f"{request_id}-{i}", deadline, team_id, listener=listener, first=first
+                )
+                tasks.append(asyncio.create_task(attempt))
                 await asyncio.sleep(0)  # let the part reach its upstream before the next is planned
                 first += k
             done = await asyncio.gather(*tasks)
@@ -211,6 +238,8 @@ class Dispatcher:
         deadline: float,
         team_id: str,
         on_submitted: OnSubmitted | None = None,
+        listener: Listener | None = None,
+        first: int = 0,
     ) -> Attempted:
         """The plan's routes in order until one answers, within the deadline."""
         last: ProviderError | None = None
@@ -221,13 +250,19 @@ class Dispatcher:
             route = planned.route
             provider = self._providers[route.provider]
             passes = isinstance(provider, PassesThrough)
-            request = _provider_request(valid, request_id, remaining, with_extra=passes)
+            reporting = provider if listener is not None and isinstance(provider, ReportsProgress) else None
+            previews = reporting is not None and reporting.makes_partial_images
+            request = _provider_request(valid, request_id, remaining, with_extra=passes, previews=previews)
             if on_submitted is not None:
                 request = replace(request, on_submitted=partial(on_submitted, route.provider))
             t0 = time.monotonic()
             try:
                 with self._router.attempt(route):
-                    result = await provider.generate(route.target, request)
+                    if reporting is not None and listener is not None:
+                        report = partial(listener.progress, first)
+                        result = await reporting.generate_reporting(route.target, request, report)
+                    else:
+                        result = await provider.generate(route.target, request)
                 _check_result(route, valid, result)
             except ProviderError as err:
                 elapsed = time.monotonic() - t0
@@ -242,14 +277,19 @@ class Dispatcher:
             await self._health.succeeded(route.provider, route.model, elapsed)
             self._metrics.upstream_duration.labels(route.provider, route.model, "ok").observe(elapsed)
             self._metrics.routed.labels(route.model, route.provider, planned.reason).inc()
-            return Attempted(
+            # partial_images asked of a route that makes none (fal): named, as any parameter ignored.
+            unmade = ("partial_images",) if valid.partial_images and not previews else ()
+            attempted = Attempted(
                 route.provider,
                 result,
                 planned.reason,
                 elapsed,
                 route.cost_micros(valid.gen_width, valid.gen_height, valid.n),
-                () if passes else tuple(sorted(valid.extra)),
+                tuple(sorted({*(() if passes else valid.extra), *unmade})),
             )
+            if listener is not None:
+                await listener.part_done(first, attempted)
+            return attempted
         if last is None:
             raise UpstreamTimeoutError("The request ran out of time before any provider answered.")
         raise from_provider_error(last) from last
@@ -266,7 +306,9 @@ class Dispatcher:
             await self._health.record(route.provider, route.model, False, None, suspect_team=suspect)
 
 
-def _provider_request(valid: ValidRequest, request_id: str, remaining_s: float, *, with_extra: bool) -> ImageRequest:
+def _provider_request(
+    valid: ValidRequest, request_id: str, remaining_s: float, *, with_extra: bool, previews: bool = False
+) -> ImageRequest:
     """The upstream makes the native size, in the asked format where it can (lossless when the
     gateway encodes it with the asked compression); when the gateway converts, it needs bytes."""
     lossless = valid.converted or valid.output_compression is not None
@@ -288,6 +330,7 @@ def _provider_request(valid: ValidRequest, request_id: str, remaining_s: float, 
         timeout_s=remaining_s,
         output_format="png" if lossless else valid.output_format,
         extra=valid.extra if with_extra else {},
+        partial_images=valid.partial_images if previews else 0,
     )
 
 

@@ -24,6 +24,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from providers.base import (
     ImageRequest,
     ImageResult,
+    Progress,
+    ProgressSink,
     ProviderError,
     ProviderHealth,
     ProviderTimeoutError,
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 class FalProvider:
     name = PROVIDER
     owned_params = OWNED_PARAMS  # PassesThrough: the caller's other parameters go to fal as body fields
+    makes_partial_images = False  # ReportsProgress: queue positions from the status it watches anyway
 
     def __init__(
         self,
@@ -96,9 +99,17 @@ class FalProvider:
     # --- ImageProvider ----------------------------------------------------------------------------
 
     async def generate(self, target: RouteTarget, request: ImageRequest) -> ImageResult:
+        return await self._generate(target, request, None)
+
+    async def generate_reporting(self, target: RouteTarget, request: ImageRequest, report: ProgressSink) -> ImageResult:
+        """ReportsProgress: each status fal sends or a poll reads, as a queue position and the
+        time the endpoint's recent requests took."""
+        return await self._generate(target, request, report)
+
+    async def _generate(self, target: RouteTarget, request: ImageRequest, report: ProgressSink | None) -> ImageResult:
         endpoint = mapping.endpoint_for(target, request)
         body = mapping.submit_body(request)
-        return await self._follow(endpoint, request, lambda: self._submit(endpoint, body, request.timeout_s))
+        return await self._follow(endpoint, request, lambda: self._submit(endpoint, body, request.timeout_s), report)
 
     async def reattach(self, target: RouteTarget, request: ImageRequest, handle: str) -> ImageResult:
         """Reattachable: follow a request submitted earlier (by a process that died) to its result."""
@@ -107,10 +118,14 @@ class FalProvider:
         async def known() -> Submission:
             return submission
 
-        return await self._follow(mapping.endpoint_for(target, request), request, known)
+        return await self._follow(mapping.endpoint_for(target, request), request, known, None)
 
     async def _follow(
-        self, endpoint: str, request: ImageRequest, submit: Callable[[], Awaitable[Submission]]
+        self,
+        endpoint: str,
+        request: ImageRequest,
+        submit: Callable[[], Awaitable[Submission]],
+        report: ProgressSink | None,
     ) -> ImageResult:
         """Submit (or take a submission), report its handle, wait for the result; under the request's deadline."""
         started = time.monotonic()
@@ -126,7 +141,7 @@ class FalProvider:
                     except Exception as exc:  # a handle not kept costs only a re-attach later
                         log.info("fal request handle not kept: %s", type(exc).__name__)
                 try:
-                    status = await self._until_completed(endpoint, submission)
+                    status = await self._until_completed(endpoint, submission, report)
                 except ProviderError:
                     self._cancel_upstream(submitting)  # we lost track of it; it may still run
                     raise
@@ -181,12 +196,21 @@ class FalProvider:
         log.debug("fal request %s queued on %s", submission.request_id, endpoint)
         return submission
 
-    async def _until_completed(self, endpoint: str, submission: Submission) -> QueueStatus:
+    async def _until_completed(
+        self, endpoint: str, submission: Submission, report: ProgressSink | None = None
+    ) -> QueueStatus:
         """Look first when the endpoint's recent requests were nearly done; then at each look follow
         the status stream if it is worth it and a slot is free (once per request), else poll with
         backoff (timing.PollPolicy)."""
         submitted = time.monotonic()
         expected = self._times.expected_s(endpoint)
+
+        def seen(status: QueueStatus) -> None:
+            if report is not None and status.state != "COMPLETED":
+                left = None if expected is None else max(0.0, round(expected - (time.monotonic() - submitted), 3))
+                position = status.queue_position if status.state == "IN_QUEUE" else 0
+                report(Progress(queue_position=position, expected_s=left))
+
         streaming = self._stream_slot_free() and self._policy.should_stream(expected, 0.0)
         await asyncio.sleep(self._policy.first_look_s(expected, streaming=streaming))
         may_stream = True
@@ -195,9 +219,10 @@ class FalProvider:
             elapsed = time.monotonic() - submitted
             if may_stream and self._stream_slot_free() and self._policy.should_stream(expected, elapsed):
                 may_stream = False  # a stream that gave out is not retried: polls take over
-                status = await self._watch(submission)
+                status = await self._watch(submission, seen)
             if status is None:
                 status = await self._poll(submission)
+                seen(status)
             elapsed = time.monotonic() - submitted
             if status.state == "COMPLETED":
                 if status.error is None and status.error_type is None:
@@ -212,7 +237,7 @@ class FalProvider:
         reply = await self._get(submission.status_url, "status", params={"logs": "0"})
         return mapping.parse_status(reply.status, reply.headers, reply.body)
 
-    async def _watch(self, submission: Submission) -> QueueStatus | None:
+    async def _watch(self, submission: Submission, seen: Callable[[QueueStatus], None]) -> QueueStatus | None:
         """The status stream until COMPLETED; None if it gave out first, or fal would not stream
         (then nobody streams for stream_pause_s). A poll decides what any failure means."""
         self._streams_open += 1
@@ -226,8 +251,12 @@ class FalProvider:
                 decoder = mapping.EventStreamDecoder()
                 async for line in events.lines:
                     data = decoder.feed(line)
-                    if data is not None and (status := mapping.parse_status_event(data)).state == "COMPLETED":
+                    if data is None:
+                        continue
+                    status = mapping.parse_status_event(data)
+                    if status.state == "COMPLETED":
                         return status
+                    seen(status)
         except ProviderError as exc:
             log.debug("fal status stream gave out (%s); polling instead", exc.message)
         finally:

@@ -23,6 +23,7 @@ from providers.base import (
     ErrorKind,
     ImageRequest,
     ImageResult,
+    ProgressSink,
     ProviderBadResponseError,
     ProviderError,
     ProviderHealth,
@@ -34,6 +35,7 @@ from providers.base import (
 from providers.local_gpu import mapping
 from providers.local_gpu.http import ConnectFailed, ExchangeBroken, ExchangeTimeout, WorkerHttp
 from providers.local_gpu.mapping import PROVIDER, ReadyReport
+from providers.local_gpu.stream import LineReader
 
 
 class WorkerUnreachableError(ProviderUnavailableError):
@@ -94,6 +96,7 @@ class _Worker:
 
 class LocalGpuProvider:
     name = PROVIDER
+    makes_partial_images = True  # ReportsProgress: the worker's streaming answer (worker/streaming.py)
 
     def __init__(
         self,
@@ -125,10 +128,23 @@ class LocalGpuProvider:
     # --- ImageProvider ----------------------------------------------------------------------
 
     async def generate(self, target: RouteTarget, request: ImageRequest) -> ImageResult:
+        return await self._generate_within(target, request, None)
+
+    async def generate_reporting(self, target: RouteTarget, request: ImageRequest, report: ProgressSink) -> ImageResult:
+        """ReportsProgress: the worker answers its stream, whose lines are reported as they come."""
+        return await self._generate_within(target, request, report)
+
+    async def _generate_within(
+        self, target: RouteTarget, request: ImageRequest, report: ProgressSink | None
+    ) -> ImageResult:
         body = mapping.generation_body(target, request)
+        if report is not None:
+            body["stream"] = True
+            if request.partial_images:
+                body["partial_images"] = request.partial_images
         try:
             async with asyncio.timeout(request.timeout_s):
-                return await self._generate(target.upstream_model, request, body)
+                return await self._generate(target.upstream_model, request, body, report)
         except TimeoutError:
             raise ProviderTimeoutError(
                 f"no result from the local GPU workers within {request.timeout_s:.1f} s", provider=PROVIDER
@@ -164,12 +180,14 @@ class LocalGpuProvider:
 
     # --- choosing and calling workers ---------------------------------------------------------
 
-    async def _generate(self, model: str, request: ImageRequest, body: mapping.WorkerGenerationBody) -> ImageResult:
+    async def _generate(
+        self, model: str, request: ImageRequest, body: mapping.WorkerGenerationBody, report: ProgressSink | None
+    ) -> ImageResult:
         candidates = await self._candidates(model)
         errors: list[ProviderError] = []
         for worker in candidates:
             try:
-                return await self._post(worker, request, body)
+                return await self._post(worker, request, body, report)
             except ProviderError as err:
                 if not _try_next_worker(err):
                     raise
@@ -195,8 +213,12 @@ class LocalGpuProvider:
             raise ProviderUnavailableError(f"no worker for {model} is reachable", provider=PROVIDER)
         raise ProviderUnavailableError(f"no reachable worker serves {model}", provider=PROVIDER)
 
-    async def _post(self, worker: _Worker, request: ImageRequest, body: mapping.WorkerGenerationBody) -> ImageResult:
+    async def _post(
+        self, worker: _Worker, request: ImageRequest, body: mapping.WorkerGenerationBody, report: ProgressSink | None
+    ) -> ImageResult:
         worker.sent(self._clock())
+        job_s = worker.report.ewma_latency_s if worker.report is not None else None
+        lines = LineReader(report, job_s) if report is not None else None
         # The read timeout is the attempt's whole budget; the caller's asyncio.timeout is the real
         # bound, and cancelling it closes the connection, which tells the worker to drop the job.
         headers = {"content-type": "application/json", "x-request-id": request.request_id}
@@ -207,6 +229,7 @@ class LocalGpuProvider:
             reply = await self._http.request(
                 "POST", f"{worker.url}/v1/images/generations", body=json.dumps(body).encode(), headers=headers,
                 timeout_s=None,  # generate()'s asyncio.timeout bounds the whole attempt
+                on_chunk=lines.feed if lines is not None else None,
             )  # fmt: skip
         except asyncio.CancelledError:
             if task is None or task not in self._abandoned:
@@ -232,6 +255,8 @@ class LocalGpuProvider:
                 worker.jobs.discard(task)
         if reply.status != 200:
             raise mapping.error_from_response(reply.status, reply.headers, reply.body)
+        if lines is not None:
+            return lines.result(request)
         return mapping.parse_generation(reply.headers, reply.body, request)
 
     async def _can_connect(self, worker: _Worker) -> bool:
@@ -277,7 +302,6 @@ class LocalGpuProvider:
         worker.sent_since_check = 0
         worker.backlog_s = 0.0 if worker.report is None else worker.report.expected_wait_s
         worker.backlog_at = worker.checked_at
-
 
     def _abandon(self, worker: _Worker) -> None:
         """Cancel the jobs waiting on a worker that stopped answering; each then fails as

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import cast
 from urllib.parse import urlsplit
@@ -57,6 +57,8 @@ class _Conn(asyncio.Protocol):
         self._done: asyncio.Future[Reply] | None = None
         self.reusable = False
         self.closed = False
+        # A 200's body handed over chunk by chunk as it arrives (a streaming answer), not kept.
+        self.on_chunk: Callable[[bytes], None] | None = None
 
     # --- asyncio ------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -81,7 +83,10 @@ class _Conn(asyncio.Protocol):
         self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_body(self, body: bytes) -> None:
-        self._chunks.append(body)
+        if self.on_chunk is not None and self._parser.get_status_code() == 200:
+            self.on_chunk(body)
+        else:
+            self._chunks.append(body)
 
     def on_message_complete(self) -> None:
         status = self._parser.get_status_code()
@@ -123,9 +128,11 @@ class WorkerHttp:
         body: bytes = b"",
         headers: Mapping[str, str] | None = None,
         timeout_s: float | None,
+        on_chunk: Callable[[bytes], None] | None = None,
     ) -> Reply:
         """One exchange. timeout_s=None: no timer of its own (the caller bounds it, and cancelling
-        the call closes the connection)."""
+        the call closes the connection). `on_chunk`: a 200's body goes there as it arrives (the
+        Reply's body is then empty); any other status's body is kept as usual."""
         parts = urlsplit(url)
         host, port = parts.hostname or "127.0.0.1", parts.port or 80
         head = [f"{method} {parts.path or '/'}{'?' + parts.query if parts.query else ''} HTTP/1.1",
@@ -133,6 +140,7 @@ class WorkerHttp:
         head += [f"{k}: {v}" for k, v in (headers or {}).items()]
         request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
         conn, reused = await self._take(host, port)
+        conn.on_chunk = on_chunk
         try:
             if timeout_s is None:
                 reply = await conn.exchange(request)
@@ -148,6 +156,8 @@ class WorkerHttp:
         except BaseException:
             conn.close()  # cancelled: closing tells the worker to drop the job
             raise
+        finally:
+            conn.on_chunk = None
         if conn.reusable and not conn.closed:
             self._give_back(host, port, conn)
         else:

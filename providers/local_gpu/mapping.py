@@ -45,6 +45,8 @@ class WorkerGenerationBody(TypedDict, total=False):
     guidance_scale: float
     negative_prompt: str
     seed: int
+    stream: bool  # the worker's streaming answer (worker/streaming.py)
+    partial_images: int
 
 
 def generation_body(target: RouteTarget, request: ImageRequest) -> WorkerGenerationBody:

@@ -1,6 +1,8 @@
 """A fast stand-in for diffusers' HiDreamImagePipeline with the same call shape: a step loop that
-calls `callback_on_step_end(pipe, step, timestep, tensors)` and stops once `pipe._interrupt` is
-set, returning `.images` as PIL images. Tests script its next calls: fail, hang, or hold."""
+calls `callback_on_step_end(pipe, step, timestep, tensors)` with the step's `latents` (as HiDream's
+loop does: batch x 4 channels x 1/8 of the size) and stops once `pipe._interrupt` is set, returning
+`.images` as PIL images; `vae` is a small real diffusers AutoencoderKL, so the worker fits and makes
+its previews exactly as on a real pipeline. Tests script its next calls: fail, hang, or hold."""
 
 from __future__ import annotations
 
@@ -44,6 +46,17 @@ class StandInPipeline:
         self.release = threading.Event()  # ends a "hold"
         self.holding = threading.Event()  # set while a "hold" or "hang" call is in its loop
         self.output_size: tuple[int, int] | None = None  # force a wrong size
+        self._vae: object | None = None
+
+    @property
+    def vae(self) -> object:
+        """Built on first use (a preview asked for): most tests never need diffusers imported."""
+        if self._vae is None:
+            from diffusers import AutoencoderKL
+
+            torch.manual_seed(0)
+            self._vae = AutoencoderKL(scaling_factor=0.3611, shift_factor=0.1159).eval()
+        return self._vae
 
     def plan(self, behaviour: Behaviour, count: int = 1) -> None:
         if behaviour == "hold":
@@ -68,19 +81,23 @@ class StandInPipeline:
         }[behaviour]
         if behaviour in ("hang", "hold"):
             self.holding.set()
+        n = _int(kw["num_images_per_prompt"])
+        side = (max(1, _int(kw["height"]) // 8), max(1, _int(kw["width"]) // 8))
+        noise = torch.randn((n, 4, *side), generator=torch.Generator().manual_seed(0))
+        picture = torch.linspace(-1.0, 1.0, side[1]).expand(n, 4, *side)
         step = 0
         try:
             while (step < steps or blocked()) and not self._interrupt:
                 time.sleep(self.step_s if behaviour == "normal" else 0.002)
                 if callable(callback):
-                    callback(self, step, 1000 - step, {})
+                    done = min(1.0, (step + 1) / max(1, steps))
+                    callback(self, step, 1000 - step, _Latents(noise, picture, done))
                 step += 1
         finally:
             self.holding.clear()
         width, height = self.output_size or (_int(kw["width"]), _int(kw["height"]))
         generator = kw["generator"]
         assert isinstance(generator, torch.Generator)
-        n = _int(kw["num_images_per_prompt"])
         images = []
         for _ in range(n):
             rgb = torch.randint(0, 256, (3,), generator=generator).tolist()
@@ -100,6 +117,21 @@ class StandInPipeline:
             )
         )
         return Output(images)
+
+
+class _Latents(dict[str, object]):
+    """The callback's tensors, with `latents` made only when read (at a preview's step): torch on
+    a loaded 2-core machine took ~20 ms a step to make them for every step."""
+
+    def __init__(self, noise: torch.Tensor, picture: torch.Tensor, done: float) -> None:
+        super().__init__()
+        self._parts = (noise, picture, done)
+
+    def __missing__(self, key: str) -> object:
+        if key != "latents":
+            raise KeyError(key)
+        noise, picture, done = self._parts
+        return noise * (1 - done) + picture * done
 
 
 def _int(value: object) -> int:

@@ -150,3 +150,19 @@ def test_a_client_that_leaves_interrupts_the_real_pipeline(tiny_worker: WorkerPr
     done, total = line.rsplit("interrupted after step ", 1)[1].split(" of ")
     assert int(done) < int(total) == 50
     assert _generate(url, seed=2, num_inference_steps=2).status_code == 200
+
+
+def test_the_real_pipeline_streams_previews_from_its_own_latents(tiny_worker: WorkerProcess) -> None:
+    import json
+
+    body = {"prompt": "a lighthouse", "size": "1024x1024", "num_inference_steps": 8, "seed": 3, "stream": True,
+            "partial_images": 3}  # fmt: skip
+    resp = httpx.post(tiny_worker.url + GEN, json=body, timeout=120)
+    assert resp.status_code == 200 and resp.headers["content-type"] == "application/x-ndjson"
+    lines = [json.loads(line) for line in resp.text.splitlines()]
+    partials = [line for line in lines if line["type"] == "partial_image"]
+    assert [p["step"] for p in partials] == [2, 4, 6]
+    pictures = [Image.open(io.BytesIO(base64.b64decode(p["data"][0]["b64_json"]))) for p in partials]
+    assert {p.size for p in pictures} == {(32, 32)}  # tiny mode's latent resolution (its VAE does not scale)
+    assert len({p.tobytes() for p in pictures}) == 3  # the latents change from step to step
+    assert lines[-1]["type"] == "completed" and lines[-1]["body"]["seed"] == 3

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from worker.errors import InferenceError, JobCancelledError, QueueFullError
-from worker.jobs import JobOutput, JobQueue, JobSpec
+from worker.jobs import JobOutput, JobQueue, JobSpec, Report
 
 
 def spec(prompt: str = "p", n: int = 1, steps: int = 10, guidance: float = 0.0) -> JobSpec:
@@ -37,7 +37,7 @@ class Executor:
         self.saw_cancel: list[str] = []
         self._lock = threading.Lock()
 
-    def __call__(self, job: JobSpec, cancel: threading.Event) -> JobOutput:
+    def __call__(self, job: JobSpec, cancel: threading.Event, report: Report | None) -> JobOutput:
         with self._lock:
             self.concurrent += 1
             self.max_concurrent = max(self.max_concurrent, self.concurrent)
