@@ -90,6 +90,7 @@ class EventStream(Response):
         self._progress = progress  # the caller asked for gateway.progress events
         self._sent: set[int] = set()  # indexes of the images sent as completed events
         self._began = False
+        self._wrote_at = 0.0  # when the stream last wrote a byte (monotonic)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         with self._state.shedder.held():  # in flight until the stream ends, not its handler
@@ -129,23 +130,30 @@ class EventStream(Response):
         while nothing is said."""
         keepalive_s = self._state.settings.stream_keepalive_s
         queue = relay.queue
+        # A keep-alive goes out when nothing was *written* for keepalive_s: events heard but not
+        # sent (progress nobody asked for) must not starve it, or an idle proxy cuts the stream.
+        self._wrote_at = time.monotonic()
         try:
             while True:
                 while not queue.empty():
                     await self._heard(queue.get_nowait(), send, admitted)
                 if work.done():
                     return
+                quiet_s = time.monotonic() - self._wrote_at
+                if quiet_s >= keepalive_s:
+                    await self._begin(send, admitted.headers())
+                    await self._write(send, KEEPALIVE)
+                    continue
                 getting = asyncio.ensure_future(queue.get())
                 try:
-                    await asyncio.wait((work, getting), timeout=keepalive_s, return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait(
+                        (work, getting), timeout=keepalive_s - quiet_s, return_when=asyncio.FIRST_COMPLETED
+                    )
                 finally:
                     if not getting.done():
                         getting.cancel()
                 if getting.done() and not getting.cancelled():
                     await self._heard(getting.result(), send, admitted)
-                elif not work.done():
-                    await self._begin(send, admitted.headers())
-                    await send(KEEPALIVE)
         except asyncio.CancelledError:  # the caller left (or the server is stopping)
             work.cancel()
             await asyncio.wait((work,))  # the upstream calls cancelled and the request settled first
@@ -155,6 +163,10 @@ class EventStream(Response):
         if not self._began:
             await send(_start(headers))
             self._began = True
+
+    async def _write(self, send: Send, message: Message) -> None:
+        await send(message)
+        self._wrote_at = time.monotonic()
 
     async def _heard(self, heard: _Heard | PartServed, send: Send, admitted: Admitted) -> None:
         valid = admitted.valid
@@ -167,7 +179,7 @@ class EventStream(Response):
             for i, b64 in enumerate(heard.b64):
                 self._sent.add(heard.first + i)
                 done = _completed(self._event, valid, b64, heard.seed, heard.facts)
-                await send({"type": "http.response.body", "body": done, "more_body": True})
+                await self._write(send, {"type": "http.response.body", "body": done, "more_body": True})
             return
         event = heard.event
         if isinstance(event, PartialImage) and valid.partial_images:
@@ -175,10 +187,11 @@ class EventStream(Response):
                 assert img.data is not None
                 await self._begin(send, admitted.headers())
                 body = await asyncio.to_thread(_partial, self._partial, valid, img.data, event, heard.first + i)
-                await send({"type": "http.response.body", "body": body, "more_body": True})
+                await self._write(send, {"type": "http.response.body", "body": body, "more_body": True})
         elif isinstance(event, Progress) and self._progress:
             await self._begin(send, admitted.headers())
-            await send({"type": "http.response.body", "body": _progress(event, heard.first), "more_body": True})
+            body = _progress(event, heard.first)
+            await self._write(send, {"type": "http.response.body", "body": body, "more_body": True})
 
     async def _send_events(self, send: Send, result: ImagesResponse, headers: dict[str, str] | None) -> None:
         """The completed events of the images not sent yet, one each; `headers`: the stream's, if
