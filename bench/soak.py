@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         keys = Keys(main=teams["main"][1], limited=teams["limited"][1], disconnect=teams["disconnect"][1])
         traffic = Traffic(gateway.url, keys, tally, args.seed)
         started = time.time()
-        samples = run_async_samples(traffic, gateway, rate, args.duration, args.sample_s, args.seed)
+        samples = _drive(traffic, gateway, rate, args.duration, args.sample_s, args.seed)
         price = _price_micros(stack.pricing_file)
         ledger = [check_ledger(stack.redis_url, name, team_id, tally, price) for name, (team_id, _) in teams.items()]
         disconnects = _disconnect_outcomes(stack.redis_url, teams["disconnect"][0])
@@ -167,7 +167,7 @@ def _capacity(gateway: Server, key: str, tally: Tally, step_s: float) -> tuple[f
 # --- the traffic and the samples ------------------------------------------------------------------
 
 
-def run_async_samples(
+def _drive(
     traffic: Traffic, gateway: Server, rate: float, duration_s: float, sample_s: float, seed: int
 ) -> list[Sample]:
     samples: list[Sample] = []

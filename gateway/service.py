@@ -195,10 +195,10 @@ class ImageService:
         self, admitting: asyncio.Future[Admission | Replay | StillRunning], principal: Principal, valid: ValidRequest
     ) -> None:
         """Settle, charged nothing, a request admitted for a caller that has gone meanwhile."""
-        try:
-            got = await admitting
-        except GatewayError:
-            return  # refused: nothing was reserved
+        await asyncio.wait((admitting,))  # unlike `await`, a second cancel here leaves the admission be
+        if admitting.cancelled() or admitting.exception() is not None:
+            return  # refused (or Redis failed): nothing was reserved
+        got = admitting.result()
         if isinstance(got, Admission):
             gone = Settlement("cancelled", 0, 0, 0, valid.model.id, _fields(principal, valid, None, 0.0, "cancelled"))
             await self._settle(got, gone, principal, "cancelled", 0.0)
