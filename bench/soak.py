@@ -54,6 +54,7 @@ class Sample:
     rss_mib: float  # all gateway processes
     open_files: int
     processes: int
+    load1: float  # the machine's load average over the last minute (it is shared)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +182,7 @@ def _drive(
 
     async def drive() -> float:
         rng = random.Random(seed + 1)
-        t0 = time.monotonic()
+        t0 = traffic.tally.t0 = time.monotonic()
         stop = asyncio.Event()
         watching = asyncio.ensure_future(sampler(t0, stop))
         running: set[asyncio.Task[None]] = set()
@@ -212,7 +213,7 @@ def _sample(pgid: int, t_s: float) -> Sample:
             files += len(os.listdir(f"/proc/{pid}/fd"))
         except OSError:
             continue
-    return Sample(round(t_s, 1), round(group_rss_mib(pgid), 1), files, len(pids))
+    return Sample(round(t_s, 1), round(group_rss_mib(pgid), 1), files, len(pids), round(os.getloadavg()[0], 2))
 
 
 def growth(samples: list[Sample], warmup_s: float, field: str) -> tuple[float, float, float]:
@@ -312,7 +313,7 @@ def _report(
 ) -> dict[str, object]:  # fmt: skip
     rss = growth(samples, warmup, "rss_mib")
     files = growth(samples, warmup, "open_files")
-    failures = list(tally.unexpected)
+    failures = [f"{n} x {what}" for what, n in tally.unexpected.most_common()]
     for name, figure in (("RSS", rss), ("open files", files)):
         if figure[2] > args.max_growth:
             failures.append(f"{name} grew {figure[2]:.1%} after warm-up ({figure[0]:g} -> {figure[1]:g})")
@@ -346,6 +347,8 @@ def _report(
                     "max": max(s.rss_mib for s in samples)},  # fmt: skip
         "open_files": {"first": files[0], "last": files[1], "growth": round(files[2], 4),
                        "max": max(s.open_files for s in samples)},  # fmt: skip
+        "unexpected": dict(tally.unexpected.most_common()),
+        "unexpected_at_s": [round(t - tally.t0, 1) for t in tally.unexpected_at],
         "ledger": [asdict(c) for c in ledger],
         "disconnect_ledger": disconnects,
         "samples": [asdict(s) for s in samples],

@@ -52,15 +52,23 @@ class Tally:
     by_kind: Counter[tuple[str, int]] = field(default_factory=Counter)
     served: defaultdict[str, set[str]] = field(default_factory=lambda: defaultdict(set))  # by team
     refused: defaultdict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
-    unexpected: list[str] = field(default_factory=list)
+    unexpected: Counter[str] = field(default_factory=Counter)  # what, and how often
+    unexpected_at: list[float] = field(default_factory=list)  # when (time.monotonic()), the first 10,000
     latencies: list[float] = field(default_factory=list)
+    t0: float = 0.0  # time.monotonic() when the traffic began
 
-    def note(self, kind: str, status: int, problem: str | None = None) -> None:
+    def note(self, kind: str, status: int, problem: str | None = None, code: str = "") -> None:
+        """An answer of `kind`; `code`: its error's code, if it is an error."""
         self.by_kind[(kind, status)] += 1
         if problem is None and status not in EXPECTED[kind]:
-            problem = f"HTTP {status} not expected"
-        if problem is not None and len(self.unexpected) < 200:
-            self.unexpected.append(f"{kind}: {problem}")
+            problem = f"HTTP {status} {code}".rstrip()
+        if problem is not None:
+            self.odd(f"{kind}: {problem}")
+
+    def odd(self, what: str) -> None:
+        self.unexpected[what] += 1
+        if len(self.unexpected_at) < 10_000:
+            self.unexpected_at.append(time.monotonic())
 
 
 class Pool:
@@ -110,9 +118,9 @@ class Traffic:
         try:
             await getattr(self, "_" + kind)()
         except (ClientError, TimeoutError) as exc:
-            self.tally.note(kind, -1, f"{type(exc).__name__}: {exc}")
+            self.tally.note(kind, -1, f"{type(exc).__name__}: {str(exc)[:60]}")
         except Exception as exc:  # noqa: BLE001 - an answer this harness could not read is unexpected too
-            self.tally.note(kind, -2, f"{type(exc).__name__}: {exc}")
+            self.tally.note(kind, -2, f"{type(exc).__name__}: {str(exc)[:60]}")
 
     # --- the kinds ------------------------------------------------------------------------------
 
@@ -145,12 +153,12 @@ class Traffic:
         if answer is not None and answer.status == 400:
             got = json.loads(answer.body)["error"].get("param")
             if got != param:
-                self.tally.unexpected.append(f"bad_input: 400 names param {got!r}, not {param!r}")
+                self.tally.odd(f"bad_input: 400 names param {got!r}, not {param!r}")
 
     async def _rate_limited(self) -> None:
         answer = await self._json("rate_limited", "limited", self._gen("b64_json"))
         if answer is not None and answer.status == 429 and "retry-after" not in answer.headers:
-            self.tally.unexpected.append("rate_limited: 429 without retry-after")
+            self.tally.odd("rate_limited: 429 without retry-after")
 
     async def _idempotent(self) -> None:
         key = {"Idempotency-Key": "soak-" + secrets.token_hex(12)}
@@ -162,9 +170,9 @@ class Traffic:
         if again is None or again.status != 200:
             return
         if again.headers.get("x-gateway-original-request-id") != first.headers.get("x-request-id"):
-            self.tally.unexpected.append("idempotent_replay: names another original request")
+            self.tally.odd("idempotent_replay: names another original request")
         if json.loads(again.body)["data"] != json.loads(first.body)["data"]:
-            self.tally.unexpected.append("idempotent_replay: other images than the original's")
+            self.tally.odd("idempotent_replay: other images than the original's")
 
     async def _stream(self) -> None:
         payload = {**self._gen("b64_json"), "stream": True}
@@ -221,7 +229,7 @@ class Traffic:
             return answer
         request_id = answer.headers.get("x-request-id", "")
         problem = _problem(answer)
-        self.tally.note(kind, answer.status, problem)
+        self.tally.note(kind, answer.status, problem, _code(answer) if answer.status != 200 else "")
         if answer.status == 200 and not replay:
             self.tally.served[team].add(request_id)
         elif answer.status != 200:
@@ -244,3 +252,12 @@ def _problem(answer: Answer) -> str | None:
     if not isinstance(error, dict) or not {"message", "type", "param", "code"} <= set(error):
         return f"HTTP {answer.status}: not an OpenAI-shaped error: {answer.body[:120]!r}"
     return None
+
+
+def _code(answer: Answer) -> str:
+    """An error answer's code (or type), "" if it has none."""
+    try:
+        error = json.loads(answer.body).get("error", {})
+        return str(error.get("code") or error.get("type") or "")
+    except (ValueError, AttributeError):
+        return ""
