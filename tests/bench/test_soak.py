@@ -63,7 +63,7 @@ def test_the_ledger_check_finds_a_double_charge_a_missing_one_and_a_held_reserva
 
 
 def test_growth_compares_the_first_and_last_tenth_after_warm_up() -> None:
-    samples = [Sample(float(t), 100.0 + (t if t >= 50 else 0), 50, 3) for t in range(100)]
+    samples = [Sample(float(t), 100.0 + (t if t >= 50 else 0), 50, 3, 1.0) for t in range(100)]
     first, last, grown = growth(samples, 10.0, "rss_mib")
     assert first == 100.0 and last > 140 and grown > 0.4
     assert growth(samples, 10.0, "open_files") == (50.0, 50.0, 0.0)

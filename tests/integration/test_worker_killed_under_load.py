@@ -40,7 +40,8 @@ def world(tmp_path: Path) -> Iterator[tuple[Stack, Process, str]]:
     # 50 steps of 20 ms: a job takes a second, so the worker always holds some when it dies.
     worker = Process("worker", python("bench.fake_worker", "--port", str(port), "--step-s", "0.02"), {},
                      tmp_path / "worker.log")  # fmt: skip
-    env = {"GATEWAY_LOCAL_GPU_URLS": worker_url, "GATEWAY_PROBE_INTERVAL_S": "0.5"}
+    # A long cool-down: no half-open trial of the dead worker during the test (it would fail over, but count).
+    env = {"GATEWAY_LOCAL_GPU_URLS": worker_url, "GATEWAY_PROBE_INTERVAL_S": "0.5", "GATEWAY_BREAKER_COOLDOWN_S": "300"}
     try:
         worker.wait_http(worker_url + "/ready")
         with running_stack(server, tmp_path, team={"limits": LIMITS}, gateway_env=env) as stack:
