@@ -184,7 +184,7 @@ class Traffic:
             problem = "no completed event"
         elif answer.status == 200 and b"event: error" in answer.body:
             problem = "an error event"
-        self.tally.note("stream", answer.status, problem)
+        self.tally.note("stream", answer.status, problem, _code(answer) if answer.status != 200 else "")
         if answer.status == 200 and problem is None:
             self.tally.served["main"].add(answer.headers["x-request-id"])
 
