@@ -236,8 +236,10 @@ class ImageService:
         quote = valid.model.price_micros(valid.size, valid.n)
         give_up = time.monotonic() + self._deadline_s
         while True:
-            try:
-                got = await self._meter.admit(
+            # Shielded: a caller that goes away while Redis admits it would otherwise leave the
+            # reservation (budget and an in-flight slot) held until it expires, minutes later.
+            admitting = asyncio.ensure_future(
+                self._meter.admit(
                     principal.team_id,
                     request_id,
                     valid.n,
@@ -245,6 +247,12 @@ class ImageService:
                     hold_s=hold_s if hold_s is not None else self._deadline_s + 60,
                     idempotency=idem,
                 )
+            )
+            try:
+                got = await asyncio.shield(admitting)
+            except asyncio.CancelledError:
+                await self._release(admitting, principal, valid)
+                raise
             except GatewayError as exc:
                 self._metrics.rejections.labels(principal.team_id, exc.kind).inc()
                 raise
@@ -257,6 +265,18 @@ class ImageService:
                     headers={"retry-after": "1"},
                 )
             await asyncio.sleep(0.2)
+
+    async def _release(
+        self, admitting: asyncio.Future[Admission | Replay | StillRunning], principal: Principal, valid: ValidRequest
+    ) -> None:
+        """Settle, charged nothing, a request admitted for a caller that has gone meanwhile."""
+        await asyncio.wait((admitting,))  # unlike `await`, a second cancel here leaves the admission be
+        if admitting.cancelled() or admitting.exception() is not None:
+            return  # refused (or Redis failed): nothing was reserved
+        got = admitting.result()
+        if isinstance(got, Admission):
+            gone = Settlement("cancelled", 0, 0, 0, valid.model.id, _fields(principal, valid, None, 0.0, "cancelled"))
+            await self._settle(got, gone, principal, "cancelled", 0.0)
 
     async def _serve(
         self,

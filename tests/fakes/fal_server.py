@@ -107,6 +107,25 @@ def create_app(state: FakeFal, *, key: str, keepalive_s: float = 15.0) -> FastAP
             return JSONResponse({"detail": "Not Found"}, 404)
         return Response(found[0], media_type=found[1])
 
+    def dripped(reply: Reply, request_id: str) -> Response:
+        """What a slow upstream looks like at the HTTP level: the status line and headers (with the
+        body's whole Content-Length) at once, then the body a byte at a time, until it is all sent
+        or the client hangs up."""
+        raw = json.dumps(reply.body).encode()
+        pace = reply.drip_s or 0.0
+
+        async def trickle() -> AsyncIterator[bytes]:
+            state.count_drip(+1)
+            try:
+                for i in range(len(raw)):
+                    yield raw[i : i + 1]
+                    await asyncio.sleep(pace)
+            finally:
+                state.count_drip(-1)
+
+        headers = {**reply.headers, "x-fal-request-id": request_id, "content-length": str(len(raw))}
+        return StreamingResponse(trickle(), reply.status, headers, media_type="application/json")
+
     # --- the queue API ----------------------------------------------------------------------------
 
     @app.get(REQUEST + "/status/stream")
@@ -154,7 +173,10 @@ def create_app(state: FakeFal, *, key: str, keepalive_s: float = 15.0) -> FastAP
         queued = lookup(request, owner, app_name, request_id)
         if isinstance(queued, Response):
             return queued
-        return send(state.result(queued, origin(request)), queued.id)
+        reply = state.result(queued, origin(request))
+        if reply.drip_s is not None:
+            return dripped(reply, queued.id)
+        return send(reply, queued.id)
 
     @app.put(REQUEST + "/cancel")
     async def cancel(request: Request, owner: str, app_name: str, request_id: str) -> Response:

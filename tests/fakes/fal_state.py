@@ -33,6 +33,7 @@ FakeFault = Literal[
     "content_policy",  # 422 content_policy_violation
     "generation_timeout",  # 504 generation_timeout
     "garbage",  # COMPLETED, but the result is not the HiDream output shape
+    "drip",  # COMPLETED, but the result trickles: status and headers at once, then a byte every DRIP_S
     "hang",  # IN_PROGRESS until cancelled
 ]
 FAULTS: frozenset[str] = frozenset(get_args(FakeFault))
@@ -40,6 +41,7 @@ SUBMIT_FAULTS = frozenset({"rate_limited", "auth", "locked", "ingress_502", "ing
 POLL_FAULTS = frozenset({"poll_ingress_502"})
 Phase = Literal["IN_QUEUE", "IN_PROGRESS", "COMPLETED"]
 
+DRIP_S = 0.5  # a slow upstream's pace: one byte of the result body this often
 NO_USER = {"detail": "No user found for Key ID and Secret"}
 LOCKED = {"detail": "User is locked. Reason: Exhausted balance. Top up your balance at fal.ai/dashboard/billing"}
 
@@ -51,6 +53,7 @@ class Reply:
     status: int
     body: object
     headers: dict[str, str] = field(default_factory=dict)
+    drip_s: float | None = None  # send the body a byte at a time, this far apart
 
 
 def ingress(status: int) -> Reply:
@@ -91,8 +94,9 @@ class FakeFal:
         self._requests: dict[str, QueuedRequest] = {}
         self._cdn: dict[str, tuple[bytes, str]] = {}
         self._counts = dict.fromkeys(
-            ("submits", "submit_refusals", "status_polls", "streams", "results", "cancels", "cancel_requests"), 0
-        )
+            ("submits", "submit_refusals", "status_polls", "streams", "results", "cancels", "cancel_requests",
+             "drips", "dripping"), 0
+        )  # fmt: skip
 
     # --- for tests --------------------------------------------------------------------------------
 
@@ -229,7 +233,7 @@ class FakeFal:
                 return Reply(400, {"detail": "Request is still in progress"})
             if request.reply is None:
                 request.reply = self._final_reply(request, origin)
-            return Reply(request.reply.status, request.reply.body, {**request.reply.headers})
+            return Reply(request.reply.status, request.reply.body, {**request.reply.headers}, request.reply.drip_s)
 
     def cancel(self, request: QueuedRequest) -> Reply:
         """§2.5: queued requests are removed, running ones signalled (here: they stop at once)."""
@@ -250,6 +254,13 @@ class FakeFal:
         with self._lock:
             self._counts["streams"] += 1
 
+    def count_drip(self, change: int) -> None:
+        """A dripping answer began (+1: `drips` and `dripping` grow) or its connection ended (-1)."""
+        with self._lock:
+            self._counts["dripping"] += change
+            if change > 0:
+                self._counts["drips"] += 1
+
     def cdn(self, name: str) -> tuple[bytes, str] | None:
         with self._lock:
             return self._cdn.get(name)
@@ -268,8 +279,8 @@ class FakeFal:
 
     def _final_reply(self, request: QueuedRequest, origin: str) -> Reply:
         end, job = request.end, request.job
-        if end == "ok" and isinstance(job, Job):
-            return Reply(200, self._output(job, origin))
+        if end in ("ok", "drip") and isinstance(job, Job):
+            return Reply(200, self._output(job, origin), drip_s=DRIP_S if end == "drip" else None)
         if end == "invalid" and isinstance(job, list):
             return Reply(422, {"detail": job})
         if end == "garbage":
@@ -336,6 +347,7 @@ def _status_error(end: str) -> tuple[str, str | None] | None:
     return {
         "ok": None,
         "garbage": None,
+        "drip": None,
         "invalid": ("Invalid status code: 422", None),
         "rejected_input": ("Invalid status code: 422", None),
         "content_policy": ("Invalid status code: 422", "content_policy_violation"),
