@@ -8,7 +8,7 @@ from gateway.accounting.keys import KeyStore
 from gateway.api.shedding import LoadShedder
 from gateway.api.throttle import SecretThrottle
 from gateway.catalog import Catalog
-from gateway.images.storage import ImageStore
+from gateway.images.store import ImageStorage
 from gateway.metrics import Metrics
 from gateway.redis.client import RedisClient
 from gateway.routing.health import HealthBoard
@@ -22,7 +22,7 @@ class AppState:
     catalog: Catalog
     redis: RedisClient
     keys: KeyStore
-    store: ImageStore
+    store: ImageStorage
     metrics: Metrics
     service: ImageService
     health: HealthBoard
