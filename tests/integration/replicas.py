@@ -39,8 +39,11 @@ class Cluster:
 
 
 @contextmanager
-def running_cluster(tmp: Path, *, fal_inference_s: float = 0.3) -> Iterator[Cluster]:
-    """Two `gateway serve --workers 2` replicas on one real redis-server, behind the fake fal."""
+def running_cluster(
+    tmp: Path, *, fal_inference_s: float = 0.3, gateway_env: dict[str, str] | None = None
+) -> Iterator[Cluster]:
+    """Two `gateway serve --workers 2` replicas on one real redis-server, behind the fake fal;
+    `gateway_env`: more settings for both (GATEWAY_* variables)."""
     server = RedisServer(tmp / "redis")
     server.start()
     fal_key = f"{secrets.token_hex(4)}:{secrets.token_hex(8)}"
@@ -69,6 +72,7 @@ def running_cluster(tmp: Path, *, fal_inference_s: float = 0.3) -> Iterator[Clus
                 "GATEWAY_FAL_POLL_MAX_S": "0.1",
                 "GATEWAY_DATA_DIR": str(tmp / f"data{i}"),
                 "GATEWAY_PUBLIC_URL": base,
+                **(gateway_env or {}),
             }
             args = python("gateway.cli", "serve", "--port", str(port), "--workers", "2")
             gateways.append(Process(f"gateway{i}", args, env, tmp / f"gw{i}.log"))
