@@ -195,6 +195,13 @@ def test_presigned_urls_are_the_buckets_and_work_with_a_plain_get(
     assert f"X-Amz-Expires={on_s3.client.app.state.gateway.settings.image_url_ttl_s}" in url  # type: ignore[attr-defined]
     got = httpx.get(url)
     assert got.status_code == 200 and got.content == _object(s3_server, bucket, _name(url))
+    # An idempotent replay is answered with a presigned URL signed anew, for the same object.
+    first = on_s3.generate(headers={"Idempotency-Key": "presigned-1"}, response_format="url")
+    again = on_s3.generate(headers={"Idempotency-Key": "presigned-1"}, response_format="url")
+    assert again.headers["x-gateway-idempotent-replay"] == "true"
+    (before,), (after,) = ([d["url"] for d in r.json()["data"]] for r in (first, again))
+    assert _name(after) == _name(before) and after.startswith(f"{s3_server.url}/{bucket}/gw/images/")
+    assert httpx.get(after).content == _object(s3_server, bucket, _name(after))
 
 
 def test_with_the_local_directory_fals_images_are_copied_there_too(routed: Routed, tmp_path: Path) -> None:
