@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
 
+import httpx
 from fastapi import FastAPI
 
 from gateway.accounting.billing_metrics import BillingMetrics
@@ -22,8 +23,10 @@ from gateway.api.shedding import AcceptQueue, LoadShedder
 from gateway.api.state import AppState
 from gateway.api.throttle import SecretThrottle
 from gateway.catalog import load_catalog
+from gateway.images.copy import UpstreamImageCopier
 from gateway.images.decoding import UploadDecoder
-from gateway.images.storage import ImageStore
+from gateway.images.store import ImageStorage
+from gateway.images.stores import open_image_store
 from gateway.jobs.setup import job_runner, job_service
 from gateway.live_catalog import LiveCatalog
 from gateway.metrics import Metrics
@@ -68,8 +71,8 @@ async def _signing_key(redis: RedisClient, settings: Settings) -> bytes:
     return value.encode() if isinstance(value, str) else bytes(value)
 
 
-async def _sweep_images(store: ImageStore) -> None:
-    removed = await asyncio.to_thread(store.sweep)
+async def _sweep_images(store: ImageStorage) -> None:
+    removed = await store.sweep_expired()
     if removed:
         log.info("removed %d expired images", removed)
 
@@ -90,13 +93,15 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
         redis = connect(url, settings.redis_max_connections)
         scripts = script_client_for(url)
         providers = build_providers(settings, registry, catalog.providers())
+        # Upstream images that came as URLs are copied into the store through this client.
+        downloads = httpx.AsyncClient(
+            timeout=httpx.Timeout(60.0, connect=settings.upstream_connect_timeout_s),
+            limits=httpx.Limits(max_connections=64),
+        )
         try:
-            store = ImageStore(
-                settings.data_dir / "images",
-                settings.public_url,
-                await _signing_key(redis, settings),
-                settings.image_url_ttl_s,
-                min_free_bytes=settings.image_store_min_free_bytes,
+            store = open_image_store(settings, await _signing_key(redis, settings))
+            copier = None if settings.upstream_image_urls == "pass" else UpstreamImageCopier(
+                downloads, store, max_bytes=settings.upstream_image_max_bytes
             )
             metrics = Metrics(settings.prometheus_multiproc_dir)
             spool = SettlementSpool(settings.data_dir / "spool")
@@ -112,7 +117,9 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
             decoder = UploadDecoder(
                 settings.upload_decode_budget_bytes, metrics.decodes_waiting, threads=settings.upload_decode_threads
             )
-            service = ImageService(dispatcher, meter, store, metrics, decoder, deadline_s=settings.request_deadline_s)
+            service = ImageService(
+                dispatcher, meter, store, metrics, decoder, deadline_s=settings.request_deadline_s, copier=copier
+            )
             keys = KeyStore(redis, cache_ttl_s=settings.key_cache_ttl_s)
             accept_queue = AcceptQueue()
             shedder = LoadShedder(
@@ -171,7 +178,9 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
                 await job_parts.sender.aclose()
                 accept_queue.close()
                 decoder.close()
+                await store.aclose()
         finally:
+            await downloads.aclose()
             for provider in providers.values():
                 await provider.aclose()
             await redis.aclose()

@@ -158,9 +158,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "gateway.app:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
             log_level=settings.log_level, access_log=False, loop="uvloop", http=http,
             ws="none", backlog=args.backlog,
-            # uvicorn kills a worker process whose ping thread has not answered in this long. At
-            # its default (5 s) a process still starting on a loaded machine was killed, restarted
-            # and killed again; 30 s still replaces a process that is really hung.
+            # A worker that does not answer uvicorn's ping within this is killed and replaced. Its
+            # first answer comes once the spawned child has imported the gateway: at the default
+            # 5 s, on a loaded 2-core machine every child was replaced before it ever answered.
             timeout_worker_healthcheck=30,
         )  # fmt: skip
     except EmbeddedRedisError as exc:

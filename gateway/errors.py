@@ -195,6 +195,15 @@ class StorageFullError(ServiceUnavailableError):
         super().__init__(message, param="response_format", headers={"retry-after": "30"})
 
 
+class StorageUnavailableError(ServiceUnavailableError):
+    """The image store could not be reached, or refused a write or a read (an object store's outage)."""
+
+    default_code = "storage_unavailable"
+
+    def __init__(self, message: str = "The gateway's image store is unavailable; please retry shortly.") -> None:
+        super().__init__(message, headers={"retry-after": "5"})
+
+
 class ContentPolicyError(GatewayError):
     status_code = 400
     error_type = "invalid_request_error"

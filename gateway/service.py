@@ -27,9 +27,10 @@ from gateway.errors import (
     UpstreamTimeoutError,
 )
 from gateway.images.convert import render
+from gateway.images.copy import UpstreamImageCopier
 from gateway.images.decoding import UploadDecoder
 from gateway.images.parameters import MIME
-from gateway.images.storage import ImageStore
+from gateway.images.store import ImageStorage
 from gateway.images.validation import ValidRequest
 from gateway.metrics import Metrics
 from gateway.quote import dry_run
@@ -144,11 +145,12 @@ class ImageService:
         self,
         dispatcher: Dispatcher,
         meter: Meter,
-        store: ImageStore,
+        store: ImageStorage,
         metrics: Metrics,
         decoder: UploadDecoder,
         *,
         deadline_s: float,
+        copier: UpstreamImageCopier | None = None,
     ) -> None:
         self._dispatcher = dispatcher
         self._meter = meter
@@ -156,6 +158,7 @@ class ImageService:
         self._metrics = metrics
         self._decoder = decoder
         self._deadline_s = deadline_s
+        self._copier = copier  # None: an upstream's image URL passes through to the caller
 
     async def generate(
         self,
@@ -437,24 +440,38 @@ class ImageService:
             images = tuple([await _as_asked(valid, img) for img in images])
         out: list[dict[str, str]] = []
         kept: list[str | None] = []
-        for img in images:
-            name: str | None = None
-            item: dict[str, str] = {"revised_prompt": valid.prompt}
-            if valid.response_format == "b64_json":
-                assert img.data is not None  # _check_result guarantees bytes for b64_json
-                item["b64_json"] = img.b64 if img.b64 is not None else base64.b64encode(img.data).decode("ascii")
-                if keep:
-                    name = (await self._store.put(img.data, img.content_type)).name
-            elif img.data is not None:
-                stored = await self._store.put(img.data, img.content_type)
-                name = stored.name
-                item["url"] = self._store.signed_url(name)
-            else:
-                assert img.url is not None
-                item["url"] = img.url
-            out.append(item)
-            kept.append(name)
+        try:
+            for img in images:
+                item, name = await self._rendered(valid, img, keep)
+                out.append(item)
+                kept.append(name)
+        except BaseException:
+            # A request that fails here is charged nothing: it leaves no image behind either.
+            await asyncio.shield(self._store.discard([n for n in kept if n is not None]))
+            raise
         return out, kept
+
+    async def _rendered(
+        self, valid: ValidRequest, img: GeneratedImage, keep: bool
+    ) -> tuple[dict[str, str], str | None]:
+        name: str | None = None
+        item: dict[str, str] = {"revised_prompt": valid.prompt}
+        if valid.response_format == "b64_json":
+            assert img.data is not None  # _check_result guarantees bytes for b64_json
+            item["b64_json"] = img.b64 if img.b64 is not None else base64.b64encode(img.data).decode("ascii")
+            if keep:
+                name = (await self._store.put(img.data, img.content_type)).name
+        elif img.data is not None:
+            name = (await self._store.put(img.data, img.content_type)).name
+            item["url"] = await self._store.url(name)
+        elif self._copier is not None:
+            assert img.url is not None
+            name = (await self._copier.copy(img.url)).name
+            item["url"] = await self._store.url(name)
+        else:
+            assert img.url is not None
+            item["url"] = img.url
+        return item, name
 
     async def _replayed(self, replay: Replay, idempotency_key: str) -> ImagesResponse:
         stored = json.loads(replay.response)
@@ -471,7 +488,7 @@ class ImageService:
                 data = await self._store.take_back(name)
                 value = None if data is None else base64.b64encode(data).decode("ascii")
             else:
-                value = self._store.renew(name)
+                value = await self._store.reissue(name)
             if value is None:
                 raise GoneError(
                     f"The images of the request made with Idempotency-Key '{idempotency_key}' have been deleted "

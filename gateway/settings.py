@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -40,6 +40,21 @@ class Settings(BaseSettings):
     # disk holding the images has less than this free; b64_json answers are still served.
     image_store_min_free_bytes: int = Field(default=512 * 1024 * 1024, ge=0)
     url_signing_key: str | None = None
+    # Where images are kept: unset or file://<dir> = a local directory (the embedded default,
+    # <data_dir>/images); s3://<bucket>/<prefix> = an S3-compatible object store, reached at
+    # s3_endpoint_url (MinIO, R2, a test server; unset: AWS) with credentials the standard AWS way.
+    image_store: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    # The URL answered for an image: "gateway" = signed by the gateway and served by any replica
+    # from the store; "presigned" = the object store's own presigned GET (downloads bypass the gateway).
+    image_urls: Literal["gateway", "presigned"] = "gateway"
+    # An upstream image that came as a URL (fal's CDN): "copy" = into the store, answered with the
+    # gateway's own URL; "pass" = its URL handed to the caller as it came (no copy, but it names the
+    # upstream and lives as long as the upstream keeps it, not image_url_ttl_s).
+    upstream_image_urls: Literal["copy", "pass"] = "copy"
+    # The largest upstream image the copy takes (a larger one fails the request, 502).
+    upstream_image_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
 
     # Uploads (edits): bytes per image and decoded pixels per image (decompression-bomb guard).
     max_upload_bytes: int = 20 * 1024 * 1024

@@ -8,7 +8,7 @@ from typing import Any
 
 import redis.exceptions
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from gateway.api.deps import MetricsReader, State, observer
 from gateway.api.schemas import Health, Readiness
@@ -65,13 +65,16 @@ async def metrics(state: State) -> Response:
 )
 async def image_file(
     name: str, state: State, expires: int = Query(...), sig: str = Query(..., max_length=128)
-) -> FileResponse:
+) -> Response:
     if not state.store.verify(name, expires, sig):
         raise PermissionDeniedError("This image URL is invalid or has expired.", code="url_expired")
-    path = state.store.path_of(name)
-    if path is None:
+    found = await state.store.open(name)  # from any replica's store: the local dir or the bucket
+    if found is None:
         raise NotFoundError("No such image.", code="not_found")
-    ext = name.rsplit(".", 1)[-1]
     # No cache may keep the image past the moment its URL stops working.
-    max_age = max(0, int(expires - time.time()))
-    return FileResponse(path, media_type=CONTENT_TYPES[ext], headers={"cache-control": f"private, max-age={max_age}"})
+    headers = {"cache-control": f"private, max-age={max(0, int(expires - time.time()))}"}
+    if found.path is not None:
+        return FileResponse(found.path, media_type=found.content_type, headers=headers)
+    assert found.chunks is not None
+    headers["content-length"] = str(found.size)
+    return StreamingResponse(found.chunks, media_type=found.content_type, headers=headers)

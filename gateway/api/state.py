@@ -8,7 +8,7 @@ from gateway.accounting.keys import KeyStore
 from gateway.api.shedding import LoadShedder
 from gateway.api.throttle import SecretThrottle
 from gateway.catalog import Catalog
-from gateway.images.storage import ImageStore
+from gateway.images.store import ImageStorage
 from gateway.jobs.service import JobService
 from gateway.live_catalog import LiveCatalog
 from gateway.metrics import Metrics
@@ -24,7 +24,7 @@ class AppState:
     catalogs: LiveCatalog
     redis: RedisClient
     keys: KeyStore
-    store: ImageStore
+    store: ImageStorage
     metrics: Metrics
     service: ImageService
     health: HealthBoard

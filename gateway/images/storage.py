@@ -1,5 +1,6 @@
-"""Generated images the gateway serves itself: bytes kept under the data dir, reachable through
-URLs signed with an HMAC and an expiry, so a URL works without an API key until it expires."""
+"""Generated images the gateway serves itself: bytes kept under the data dir (the embedded default
+of gateway/images/store.py), reachable through URLs signed with an HMAC and an expiry, so a URL
+works without an API key until it expires."""
 
 from __future__ import annotations
 
@@ -11,26 +12,17 @@ import hmac
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from gateway.errors import StorageFullError
 from gateway.ids import RandomIds
+from gateway.images.store import CONTENT_TYPES, EXTENSIONS, Download, StoredImage, is_image_name
 
-EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+__all__ = ["CONTENT_TYPES", "EXTENSIONS", "ImageStore", "StoredImage", "sign_url", "verify_url"]
+
 # Images up to this size are written on the event loop (into the page cache: no fsync).
 INLINE_WRITE_BYTES = 256 * 1024
-CONTENT_TYPES = {v: k for k, v in EXTENSIONS.items()}
-
-
-@dataclass(frozen=True, slots=True)
-class StoredImage:
-    name: str  # "<random>.<ext>"
-    file: str  # its path (a str: pathlib costs more than the write on the request path)
-
-    @property
-    def path(self) -> Path:
-        return Path(self.file)
 
 
 class ImageStore:
@@ -76,10 +68,60 @@ class ImageStore:
         self._free -= len(data)
         return StoredImage(name, file)
 
+    async def put_stream(self, chunks: AsyncIterator[bytes], content_type: str) -> StoredImage:
+        """Written as it arrives, a chunk at a time on a thread; on any failure the file is removed."""
+        if not self.has_room():
+            raise StorageFullError()
+        name = f"{self._ids.urlsafe(18)}.{EXTENSIONS.get(content_type, 'bin')}"
+        file = self._dir + name
+        fd = await asyncio.to_thread(os.open, file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        size = 0
+        try:
+            async for chunk in chunks:
+                await asyncio.to_thread(_write_all, fd, chunk)
+                size += len(chunk)
+        except BaseException as exc:
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(file)
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                self._free_read_at = float("-inf")
+                raise StorageFullError() from exc
+            raise
+        os.close(fd)
+        self._free -= size
+        return StoredImage(name, file)
+
     def signed_url(self, name: str, now: float | None = None) -> str:
-        # name is URL-safe base64 plus an extension, sig is hex: nothing to escape
-        expires = int((now if now is not None else time.time()) + self.ttl_s)
-        return f"{self.public_url}/v1/files/images/{name}?expires={expires}&sig={self._sign(name, expires)}"
+        return sign_url(self.public_url, self._key, name, self.ttl_s, now)
+
+    async def url(self, name: str) -> str:
+        return self.signed_url(name)
+
+    async def reissue(self, name: str) -> str | None:
+        return self.renew(name)
+
+    async def open(self, name: str) -> Download | None:
+        path = self.path_of(name)
+        if path is None:
+            return None
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return None
+        return Download(CONTENT_TYPES[name.rsplit(".", 1)[-1]], size, path=path)
+
+    async def discard(self, names: list[str]) -> None:
+        for name in names:
+            if is_image_name(name):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._dir + name)
+
+    async def sweep_expired(self, now: float | None = None) -> int:
+        return await asyncio.to_thread(self.sweep, now)
+
+    async def aclose(self) -> None:
+        return None
 
     def renew(self, name: str, now: float | None = None) -> str | None:
         """A fresh signed URL for an image kept earlier (an idempotent replay), or None when it has
@@ -101,15 +143,11 @@ class ImageStore:
             return None
 
     def verify(self, name: str, expires: int, sig: str, now: float | None = None) -> bool:
-        if expires < (now if now is not None else time.time()):
-            return False
-        # As bytes: compare_digest refuses str holding anything but ASCII, and a caller sends any text.
-        return hmac.compare_digest(self._sign(name, expires).encode(), sig.encode())
+        return verify_url(self._key, name, expires, sig, now)
 
     def path_of(self, name: str) -> Path | None:
         """The file for a name, or None when the name is not one we could have made."""
-        stem, dot, ext = name.partition(".")
-        if not dot or ext not in CONTENT_TYPES or not stem.replace("-", "").replace("_", "").isalnum():
+        if not is_image_name(name):
             return None
         path = self.root / name
         return path if path.is_file() else None
@@ -128,8 +166,30 @@ class ImageStore:
                 continue  # another worker process swept it first
         return removed
 
-    def _sign(self, name: str, expires: int) -> str:
-        return hmac.new(self._key, f"{name}:{expires}".encode(), hashlib.sha256).hexdigest()
+
+def sign_url(public_url: str, key: bytes, name: str, ttl_s: int, now: float | None = None) -> str:
+    """A gateway URL for a stored image, valid for ttl_s from now (any store: the download route
+    verifies it and streams the image from wherever it is kept)."""
+    # name is URL-safe base64 plus an extension, sig is hex: nothing to escape
+    expires = int((now if now is not None else time.time()) + ttl_s)
+    return f"{public_url}/v1/files/images/{name}?expires={expires}&sig={_sign(key, name, expires)}"
+
+
+def verify_url(key: bytes, name: str, expires: int, sig: str, now: float | None = None) -> bool:
+    if expires < (now if now is not None else time.time()):
+        return False
+    # As bytes: compare_digest refuses str holding anything but ASCII, and a caller sends any text.
+    return hmac.compare_digest(_sign(key, name, expires).encode(), sig.encode())
+
+
+def _sign(key: bytes, name: str, expires: int) -> str:
+    return hmac.new(key, f"{name}:{expires}".encode(), hashlib.sha256).hexdigest()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _write_new(path: str, data: bytes) -> None:
@@ -137,9 +197,7 @@ def _write_new(path: str, data: bytes) -> None:
     rename: nobody can ask for it before its URL is returned, which happens after this."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        _write_all(fd, data)
     except BaseException:
         os.close(fd)
         with contextlib.suppress(FileNotFoundError):

@@ -29,7 +29,7 @@ from gateway.accounting.metering import Meter, Settlement
 from gateway.accounting.spool import to_record
 from gateway.catalog import Catalog
 from gateway.errors import GatewayError, GoneError
-from gateway.images.storage import ImageStore
+from gateway.images.store import ImageStorage
 from gateway.jobs import requests
 from gateway.jobs.store import Job, JobStore
 from gateway.jobs.views import job_json
@@ -71,7 +71,7 @@ class JobRunner:
         service: ImageService,
         meter: Meter,
         catalog: Callable[[], Catalog],  # the catalog in use now (pricing.yaml may be reloaded)
-        store: ImageStore,
+        store: ImageStorage,
         webhooks: TeamWebhooks,
         sender: WebhookSender,
         config: RunnerConfig,

@@ -13,7 +13,7 @@ from gateway.accounting.keys import Principal
 from gateway.accounting.metering import Meter
 from gateway.accounting.spool import to_record
 from gateway.errors import ConflictError, InvalidRequestError, NotFoundError
-from gateway.images.storage import ImageStore
+from gateway.images.store import ImageStorage
 from gateway.images.validation import ValidRequest
 from gateway.jobs import requests
 from gateway.jobs.runner import unserved
@@ -37,7 +37,7 @@ class JobService:
         jobs: JobStore,
         service: ImageService,
         meter: Meter,
-        store: ImageStore,
+        store: ImageStorage,
         webhooks: TeamWebhooks,
         policy: TargetPolicy,
         *,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from gateway.accounting.metering import Meter
 from gateway.catalog import Catalog
-from gateway.images.storage import ImageStore
+from gateway.images.store import ImageStorage
 from gateway.jobs.runner import JobRunner, RunnerConfig
 from gateway.jobs.service import JobService
 from gateway.jobs.ssrf import TargetPolicy
@@ -30,7 +30,7 @@ class JobParts:
 
 
 def job_service(
-    settings: Settings, redis: RedisClient, service: ImageService, meter: Meter, store: ImageStore
+    settings: Settings, redis: RedisClient, service: ImageService, meter: Meter, store: ImageStorage
 ) -> JobParts:
     policy = TargetPolicy.parse(settings.webhook_allow_cidrs, allow_http=settings.webhook_allow_http)
     jobs = JobStore(redis, keep_s=settings.job_keep_s)
@@ -48,7 +48,7 @@ def job_runner(
     service: ImageService,
     meter: Meter,
     catalog: Callable[[], Catalog],
-    store: ImageStore,
+    store: ImageStorage,
 ) -> JobRunner:
     config = RunnerConfig(
         owner=f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}",

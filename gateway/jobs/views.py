@@ -8,7 +8,7 @@ import copy
 from typing import Any
 
 from gateway.errors import GoneError
-from gateway.images.storage import ImageStore
+from gateway.images.store import ImageStorage
 from gateway.jobs.store import Job
 
 JOBS_PATH = "/v1/images/jobs/"
@@ -30,7 +30,7 @@ def _seconds(ms: int | None) -> int | None:
     return None if ms is None else ms // 1000
 
 
-async def job_json(job: Job, *, position: int | None, store: ImageStore, public_url: str) -> dict[str, Any]:
+async def job_json(job: Job, *, position: int | None, store: ImageStorage, public_url: str) -> dict[str, Any]:
     link = public_url + JOBS_PATH + job.id
     out: dict[str, Any] = {
         "id": job.id,
@@ -59,7 +59,7 @@ def _webhook(job: Job) -> dict[str, Any] | None:
     return {"url": job.webhook_url, "state": state.get("state", "pending"), "attempts": state.get("attempts", [])}
 
 
-async def result_body(job: Job, store: ImageStore) -> dict[str, Any]:
+async def result_body(job: Job, store: ImageStorage) -> dict[str, Any]:
     """The synchronous answer's body, each kept image given a URL signed now (or read back as
     b64_json); the x-gateway-* facts under `gateway`."""
     assert job.result is not None
@@ -73,7 +73,7 @@ async def result_body(job: Job, store: ImageStore) -> dict[str, Any]:
             data = await store.take_back(name)
             value = None if data is None else base64.b64encode(data).decode("ascii")
         else:
-            value = store.renew(name)
+            value = await store.reissue(name)
         if value is None:
             raise GoneError(
                 f"The images of job {job.id} have been deleted (images are kept about {store.ttl_s} s after "

@@ -3,8 +3,10 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -88,6 +90,13 @@ def wait_for(predicate: Callable[[], bool], what: str, timeout_s: float = 10.0) 
 def routed(redis_url: str, tmp_path: Path, pricing_file: Path, request: pytest.FixtureRequest) -> Iterator[Routed]:
     """The stack above; `@pytest.mark.parametrize("routed", [{setting: value}], indirect=True)`
     changes gateway settings."""
+    with routed_stack(redis_url, tmp_path, pricing_file, **getattr(request, "param", {})) as stack:
+        yield stack
+
+
+@contextmanager
+def routed_stack(redis_url: str, tmp_path: Path, pricing_file: Path, **more: Any) -> Iterator[Routed]:
+    """The `routed` stack, with more gateway settings."""
     fal_key = f"{secrets.token_hex(4)}:{secrets.token_hex(8)}"
     fal_state = FakeFal(inference_s=0.05)
     with (
@@ -107,7 +116,7 @@ def routed(redis_url: str, tmp_path: Path, pricing_file: Path, request: pytest.F
             fal_poll_initial_s=0.02,
             local_gpu_urls=[worker.url],
             probe_interval_s=0.05,
-            **getattr(request, "param", {}),
+            **more,
         )
         with TestClient(create_app(settings)) as client:
             team = client.post(

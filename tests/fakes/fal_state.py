@@ -89,6 +89,8 @@ class FakeFal:
         self.queue_s = queue_s
         # True: response_url ends in /response (the docs' example) instead of the bare request URL.
         self.response_suffix = response_suffix
+        # True: the CDN answers 404 for every file, as fal's does once it has dropped one.
+        self.cdn_gone = False
         self._lock = threading.RLock()
         self._armed: deque[FakeFault] = deque()
         self._requests: dict[str, QueuedRequest] = {}
@@ -263,7 +265,7 @@ class FakeFal:
 
     def cdn(self, name: str) -> tuple[bytes, str] | None:
         with self._lock:
-            return self._cdn.get(name)
+            return None if self.cdn_gone else self._cdn.get(name)
 
     # --- internals --------------------------------------------------------------------------------
 

@@ -43,7 +43,7 @@ def running_cluster(
     tmp: Path, *, fal_inference_s: float = 0.3, gateway_env: dict[str, str] | None = None
 ) -> Iterator[Cluster]:
     """Two `gateway serve --workers 2` replicas on one real redis-server, behind the fake fal;
-    `gateway_env`: more of their settings (GATEWAY_* variables)."""
+    `gateway_env`: more settings for both (GATEWAY_* variables)."""
     server = RedisServer(tmp / "redis")
     server.start()
     fal_key = f"{secrets.token_hex(4)}:{secrets.token_hex(8)}"
@@ -61,8 +61,8 @@ def running_cluster(
     bases: list[str] = []
     try:
         fal.wait_http(f"http://127.0.0.1:{fal_port}/_fake/stats")
-        for i in range(2):
-            port = free_port()
+        ports = [free_port(), free_port()]
+        for i, port in enumerate(ports):
             base = f"http://127.0.0.1:{port}"
             env = {
                 "GATEWAY_REDIS_URL": server.url,
@@ -72,7 +72,11 @@ def running_cluster(
                 "GATEWAY_FAL_POLL_INITIAL_S": "0.02",
                 "GATEWAY_FAL_POLL_MAX_S": "0.1",
                 "GATEWAY_DATA_DIR": str(tmp / f"data{i}"),
-                "GATEWAY_PUBLIC_URL": base,
+                # As the README asks of replicas: one public address (the first replica's stands
+                # for a load balancer's) and one image store (a shared directory here;
+                # tests/integration/test_store_replicas.py gives them a bucket instead).
+                "GATEWAY_PUBLIC_URL": f"http://127.0.0.1:{ports[0]}",
+                "GATEWAY_IMAGE_STORE": f"file://{tmp / 'images'}",
                 **(gateway_env or {}),
             }
             args = python("gateway.cli", "serve", "--port", str(port), "--workers", "2")

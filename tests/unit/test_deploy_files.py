@@ -44,7 +44,7 @@ def _mount_target(service: str, repo_path: str) -> str:
 
 
 def test_the_stack_has_its_services_and_only_the_gpu_worker_is_optional() -> None:
-    assert set(SERVICES) == {"redis", "gateway", "prometheus", "grafana", "gpu-worker"}
+    assert set(SERVICES) == {"redis", "minio", "minio-init", "gateway", "prometheus", "grafana", "gpu-worker"}
     assert {name for name, s in SERVICES.items() if "profiles" in s} == {"gpu-worker"}
     assert SERVICES["gpu-worker"]["profiles"] == ["gpu"]
 
@@ -67,6 +67,27 @@ def test_the_gateway_runs_several_workers_and_takes_its_redis_url_from_env() -> 
     assert gateway["env_file"] == ".env"
 
 
+def test_the_gateway_keeps_its_images_in_the_bucket_minio_init_makes() -> None:
+    gateway, init, minio = SERVICES["gateway"], SERVICES["minio-init"], SERVICES["minio"]
+    env = gateway["environment"]
+    bucket = init["environment"]["BUCKET"]
+    assert bucket.startswith("${MINIO_BUCKET:-")
+    assert env["GATEWAY_IMAGE_STORE"] == "${GATEWAY_IMAGE_STORE:-s3://" + bucket.split(":-")[1].rstrip("}") + "/gw}"
+    assert env["GATEWAY_S3_ENDPOINT_URL"] == "${GATEWAY_S3_ENDPOINT_URL:-http://minio:9000}"
+    assert {"image_store", "s3_endpoint_url", "s3_region"} <= set(Settings.model_fields)
+    # The gateway starts once the bucket exists, with the user minio-init made for it.
+    assert gateway["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
+    assert init["depends_on"]["minio"]["condition"] == "service_healthy"
+    script = init["command"][0]
+    assert 'mc mb --ignore-existing "local/$$BUCKET"' in script
+    assert env["AWS_ACCESS_KEY_ID"].startswith("${MINIO_GATEWAY_ACCESS_KEY:?")
+    assert init["environment"]["GATEWAY_ACCESS_KEY"] == env["AWS_ACCESS_KEY_ID"]
+    assert init["environment"]["GATEWAY_SECRET_KEY"] == env["AWS_SECRET_ACCESS_KEY"]
+    assert 'mc admin user add local "$$GATEWAY_ACCESS_KEY" "$$GATEWAY_SECRET_KEY"' in script
+    assert "minio-data:/data" in minio["volumes"]
+    assert all(port.startswith("127.0.0.1:") for port in minio["ports"])  # reachable from this machine only
+
+
 def test_the_gpu_worker_reserves_a_gpu() -> None:
     devices = SERVICES["gpu-worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
@@ -76,7 +97,8 @@ def test_every_named_volume_is_declared_and_every_declared_one_used() -> None:
     used = {
         v.split(":")[0] for s in SERVICES.values() for v in s.get("volumes", []) if not v.startswith(("./", "/", "$"))
     }
-    assert used == set(COMPOSE["volumes"]) == {"redis-data", "gateway-data", "prometheus-data", "grafana-data"}
+    named = {"redis-data", "minio-data", "gateway-data", "prometheus-data", "grafana-data"}
+    assert used == set(COMPOSE["volumes"]) == named
 
 
 def test_every_file_mounted_from_the_repo_exists() -> None:

@@ -1,0 +1,85 @@
+"""What the gateway asks of wherever it keeps the images it answers: the local directory (the
+embedded default, gateway/images/storage.py) or an S3-compatible object store
+(gateway/images/object_store.py). Both name images alike and sign gateway URLs alike."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+CONTENT_TYPES = {v: k for k, v in EXTENSIONS.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class StoredImage:
+    name: str  # "<random>.<ext>"
+    file: str  # its path, or its key in the bucket (a str: pathlib costs more than the write on the request path)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.file)
+
+
+@dataclass(frozen=True, slots=True)
+class Download:
+    """A stored image, opened to be sent: a local file (sent by the server's file response) or
+    the object store's body, a chunk at a time."""
+
+    content_type: str
+    size: int
+    path: Path | None = None
+    chunks: AsyncIterator[bytes] | None = None
+
+
+class ImageStorage(Protocol):
+    ttl_s: int
+
+    def has_room(self, size: int = 0) -> bool:
+        """Whether an answer by URL may be admitted (a local disk's free space; always for a bucket)."""
+        ...
+
+    async def put(self, data: bytes, content_type: str) -> StoredImage: ...
+
+    async def put_stream(self, chunks: AsyncIterator[bytes], content_type: str) -> StoredImage:
+        """Store an image as it arrives, never holding it whole where the store allows; on any
+        failure (the source's or the store's) nothing is left under its name."""
+        ...
+
+    async def url(self, name: str) -> str:
+        """The URL answered for a stored image (gateway-signed, or the store's own presigned GET)."""
+        ...
+
+    async def reissue(self, name: str) -> str | None:
+        """A fresh URL for an image kept earlier (an idempotent replay), kept as long as that URL;
+        None when the image is gone."""
+        ...
+
+    async def take_back(self, name: str) -> bytes | None:
+        """The bytes of an image kept earlier (a b64_json replay), kept another URL lifetime; None when gone."""
+        ...
+
+    def verify(self, name: str, expires: int, sig: str, now: float | None = None) -> bool: ...
+
+    async def open(self, name: str) -> Download | None:
+        """The image behind a gateway URL, or None when there is none (a name we could not have made, or swept)."""
+        ...
+
+    async def discard(self, names: list[str]) -> None:
+        """Delete images of a request that failed after they were stored (best effort: what is
+        left is swept when its URL would have expired)."""
+        ...
+
+    async def sweep_expired(self, now: float | None = None) -> int:
+        """Delete the images whose URLs have all expired; how many were removed."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def is_image_name(name: str) -> bool:
+    """Whether a name is one the gateway could have made (no path tricks reach a store)."""
+    stem, dot, ext = name.partition(".")
+    return bool(dot) and ext in CONTENT_TYPES and bool(stem) and stem.replace("-", "").replace("_", "").isalnum()
