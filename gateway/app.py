@@ -36,6 +36,7 @@ from gateway.routing.router import Router
 from gateway.service import ImageService
 from gateway.settings import Settings
 from gateway.upstreams import ProviderFactory, default_registry
+from gateway.web.pages import web_router
 from providers.base import ImageProvider, PassesThrough
 
 log = logging.getLogger("gateway")
@@ -171,7 +172,7 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
         title="Image gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
         redirect_slashes=False,
     )  # fmt: skip
-    routers = (images.router, models.router, usage.router, admin.router, health.router)
+    routers = (images.router, models.router, usage.router, admin.router, health.router, web_router())
     errors.install(app, [route for router in routers for route in router.routes])
     for router in routers:
         app.include_router(router)
