@@ -16,7 +16,7 @@ from gateway.accounting.billing_metrics import BillingMetrics
 from gateway.accounting.keys import KeyStore
 from gateway.accounting.metering import Meter
 from gateway.accounting.spool import SettlementSpool
-from gateway.api import admin, errors, health, images, models, usage
+from gateway.api import admin, errors, health, images, models, team, usage
 from gateway.api.hot import GatewayApp
 from gateway.api.shedding import AcceptQueue, LoadShedder
 from gateway.api.state import AppState
@@ -172,7 +172,7 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
         title="Image gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
         redirect_slashes=False,
     )  # fmt: skip
-    routers = (images.router, models.router, usage.router, admin.router, health.router, web_router())
+    routers = (images.router, models.router, usage.router, admin.router, health.router, team.router, web_router())
     errors.install(app, [route for router in routers for route in router.routes])
     for router in routers:
         app.include_router(router)

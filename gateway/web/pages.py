@@ -29,7 +29,7 @@ PAGE_HEADERS = {
     "cache-control": "no-store",
 }
 TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
-PAGES = {"/": "playground"}
+PAGES = {"/": "playground", "/team": "team", "/admin": "admin"}
 TITLES = {"playground": "Playground", "team": "Team", "admin": "Admin"}
 
 

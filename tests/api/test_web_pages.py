@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 import pytest
 from fastapi.testclient import TestClient
 
-PAGES = ["/"]
+PAGES = ["/", "/team", "/admin"]
 
 
 class _Scan(HTMLParser):

@@ -130,7 +130,8 @@ export class Session {
 export function usd(value) {
   const n = Number(value);
   if (!Number.isFinite(n)) return "–";
-  return n >= 1 || n === 0 ? `$${n.toFixed(2)}` : `$${n.toFixed(4).replace(/0+$/, "").replace(/\.$/, "")}`;
+  // cents always, and up to 4 decimals where a price has them ($0.0125)
+  return `$${n.toFixed(4).replace(/0{1,2}$/, "")}`;
 }
 
 export function debounce(fn, ms) {
