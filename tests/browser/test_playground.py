@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Page, expect
+from PIL import Image
+from playwright.sync_api import Browser, Page, expect
 
 from tests.api.conftest import wait_for
 from tests.browser.conftest import screenshot
@@ -177,3 +179,58 @@ def test_cancel_closes_the_stream_and_charges_nothing(page: Page, stack: Stack) 
     assert stack.ledger()[before:] == [("cancelled", 0)]
     wait_for(lambda: httpx.get(stack.fal + "/_fake/stats").json()["cancels"] == cancels + 1, "fal's job cancelled")
     assert page.locator(".gallery-item").count() == 0
+
+
+def test_an_image_picked_for_editing_is_sent_as_an_edit(page: Page, stack: Stack, tmp_path: Path) -> None:
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (96, 64), (200, 30, 30)).save(photo)
+    sign_in(page, stack)
+    page.get_by_label("Model").select_option("fal/hidream-i1-full")  # the route with an edit endpoint
+    fill(page, "make it blue")
+    page.get_by_label("Image to edit").set_input_files(str(photo))
+    expect(page.locator("#edit-mode")).to_contain_text("Editing photo.png")
+    page.get_by_label("Strength").fill("0.6")
+    expect(page.locator("#quote-cost")).to_have_text("$0.05 for 1 image")
+    with page.expect_request(lambda r: r.url.endswith("/v1/images/edits")) as sent:
+        page.get_by_role("button", name="Generate").click()
+    assert sent.value.headers["content-type"].startswith("multipart/form-data")
+    item = page.locator(".gallery-item").first
+    expect(item).to_be_visible(timeout=60_000)
+    expect(item.locator("[data-field=edit-of]")).to_have_text("photo.png")
+    expect(item.locator("[data-field=provider]")).to_have_text("fal")
+    # decoded at the asked size (the fake fal's images are one flat colour: no blankness check)
+    size = page.eval_on_selector(".gallery-item img", "img => [img.complete, img.naturalWidth, img.naturalHeight]")
+    assert size == [True, 1024, 1024]
+    assert stack.ledger()[-1] == ("succeeded", 50_000)
+    item.get_by_text("Copy as code").click()
+    python = item.locator("pre[data-lang=Python]").inner_text()
+    assert "client.images.edit(" in python and 'image=open("photo.png", "rb")' in python and '"strength": 0.6' in python
+    assert "-F 'image=@photo.png'" in item.locator("pre[data-lang=curl]").inner_text()
+    page.get_by_role("button", name="Clear image and mask").click()
+    expect(page.locator("#edit-mode")).to_contain_text("No image")
+    screenshot(page, "playground-edit")
+
+
+@pytest.mark.parametrize("path", ["/", "/team", "/admin"])
+def test_pages_fit_a_360_px_wide_screen_and_work_from_the_keyboard(browser: Browser, stack: Stack, path: str) -> None:
+    context = browser.new_context(viewport={"width": 360, "height": 740})
+    try:
+        page = context.new_page()
+        page.goto(stack.base + path)
+        page.keyboard.press("Tab")  # skip the brand link and the nav to the key field
+        for _ in range(8):
+            if page.evaluate("document.activeElement.id") == "api-key":
+                break
+            page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.id") == "api-key"
+        page.keyboard.type(stack.admin_key if path == "/admin" else stack.key)
+        page.keyboard.press("Enter")
+        expect(page.get_by_role("button", name="Sign out")).to_be_visible()
+        ready = {"/": "#quote", "/team": "#team-data tbody#keys tr", "/admin": "#routes tr"}[path]
+        expect(page.locator(ready).first).to_be_visible()
+        if path == "/":
+            expect(page.locator("#quote")).to_have_text("Write a prompt to see the price.")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 360
+        screenshot(page, f"narrow-{path.strip('/') or 'playground'}")
+    finally:
+        context.close()

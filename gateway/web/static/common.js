@@ -108,6 +108,7 @@ export class Session {
   async fetch(path, options = {}) {
     const headers = new Headers(options.headers || {});
     headers.set("Authorization", `Bearer ${this.key}`);
+    // A FormData body (an edit's multipart) sets its own Content-Type with the boundary.
     if (options.json !== undefined) {
       headers.set("Content-Type", "application/json");
       options = { ...options, body: JSON.stringify(options.json) };

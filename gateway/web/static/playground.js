@@ -94,6 +94,8 @@ function params() {
   if (negative.trim()) body.negative_prompt = negative;
   const steps = numberOf("steps");
   if (steps !== undefined) body.num_inference_steps = steps;
+  const strength = numberOf("strength");
+  if (strength !== undefined && editFiles()) body.strength = strength;
   const guidance = numberOf("guidance");
   if (guidance !== undefined) body.guidance_scale = guidance;
   if (!$("random-seed").checked) {
@@ -101,6 +103,33 @@ function params() {
     if (seed !== undefined) body.seed = seed;
   }
   return body;
+}
+
+// --- edits: an image (and a mask) picked or dropped turns Generate into an edit -------------
+
+function editFiles() {
+  const image = $("edit-image").files[0];
+  const mask = $("edit-mask").files[0];
+  return image ? { image, mask } : null;
+}
+
+// The request as sent: JSON for a generation, multipart (as the SDKs send it) for an edit.
+function requestFor(body, extra = {}) {
+  const files = editFiles();
+  if (!files) return { path: "/v1/images/generations", options: { method: "POST", json: { ...body, ...extra } } };
+  const form = new FormData();
+  for (const [name, value] of Object.entries({ ...body, ...extra })) form.append(name, String(value));
+  form.append("image", files.image, files.image.name);
+  if (files.mask) form.append("mask", files.mask, files.mask.name);
+  return { path: "/v1/images/edits", options: { method: "POST", body: form } };
+}
+
+function showEditMode() {
+  const files = editFiles();
+  $("edit-mode").textContent = files
+    ? `Editing ${files.image.name}${files.mask ? ` with the mask ${files.mask.name}` : ""}: Generate sends an edit.`
+    : "No image: Generate makes a new one.";
+  requestQuote();
 }
 
 // --- the quote ------------------------------------------------------------------------------
@@ -116,7 +145,8 @@ async function quote() {
   }
   let answer;
   try {
-    answer = await session.json("/v1/images/generations?dryRun=true", { method: "POST", json: body });
+    const { path, options } = requestFor(body);
+    answer = await session.json(`${path}?dryRun=true`, options);
   } catch (err) {
     if (seq === quoteSeq) out.replaceChildren(el("span", { class: "error", text: `Not valid: ${err.message}` }));
     return;
@@ -183,11 +213,8 @@ async function generate(event) {
   setRunning(true);
   const preview = $("preview");
   try {
-    const response = await session.fetch("/v1/images/generations", {
-      method: "POST",
-      json: { ...body, stream: true, response_format: "b64_json", partial_images: 2 },
-      signal: controller.signal,
-    });
+    const { path, options } = requestFor(body, { stream: true, response_format: "b64_json", partial_images: 2 });
+    const response = await session.fetch(path, { ...options, signal: controller.signal });
     if (!response.ok) {
       const err = await errorOf(response);
       if (err.status === 401) session.rejected(err);
@@ -199,7 +226,7 @@ async function generate(event) {
         preview.hidden = false;
       } else if (kind.endsWith(".completed")) {
         running.received += 1;
-        addToGallery(body, data, elapsed());
+        addToGallery(body, data, elapsed(), editFiles());
       } else if (kind === "error") {
         throw new ApiError(500, data);
       }
@@ -240,7 +267,7 @@ function codeBlock(label, text) {
   return el("div", { class: "code-block" }, button, pre);
 }
 
-function addToGallery(body, data, seconds) {
+function addToGallery(body, data, seconds, files) {
   const gateway = data.gateway || {};
   const format = data.output_format || body.output_format;
   const url = URL.createObjectURL(imageBlob(data.b64_json, format));
@@ -248,7 +275,9 @@ function addToGallery(body, data, seconds) {
   const exact = { ...body };
   if (data.seed !== undefined && data.seed !== null) exact.seed = data.seed;
   const base = window.location.origin;
+  const edit = files ? { image: files.image.name, mask: files.mask ? files.mask.name : null } : null;
   const facts = [
+    ...(edit ? [["Edit of", edit.mask ? `${edit.image} (mask ${edit.mask})` : edit.image]] : []),
     ["Model", body.model],
     ["Size", data.size || body.size],
     ["Steps", body.num_inference_steps ?? "model default"],
@@ -279,9 +308,9 @@ function addToGallery(body, data, seconds) {
       "details",
       { class: "code-details" },
       el("summary", { text: "Copy as code" }),
-      codeBlock("Python", python(base, exact)),
-      codeBlock("JavaScript", javascript(base, exact)),
-      codeBlock("curl", curl(base, exact)),
+      codeBlock("Python", python(base, exact, edit)),
+      codeBlock("JavaScript", javascript(base, exact, edit)),
+      codeBlock("curl", curl(base, exact, edit)),
     ),
   );
   $("gallery").prepend(item);
@@ -299,7 +328,34 @@ $("random-seed").addEventListener("change", () => {
   if (!$("random-seed").checked && $("seed").value === "") $("seed").value = String(Math.floor(Math.random() * 2 ** 31));
   requestQuote();
 });
-for (const id of ["prompt", "negative-prompt", "size", "output-format", "steps", "guidance", "n", "seed"]) {
+for (const id of ["edit-image", "edit-mask"]) $(id).addEventListener("change", showEditMode);
+$("edit-clear").addEventListener("click", () => {
+  $("edit-image").value = "";
+  $("edit-mask").value = "";
+  showEditMode();
+});
+const zone = $("edit-zone");
+zone.addEventListener("dragover", (event) => {
+  event.preventDefault();
+  zone.classList.add("dragging");
+});
+zone.addEventListener("dragleave", () => zone.classList.remove("dragging"));
+zone.addEventListener("drop", (event) => {
+  event.preventDefault();
+  zone.classList.remove("dragging");
+  const dropped = [...event.dataTransfer.files].filter((f) => f.type.startsWith("image/"));
+  if (!dropped.length) return;
+  // The first image dropped is the one to edit, a second one its mask.
+  const moveTo = (input, file) => {
+    const list = new DataTransfer();
+    list.items.add(file);
+    input.files = list.files;
+  };
+  moveTo($("edit-image"), dropped[0]);
+  if (dropped[1]) moveTo($("edit-mask"), dropped[1]);
+  showEditMode();
+});
+for (const id of ["prompt", "negative-prompt", "size", "output-format", "steps", "guidance", "n", "seed", "strength"]) {
   $(id).addEventListener("input", requestQuote);
   $(id).addEventListener("change", requestQuote);
 }
