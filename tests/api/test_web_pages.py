@@ -3,12 +3,25 @@ or handler anywhere, no key or data in the HTML, and assets that exist and say t
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from html.parser import HTMLParser
 
 import pytest
 from fastapi.testclient import TestClient
 
+from gateway.app import create_app
+from gateway.settings import Settings
+
 PAGES = ["/", "/team", "/admin"]
+
+
+@pytest.fixture
+def bare_client(settings: Settings) -> Iterator[TestClient]:
+    """The app without its lifespan: the pages and assets need no Redis or provider. (With the
+    lifespan, a TestClient's teardown hung under load in full runs: see the branch's report.)"""
+    client = TestClient(create_app(settings, registry={"fal": lambda s: None, "local_gpu": lambda s: None}))
+    yield client
+    client.close()
 
 
 class _Scan(HTMLParser):
