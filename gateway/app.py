@@ -17,7 +17,7 @@ from gateway.accounting.billing_metrics import BillingMetrics
 from gateway.accounting.keys import KeyStore
 from gateway.accounting.metering import Meter
 from gateway.accounting.spool import SettlementSpool
-from gateway.api import admin, errors, health, images, jobs, models, usage
+from gateway.api import admin, errors, health, images, jobs, models, team, usage
 from gateway.api.hot import GatewayApp
 from gateway.api.shedding import AcceptQueue, LoadShedder
 from gateway.api.state import AppState
@@ -41,6 +41,7 @@ from gateway.routing.router import Router
 from gateway.service import ImageService
 from gateway.settings import Settings
 from gateway.upstreams import ProviderFactory, default_registry
+from gateway.web.pages import web_router
 from providers.base import ImageProvider, PassesThrough
 
 log = logging.getLogger("gateway")
@@ -194,7 +195,10 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
         title="Image gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
         redirect_slashes=False,
     )  # fmt: skip
-    routers = (images.router, jobs.router, models.router, usage.router, admin.router, jobs.admin_router, health.router)
+    routers = (
+        images.router, jobs.router, models.router, usage.router, admin.router, jobs.admin_router, health.router,
+        team.router, web_router(),
+    )  # fmt: skip
     errors.install(app, [route for router in routers for route in router.routes])
     for router in routers:
         app.include_router(router)

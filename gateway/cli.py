@@ -142,7 +142,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             os.environ["GATEWAY_LOCAL_GPU_URLS"] = ",".join(urls)
         key = asyncio.run(_bootstrap_team(os.environ["GATEWAY_REDIS_URL"], data_dir, settings))
         base = os.environ["GATEWAY_PUBLIC_URL"]
-        print(f"\n  gateway:    {base}/v1   (OpenAI base_url)", flush=True)
+        print(f"\n  playground: {base}/   (open it in a browser; sign in with the team key)", flush=True)
+        print(f"  gateway:    {base}/v1   (OpenAI base_url)", flush=True)
         if key:
             print(f"  team key:   {key}   (team 'default'; kept in {data_dir / 'first-team-key'})")
         if not settings.admin_key:

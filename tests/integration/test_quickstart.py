@@ -49,6 +49,10 @@ def test_serve_on_embedded_defaults_runs_the_tiny_pipeline_end_to_end(tmp_path: 
     proc = _start(tmp_path, port, 1)
     try:
         key = _printed_key(proc)
+        # The first thing a new user opens: the playground, at the URL printed.
+        assert re.search(rf"playground: {re.escape(base)}/ ", proc.tail(200)), proc.tail()
+        page = httpx.get(base + "/", timeout=10)
+        assert page.status_code == 200 and 'aria-label="Image parameters"' in page.text
         with openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0) as client:
             raw = client.images.with_raw_response.generate(
                 model="hidream-i1-full", prompt="a small red house", extra_body={"seed": 3, "num_inference_steps": 2}

@@ -1,0 +1,74 @@
+"""The web pages in a real browser: Debian's chromium (/usr/bin/chromium, never a downloaded
+build) driven by Playwright, against the gateway as real processes (tests/integration/gateway_stack.py)
+with the tiny CPU worker and the fake fal server. Each test gets a fresh browser context (its own
+profile: no storage, no cookies); screenshots go to tests/artifacts/ (git-ignored)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+
+from tests.integration.gateway_stack import Stack, running_stack
+from tests.redis_server import RedisServer
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    if shutil.which(CHROMIUM) is None:
+        pytest.fail(f"{CHROMIUM} is missing: `./dev test` installs Debian's chromium (apt-get install chromium)")
+    with sync_playwright() as pw:
+        # launch() gives each run a fresh, temporary user-data-dir of its own.
+        made = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield made
+        made.close()
+
+
+@pytest.fixture(scope="session")
+def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(
+        redis_server,
+        tmp_path_factory.mktemp("web"),
+        tiny_worker=True,
+        team={"allow_provider_pinning": True},
+        gateway_env={"GATEWAY_STREAM_KEEPALIVE_S": "0.2"},
+    ) as made:
+        yield made
+
+
+@pytest.fixture
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    made = browser.new_context(viewport={"width": 1280, "height": 900})
+    made.set_default_timeout(30_000)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def page(context: BrowserContext) -> Iterator[Page]:
+    made = context.new_page()
+    errors: list[str] = []
+    made.on("pageerror", lambda exc: errors.append(str(exc)))
+    made.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    yield made
+    # A script error (a CSP violation is reported on the console) fails the test that caused it;
+    # the 401s a test provokes on purpose are logged by chromium as failed loads, which are fine.
+    real = [e for e in errors if "401" not in e and "Failed to load resource" not in e]
+    assert not real, real
+
+
+def screenshot(page: Page, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
