@@ -189,7 +189,12 @@ class WorkerHttp:
 
     def _give_back(self, host: str, port: int, conn: _Conn) -> None:
         pool = self._idle.setdefault((host, port), collections.deque())
+        now = time.monotonic()
+        # The newest is taken first, so after a burst the oldest would sit idle for good, each an
+        # open file: close those past idle_s as new ones come back.
+        while pool and (pool[0][1].closed or now - pool[0][0] >= self._idle_s):
+            pool.popleft()[1].close()
         if len(pool) >= self._max_idle:
             conn.close()
         else:
-            pool.append((time.monotonic(), conn))
+            pool.append((now, conn))

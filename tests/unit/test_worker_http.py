@@ -119,3 +119,36 @@ async def test_cancelling_an_exchange_closes_its_connection() -> None:
             await task
         await asyncio.wait_for(closed.wait(), 2)
     await http.aclose()
+
+
+async def test_connections_idle_past_their_time_are_closed_while_traffic_goes_on() -> None:
+    """After a burst, steady one-at-a-time traffic reuses the newest connection; the burst's other
+    connections must not stay open (an open file each) for as long as traffic goes on."""
+    open_now: list[int] = [0]
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        open_now[0] += 1
+        try:
+            while True:
+                await _read_request(reader)
+                await asyncio.sleep(0.05)  # long enough for the burst to need a connection each
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            open_now[0] -= 1
+            writer.close()
+
+    async for url in _serve(handle):
+        http = WorkerHttp(connect_timeout_s=1, idle_s=0.3)
+        try:
+            await asyncio.gather(*(http.request("GET", url + "/x", timeout_s=2) for _ in range(8)))
+            assert open_now[0] == 8
+            for _ in range(8):  # 0.8 s of one request at a time, past idle_s
+                await http.request("GET", url + "/x", timeout_s=2)
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # the server sees the closes
+            assert open_now[0] <= 2, open_now[0]
+        finally:
+            await http.aclose()
