@@ -137,7 +137,8 @@ class JobRunner:
             log.exception("job %s: the runner failed", job_id)
 
     async def _leased(self, job_id: str, work: Awaitable[None]) -> None:
-        """Run `work` while renewing the job's lease; cancel it if the job is cancelled or lost."""
+        """Run `work` while renewing the job's lease; cancel it if the job is cancelled or lost (taken
+        over: its reservation is then left to the new owner, see `_still_ours`)."""
         task = asyncio.ensure_future(work)
         every = self._c.lease_s / 3
         try:
@@ -188,14 +189,18 @@ class JobRunner:
                 await self._move(job, ("running",), {"upstream": json.dumps([provider, handle])})
 
             admitted = Admitted(
-                principal, valid, admission, routing, keep=True, upstream=job.upstream, on_submitted=submitted
-            )
+                principal, valid, admission, routing, keep=True, upstream=job.upstream, on_submitted=submitted,
+                still_ours=partial(self._still_ours, job.id),
+            )  # fmt: skip
             result = await self._service.serve(admitted)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             # Settled (charged nothing) by the service if it was served; if it failed before, here
-            # (a second settlement of the same reservation changes nothing).
+            # (a second settlement of the same reservation changes nothing). Not if another process
+            # took the job over: it serves the job under the same reservation.
+            if not await self._still_ours(job.id):
+                raise LeaseLostError(job.id) from exc
             await self._meter.settle(self._meter.admission_of(job.admission), unserved(job, "failed", exc))
             await self._move(job, ("running",), {"status": "failed", "error": json.dumps(error_json(exc)),
                                                   "finished_ms": _now_ms()})  # fmt: skip
@@ -221,14 +226,31 @@ class JobRunner:
                                                        "settlement": json.dumps(settlement)},
             )  # fmt: skip
         except BaseException:
-            await delivery(False)
+            await self._unkept(job, result, taken_over=not await self._still_ours(job.id))
             raise
         if verdict != "ok":  # cancelled (or taken over) while it was made: not charged
-            await delivery(False)
+            await self._unkept(job, result, taken_over=verdict == "lost")
             raise LeaseLostError(job.id)
         await delivery(True)
         await self._move(job, ("settling",), {"status": "succeeded", "finished_ms": _now_ms(), "settlement": ""})
         await self._jobs.drop_inputs(job.id)
+
+    async def _unkept(self, job: Job, result: ImagesResponse, *, taken_over: bool) -> None:
+        """Images made but not written to the job: they are this run's alone, so they go. Settled
+        cancelled, charged nothing; unless another process took the job over, which serves it
+        under the same reservation (settling it here would release that process's reservation)."""
+        assert result.delivery is not None
+        await result.delivery(None if taken_over else False)
+        await asyncio.shield(self._store.discard([n for n in result.kept if n is not None]))
+
+    async def _still_ours(self, job_id: str) -> bool:
+        """Whether this process still holds the job (False: another process took it over once this
+        one's lease lapsed). Redis unreachable: assumed so, as a settlement would be spooled."""
+        try:
+            verdict, _ = await self._jobs.renew(job_id, self._c.owner, self._c.lease_s)
+        except REDIS_ERRORS:
+            return True
+        return verdict != "lost"
 
     async def _resettle(self, job: Job) -> None:
         """The process that made the images died before it had settled them: settle from what it wrote
