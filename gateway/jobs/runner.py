@@ -50,6 +50,7 @@ class RunnerConfig:
     public_url: str
     webhook_attempts: int
     webhook_backoff_s: float  # the wait before the second attempt; doubled before each next one
+    max_attempts: int = 5  # leases of a job that never finished before it is failed instead
 
 
 class LeaseLostError(Exception):
@@ -164,7 +165,9 @@ class JobRunner:
         job = await self._jobs.get(job_id)
         if job is None:
             return
-        if job.status == "running":
+        if job.status == "running" and job.runs > self._c.max_attempts:
+            await self._give_up(job)
+        elif job.status == "running":
             await self._execute(job)
         elif job.status == "settling":
             await self._resettle(job)
@@ -207,6 +210,19 @@ class JobRunner:
             await self._jobs.drop_inputs(job.id)
             return
         await self._keep(job, result, b64=valid.response_format == "b64_json")
+
+    async def _give_up(self, job: Job) -> None:
+        """Leased `max_attempts` times and never finished (the processes serving it died, or their
+        runner failed): failed, charged nothing, rather than taken over forever."""
+        exc = GatewayError(
+            f"The job was attempted {self._c.max_attempts} times without finishing; it was charged nothing.",
+            code="job_attempts_exhausted",
+        )
+        log.warning("job %s: given up after %d attempts", job.id, job.runs - 1)
+        await self._meter.settle(self._meter.admission_of(job.admission), unserved(job, "failed", exc))
+        await self._move(job, ("running",), {"status": "failed", "error": json.dumps(error_json(exc)),
+                                              "finished_ms": _now_ms()})  # fmt: skip
+        await self._jobs.drop_inputs(job.id)
 
     async def _keep(self, job: Job, result: ImagesResponse, *, b64: bool) -> None:
         delivery = result.delivery
