@@ -131,7 +131,7 @@ class JobRunner:
         try:
             await self._leased(job_id, self._work(job_id))
         except LeaseLostError:
-            log.info("job %s: cancelled or taken over; stopped", job_id)
+            log.info("job %s: cancelled, taken over or its lease unknown (Redis); stopped", job_id)
         except asyncio.CancelledError:
             raise
         except Exception:  # the lease runs out and another process tries again
@@ -242,7 +242,9 @@ class JobRunner:
                                                        "settlement": json.dumps(settlement)},
             )  # fmt: skip
         except BaseException:
-            await self._unkept(job, result, taken_over=not await self._still_ours(job.id))
+            # Not known whether it was written: left to whoever next holds the job, which serves it
+            # again under the reservation (still running) or settles what was written (settling).
+            await delivery(None)
             raise
         if verdict != "ok":  # cancelled (or taken over) while it was made: not charged
             await self._unkept(job, result, taken_over=verdict == "lost")
@@ -252,7 +254,7 @@ class JobRunner:
         await self._jobs.drop_inputs(job.id)
 
     async def _unkept(self, job: Job, result: ImagesResponse, *, taken_over: bool) -> None:
-        """Images made but not written to the job: they are this run's alone, so they go. Settled
+        """Images made and refused by the job: they are this run's alone, so they go. Settled
         cancelled, charged nothing; unless another process took the job over, which serves it
         under the same reservation (settling it here would release that process's reservation)."""
         assert result.delivery is not None
@@ -261,11 +263,13 @@ class JobRunner:
 
     async def _still_ours(self, job_id: str) -> bool:
         """Whether this process still holds the job (False: another process took it over once this
-        one's lease lapsed). Redis unreachable: assumed so, as a settlement would be spooled."""
+        one's lease lapsed). Redis unreachable: not known, so False: the reservation is left on the
+        job (a spooled settlement replayed later could release a new owner's), to whoever finishes
+        it once this lease lapses; a DELETE settles its job itself."""
         try:
             verdict, _ = await self._jobs.renew(job_id, self._c.owner, self._c.lease_s)
         except REDIS_ERRORS:
-            return True
+            return False
         return verdict != "lost"
 
     async def _resettle(self, job: Job) -> None:
