@@ -47,14 +47,15 @@ log = logging.getLogger(__name__)
 class Delivery:
     """Settles a served request exactly once, after its answer was handed to the caller's
     connection: delivered, it is charged; the caller gone first, it is settled as cancelled and
-    charged nothing. Never called (the process died), the reservation expires uncharged."""
+    charged nothing. Never called (the process died), the reservation expires uncharged. `None`:
+    the request was handed to another process (a job taken over), which settles it."""
 
-    def __init__(self, settle: Callable[[bool], Awaitable[None]], outcome: Settlement | None = None) -> None:
+    def __init__(self, settle: Callable[[bool | None], Awaitable[None]], outcome: Settlement | None = None) -> None:
         self._settle = settle
         self.done = False
         self.outcome = outcome  # what a delivered answer is settled as (a job keeps it, to settle it after a crash)
 
-    async def __call__(self, delivered: bool) -> None:
+    async def __call__(self, delivered: bool | None) -> None:
         if self.done:
             return
         self.done = True
@@ -82,6 +83,9 @@ class Admitted:
     # anew, and where to report the handle of a new one.
     upstream: tuple[str, str] | None = None
     on_submitted: OnSubmitted | None = None
+    # A job's: whether this process still holds it. One another process took over (this one's lease
+    # lapsed) is not settled here: that process serves it under the same reservation.
+    still_ours: Callable[[], Awaitable[bool]] | None = None
 
     def headers(self) -> dict[str, str]:
         """What is known of the answer before it is served (a stream's headers)."""
@@ -353,8 +357,10 @@ class ImageService:
             served = outcome
             elapsed = time.monotonic() - started
 
-            async def settle(delivered: bool) -> None:
+            async def settle(delivered: bool | None) -> None:
                 in_flight.dec()
+                if delivered is None:  # handed to another process, which settles it
+                    return
                 if delivered:
                     await self._settle(admission, served, principal, "succeeded", elapsed)
                     self._metrics.overhead.labels(spec.id).observe(max(0.0, elapsed - upstream_s))
@@ -381,7 +387,8 @@ class ImageService:
         finally:
             if not handed_over:  # a served request is settled by its Delivery, once answered
                 in_flight.dec()
-                await self._settle(admission, outcome, principal, status, time.monotonic() - started)
+                if job is None or job.still_ours is None or await job.still_ours():
+                    await self._settle(admission, outcome, principal, status, time.monotonic() - started)
 
     async def _call(
         self,

@@ -135,6 +135,9 @@ class Settings(BaseSettings):
     job_poll_s: float = Field(default=0.5, gt=0)
     job_lease_s: float = Field(default=15.0, gt=0)
     job_keep_s: float = Field(default=86400.0, gt=0)
+    # A job leased this many times without finishing (each process serving it died, or its runner
+    # failed) is failed on the next lease, uncharged, instead of being taken over forever.
+    job_max_attempts: int = Field(default=5, ge=1)
     # Webhooks: refused to any address that is not public (loopback, private, link-local, ...) unless
     # inside one of these comma-separated CIDR ranges; https only, unless plain http is allowed.
     # A failed delivery is tried again after webhook_backoff_s, then twice as long each time, up to

@@ -50,6 +50,7 @@ class RunnerConfig:
     public_url: str
     webhook_attempts: int
     webhook_backoff_s: float  # the wait before the second attempt; doubled before each next one
+    max_attempts: int = 5  # leases of a job that never finished before it is failed instead
 
 
 class LeaseLostError(Exception):
@@ -130,14 +131,15 @@ class JobRunner:
         try:
             await self._leased(job_id, self._work(job_id))
         except LeaseLostError:
-            log.info("job %s: cancelled or taken over; stopped", job_id)
+            log.info("job %s: cancelled, taken over or its lease unknown (Redis); stopped", job_id)
         except asyncio.CancelledError:
             raise
         except Exception:  # the lease runs out and another process tries again
             log.exception("job %s: the runner failed", job_id)
 
     async def _leased(self, job_id: str, work: Awaitable[None]) -> None:
-        """Run `work` while renewing the job's lease; cancel it if the job is cancelled or lost."""
+        """Run `work` while renewing the job's lease; cancel it if the job is cancelled or lost (taken
+        over: its reservation is then left to the new owner, see `_still_ours`)."""
         task = asyncio.ensure_future(work)
         every = self._c.lease_s / 3
         try:
@@ -163,7 +165,9 @@ class JobRunner:
         job = await self._jobs.get(job_id)
         if job is None:
             return
-        if job.status == "running":
+        if job.status == "running" and job.runs > self._c.max_attempts:
+            await self._give_up(job)
+        elif job.status == "running":
             await self._execute(job)
         elif job.status == "settling":
             await self._resettle(job)
@@ -188,20 +192,37 @@ class JobRunner:
                 await self._move(job, ("running",), {"upstream": json.dumps([provider, handle])})
 
             admitted = Admitted(
-                principal, valid, admission, routing, keep=True, upstream=job.upstream, on_submitted=submitted
-            )
+                principal, valid, admission, routing, keep=True, upstream=job.upstream, on_submitted=submitted,
+                still_ours=partial(self._still_ours, job.id),
+            )  # fmt: skip
             result = await self._service.serve(admitted)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             # Settled (charged nothing) by the service if it was served; if it failed before, here
-            # (a second settlement of the same reservation changes nothing).
+            # (a second settlement of the same reservation changes nothing). Not if another process
+            # took the job over: it serves the job under the same reservation.
+            if not await self._still_ours(job.id):
+                raise LeaseLostError(job.id) from exc
             await self._meter.settle(self._meter.admission_of(job.admission), unserved(job, "failed", exc))
             await self._move(job, ("running",), {"status": "failed", "error": json.dumps(error_json(exc)),
                                                   "finished_ms": _now_ms()})  # fmt: skip
             await self._jobs.drop_inputs(job.id)
             return
         await self._keep(job, result, b64=valid.response_format == "b64_json")
+
+    async def _give_up(self, job: Job) -> None:
+        """Leased `max_attempts` times and never finished (the processes serving it died, or their
+        runner failed): failed, charged nothing, rather than taken over forever."""
+        exc = GatewayError(
+            f"The job was attempted {self._c.max_attempts} times without finishing; it was charged nothing.",
+            code="job_attempts_exhausted",
+        )
+        log.warning("job %s: given up after %d attempts", job.id, job.runs - 1)
+        await self._meter.settle(self._meter.admission_of(job.admission), unserved(job, "failed", exc))
+        await self._move(job, ("running",), {"status": "failed", "error": json.dumps(error_json(exc)),
+                                              "finished_ms": _now_ms()})  # fmt: skip
+        await self._jobs.drop_inputs(job.id)
 
     async def _keep(self, job: Job, result: ImagesResponse, *, b64: bool) -> None:
         delivery = result.delivery
@@ -221,14 +242,35 @@ class JobRunner:
                                                        "settlement": json.dumps(settlement)},
             )  # fmt: skip
         except BaseException:
-            await delivery(False)
+            # Not known whether it was written: left to whoever next holds the job, which serves it
+            # again under the reservation (still running) or settles what was written (settling).
+            await delivery(None)
             raise
         if verdict != "ok":  # cancelled (or taken over) while it was made: not charged
-            await delivery(False)
+            await self._unkept(job, result, taken_over=verdict == "lost")
             raise LeaseLostError(job.id)
         await delivery(True)
         await self._move(job, ("settling",), {"status": "succeeded", "finished_ms": _now_ms(), "settlement": ""})
         await self._jobs.drop_inputs(job.id)
+
+    async def _unkept(self, job: Job, result: ImagesResponse, *, taken_over: bool) -> None:
+        """Images made and refused by the job: they are this run's alone, so they go. Settled
+        cancelled, charged nothing; unless another process took the job over, which serves it
+        under the same reservation (settling it here would release that process's reservation)."""
+        assert result.delivery is not None
+        await result.delivery(None if taken_over else False)
+        await asyncio.shield(self._store.discard([n for n in result.kept if n is not None]))
+
+    async def _still_ours(self, job_id: str) -> bool:
+        """Whether this process still holds the job (False: another process took it over once this
+        one's lease lapsed). Redis unreachable: not known, so False: the reservation is left on the
+        job (a spooled settlement replayed later could release a new owner's), to whoever finishes
+        it once this lease lapses; a DELETE settles its job itself."""
+        try:
+            verdict, _ = await self._jobs.renew(job_id, self._c.owner, self._c.lease_s)
+        except REDIS_ERRORS:
+            return False
+        return verdict != "lost"
 
     async def _resettle(self, job: Job) -> None:
         """The process that made the images died before it had settled them: settle from what it wrote

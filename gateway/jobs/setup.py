@@ -59,5 +59,6 @@ def job_runner(
         public_url=settings.public_url,
         webhook_attempts=settings.webhook_attempts,
         webhook_backoff_s=settings.webhook_backoff_s,
+        max_attempts=settings.job_max_attempts,
     )
     return JobRunner(parts.store, service, meter, catalog, store, parts.webhooks, parts.sender, config)

@@ -81,7 +81,9 @@ def test_a_job_survives_the_replica_serving_it_and_is_charged_once(cluster: Clus
             assert time.monotonic() < deadline, f"the job was never finished by the survivor: {job}"
             time.sleep(0.1)
         assert job["status"] == "succeeded", job
-        assert httpx.get(job["result"]["data"][0]["url"]).status_code == 200  # served by the survivor
+        # Served by the survivor (the URL names the cluster's public URL, replica 0's, which may be the victim).
+        url = job["result"]["data"][0]["url"].replace(cluster.bases[0], survivor, 1)
+        assert httpx.get(url).status_code == 200
         assert int(db.hget(JOB + job_id, "runs") or 0) == 2  # leased by the victim, then the survivor
         # SIGKILL: the survivor waited for the fal request the victim had submitted (its handle is on
         # the job) instead of submitting another; SIGTERM had it cancelled, so it was submitted anew.
