@@ -3,7 +3,7 @@ provider, read-only, for the team portal (gateway/web/) and for scripts alike.""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel
@@ -11,26 +11,15 @@ from pydantic import BaseModel
 from gateway.accounting.usage import ledger_lines, parse_month
 from gateway.api.admin import key_json, team_json
 from gateway.api.deps import State, Team
+from gateway.api.schemas import ApiKeyObject, TeamObject
 from gateway.api.usage import MonthParam
 from gateway.catalog import micros_to_usd, usd_to_micros
 
 router = APIRouter()
 
 
-class TeamLimitsOut(BaseModel):
-    requests_per_minute: int
-    images_per_minute: int
-    max_in_flight: int
-
-
-class TeamKeyOut(BaseModel):
-    id: str
-    object: Literal["api_key"]
-    team_id: str
-    prefix: str
-    name: str
-    created: int
-    current: bool
+class TeamKeyOut(ApiKeyObject):
+    current: bool  # the key this request came with
 
 
 class ProviderUsage(BaseModel):
@@ -40,14 +29,7 @@ class ProviderUsage(BaseModel):
     charged_usd: float
 
 
-class TeamSelf(BaseModel):
-    id: str
-    object: Literal["team"]
-    name: str
-    monthly_budget_usd: float
-    limits: TeamLimitsOut
-    created: int
-    allow_provider_pinning: bool
+class TeamSelf(TeamObject):
     keys: list[TeamKeyOut]
     month: str
     by_provider: list[ProviderUsage]
