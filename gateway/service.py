@@ -30,7 +30,7 @@ from gateway.images.convert import render
 from gateway.images.copy import UpstreamImageCopier
 from gateway.images.decoding import UploadDecoder
 from gateway.images.parameters import MIME
-from gateway.images.store import ImageStorage
+from gateway.images.store import ImageStorage, give_back
 from gateway.images.validation import ValidRequest
 from gateway.metrics import Metrics
 from gateway.quote import dry_run
@@ -488,23 +488,14 @@ class ImageService:
         # signed now, or its bytes read back for b64_json. One that was swept meanwhile cannot be
         # shown; say so rather than hand back a dead URL. (Records written before names were kept
         # have none: returned as they were.)
-        for item, name in zip(body["data"], stored.get("images", ()), strict=False):
-            if name is None:
-                continue
-            if b64:
-                data = await self._store.take_back(name)
-                value = None if data is None else base64.b64encode(data).decode("ascii")
-            else:
-                value = await self._store.reissue(name)
-            if value is None:
-                raise GoneError(
-                    f"The images of the request made with Idempotency-Key '{idempotency_key}' have been deleted "
-                    f"(images are kept about {self._store.ttl_s} s after their URL is issued); send the request "
-                    "again with a new Idempotency-Key to generate new ones.",
-                    param="Idempotency-Key",
-                    code="idempotency_images_gone",
-                )
-            item["b64_json" if b64 else "url"] = value
+        if not await give_back(self._store, body["data"], stored.get("images", ()), b64=b64):
+            raise GoneError(
+                f"The images of the request made with Idempotency-Key '{idempotency_key}' have been deleted "
+                f"(images are kept about {self._store.ttl_s} s after their URL is issued); send the request "
+                "again with a new Idempotency-Key to generate new ones.",
+                param="Idempotency-Key",
+                code="idempotency_images_gone",
+            )
         headers = {
             **stored["headers"],
             "x-gateway-charged-usd": f"{0:.6f}",

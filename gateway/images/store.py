@@ -4,10 +4,11 @@ embedded default, gateway/images/storage.py) or an S3-compatible object store
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import base64
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 CONTENT_TYPES = {v: k for k, v in EXTENSIONS.items()}
@@ -83,3 +84,21 @@ def is_image_name(name: str) -> bool:
     """Whether a name is one the gateway could have made (no path tricks reach a store)."""
     stem, dot, ext = name.partition(".")
     return bool(dot) and ext in CONTENT_TYPES and bool(stem) and stem.replace("-", "").replace("_", "").isalnum()
+
+
+async def give_back(store: ImageStorage, data: list[dict[str, Any]], names: Iterable[str | None], *, b64: bool) -> bool:
+    """An answer kept by name (an idempotent replay, a job's result) made whole again: each kept
+    image gets a URL issued now, or its bytes read back as b64_json. False when one of them has
+    been deleted meanwhile (the caller says which answer in its own 410)."""
+    for item, name in zip(data, names, strict=False):
+        if name is None:  # kept before names were: as it was
+            continue
+        if b64:
+            raw = await store.take_back(name)
+            value = None if raw is None else base64.b64encode(raw).decode("ascii")
+        else:
+            value = await store.reissue(name)
+        if value is None:
+            return False
+        item["b64_json" if b64 else "url"] = value
+    return True

@@ -3,12 +3,11 @@ body a synchronous call answers, its URLs signed anew at each read (as an idempo
 
 from __future__ import annotations
 
-import base64
 import copy
 from typing import Any
 
 from gateway.errors import GoneError
-from gateway.images.store import ImageStorage
+from gateway.images.store import ImageStorage, give_back
 from gateway.jobs.store import Job
 
 JOBS_PATH = "/v1/images/jobs/"
@@ -66,22 +65,13 @@ async def result_body(job: Job, store: ImageStorage) -> dict[str, Any]:
     kept = job.result
     body: dict[str, Any] = copy.deepcopy(kept["body"])
     b64 = kept.get("b64", False)
-    for item, name in zip(body["data"], kept.get("images", ()), strict=False):
-        if name is None:
-            continue
-        if b64:
-            data = await store.take_back(name)
-            value = None if data is None else base64.b64encode(data).decode("ascii")
-        else:
-            value = await store.reissue(name)
-        if value is None:
-            raise GoneError(
-                f"The images of job {job.id} have been deleted (images are kept about {store.ttl_s} s after "
-                "their URL was last issued).",
-                param="job_id",
-                code="job_images_gone",
-            )
-        item["b64_json" if b64 else "url"] = value
+    if not await give_back(store, body["data"], kept.get("images", ()), b64=b64):
+        raise GoneError(
+            f"The images of job {job.id} have been deleted (images are kept about {store.ttl_s} s after "
+            "their URL was last issued).",
+            param="job_id",
+            code="job_images_gone",
+        )
     headers = kept.get("headers", {})
     gateway: dict[str, Any] = {key: headers[h] for h, key in LATE_HEADERS.items() if h in headers}
     ignored = headers.get("x-gateway-ignored-params")
