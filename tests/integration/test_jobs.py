@@ -34,9 +34,17 @@ JOBS_ENV = {
 
 
 @pytest.fixture(scope="module")
-def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with running_stack(redis_server, tmp_path_factory.mktemp("jobs"), gateway_env=JOBS_ENV) as made:
-        yield made
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    # A redis-server of its own: job queues are global in a Redis, and a job another test's
+    # gateway left queued there must not be served by this stack, nor this stack's by another.
+    tmp = tmp_path_factory.mktemp("jobs")
+    server = RedisServer(tmp / "redis")
+    server.start()
+    try:
+        with running_stack(server, tmp, gateway_env=JOBS_ENV) as made:
+            yield made
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="module")
