@@ -52,6 +52,9 @@ class Team:
     limits: TeamLimits
     created: int
     allow_provider_pinning: bool = False
+    # Refused at admission (403 team_disabled) until enabled again; its keys still authenticate,
+    # so the team can read its own usage and settings.
+    disabled: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +133,7 @@ class KeyStore:
         budget_usd: float | None,
         limits: TeamLimits | None,
         allow_provider_pinning: bool | None = None,
+        disabled: bool | None = None,
     ) -> Team:
         team = await self.get_team(team_id)
         updated = Team(
@@ -141,6 +145,7 @@ class KeyStore:
             allow_provider_pinning=(
                 team.allow_provider_pinning if allow_provider_pinning is None else allow_provider_pinning
             ),
+            disabled=team.disabled if disabled is None else disabled,
         )
         await self._r.hset(team_prefix(team_id) + "team", mapping=_team_fields(updated))
         return updated
@@ -245,6 +250,7 @@ def _team_fields(team: Team) -> dict[FieldT, EncodableT]:
         "max_in_flight": team.limits.max_in_flight,
         "created": team.created,
         "allow_provider_pinning": int(team.allow_provider_pinning),
+        "disabled": int(team.disabled),  # read by admit.lua: '1' refuses every request
     }
 
 
@@ -256,6 +262,7 @@ def _team_from(team_id: str, raw: Mapping[bytes | str, bytes | str]) -> Team:
         limits=TeamLimits(int(raw[b"rpm"]), int(raw[b"ipm"]), int(raw[b"max_in_flight"])),
         created=int(raw[b"created"]),
         allow_provider_pinning=raw.get(b"allow_provider_pinning", b"0") in (b"1", "1"),
+        disabled=raw.get(b"disabled", b"0") in (b"1", "1"),
     )
 
 

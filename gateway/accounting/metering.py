@@ -18,6 +18,7 @@ from gateway.accounting.keys import team_prefix
 from gateway.accounting.spool import SettlementSpool, to_record
 from gateway.errors import (
     InvalidRequestError,
+    PermissionDeniedError,
     QuotaExceededError,
     RateLimitError,
     ServiceUnavailableError,
@@ -26,6 +27,8 @@ from gateway.redis.client import REDIS_ERRORS, RedisClient
 from gateway.redis.scripts import ScriptClient, register
 
 log = logging.getLogger(__name__)
+
+TEAM_DISABLED = "This key's team is disabled; ask your gateway admin to enable it. Nothing was charged."
 
 
 def _script(name: str) -> str:
@@ -92,7 +95,8 @@ class Admission:
 class AdmissionPreview:
     """Whether a request would be admitted now, and the figures behind it (a dry run)."""
 
-    verdict: str  # "ok", or what would refuse it: rpm, ipm, images_over_limit, in_flight, budget
+    # "ok", or what would refuse it: team_disabled, rpm, ipm, images_over_limit, in_flight, budget
+    verdict: str
     limits: RateLimitState
     spent_micros: int
     budget_micros: int
@@ -202,6 +206,8 @@ class Meter:
         code = out[0].decode()
         if code == "no_team":
             raise ServiceUnavailableError("The team for this key no longer exists.")
+        if code == "team_disabled":
+            raise PermissionDeniedError(TEAM_DISABLED, code="team_disabled")
         if code == "idem_replay":
             return Replay(out[1].decode())
         if code == "idem_running":

@@ -38,6 +38,8 @@ class TeamPatch(BaseModel):
     monthly_budget_usd: float | None = Field(default=None, ge=0, le=10_000_000)
     limits: LimitsIn | None = None
     allow_provider_pinning: bool | None = None
+    # true: every request of the team's keys is refused (403 team_disabled) until set false again
+    disabled: bool | None = None
 
 
 class KeyIn(BaseModel):
@@ -58,6 +60,7 @@ def team_json(team: Team) -> dict[str, Any]:
         },
         "created": team.created,
         "allow_provider_pinning": team.allow_provider_pinning,
+        "disabled": team.disabled,
     }
 
 
@@ -119,6 +122,7 @@ async def patch_team(team_id: str, body: TeamPatch, state: State) -> dict[str, A
         budget_usd=body.monthly_budget_usd,
         limits=_merge(team.limits, body.limits),
         allow_provider_pinning=body.allow_provider_pinning,
+        disabled=body.disabled,
     )
     return team_json(updated)
 

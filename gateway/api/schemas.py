@@ -252,6 +252,7 @@ class TeamObject(BaseModel):
     limits: Limits
     created: int
     allow_provider_pinning: bool
+    disabled: bool = Field(description="Its keys' requests are refused (403 team_disabled) while true.")
 
 
 class TeamList(BaseModel):

@@ -1,4 +1,5 @@
--- Admission: one atomic decision per request. Checks the team's requests/minute and
+-- Admission: one atomic decision per request. Refuses a disabled team's requests outright
+-- (nothing written but the housekeeping below). Checks the team's requests/minute and
 -- images/minute sliding windows, its in-flight limit and its monthly budget (spent + reserved +
 -- this quote), then records the request in both windows and reserves the quoted price.
 -- Expired reservations (a gateway that died mid-request) are released first.
@@ -24,9 +25,10 @@ local prefix, rid = ARGV[1], ARGV[2]
 local images, quote, hold = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local dry = ARGV[7] == '1'
 
-local team = redis.call('HMGET', KEYS[1], 'rpm', 'ipm', 'max_in_flight', 'budget_micros')
+local team = redis.call('HMGET', KEYS[1], 'rpm', 'ipm', 'max_in_flight', 'budget_micros', 'disabled')
 if not team[1] then return {'no_team'} end
 local rpm, ipm, max_in_flight, budget = tonumber(team[1]), tonumber(team[2]), tonumber(team[3]), tonumber(team[4])
+local disabled = team[5] == '1'
 
 -- release reservations whose holder died (the deadline index finds them without scanning every
 -- reservation, so admission stays cheap with thousands in flight)
@@ -43,6 +45,8 @@ for _, erid in ipairs(expired) do
   end
 end
 
+-- before the idempotency record: a disabled team is not answered from it either
+if disabled and not dry then return {'team_disabled'} end
 if redis.call('HEXISTS', KEYS[4], rid) == 1 then return {'duplicate'} end
 
 local fingerprint = ARGV[6]
@@ -93,6 +97,7 @@ local function verdict(code)
   return v
 end
 
+if disabled then return verdict('team_disabled') end  -- a dry run: refused, with the figures
 if images > ipm then return verdict('images_over_limit') end
 if req_used + 1 > rpm then return verdict('rpm') end
 if img_used + images > ipm then

@@ -25,20 +25,42 @@ async function loadTeams() {
       edit.addEventListener("click", () => editTeam(t));
       const keys = el("button", { type: "button", text: "Keys" });
       keys.addEventListener("click", () => chooseTeam(t));
-      return el("tr", { "data-team": t.id },
+      return el("tr", { "data-team": t.id, class: t.disabled ? "disabled" : null },
         el("td", { text: t.name }), el("td", { text: t.id }),
+        el("td", { class: t.disabled ? "error" : "ok", "data-field": "state", text: t.disabled ? "disabled" : "active" }),
         el("td", { class: "num", text: usd(t.monthly_budget_usd) }),
         el("td", { class: "num", text: String(t.limits.requests_per_minute) }),
         el("td", { class: "num", text: String(t.limits.images_per_minute) }),
         el("td", { class: "num", text: String(t.limits.max_in_flight) }),
         el("td", { text: t.allow_provider_pinning ? "yes" : "no" }),
-        el("td", {}, edit, " ", keys));
+        el("td", { class: "buttons" }, edit, " ", keys, " ", toggleButton(t)));
     }),
   );
   const select = $("usage-team");
   const previous = select.value;
   select.replaceChildren(el("option", { value: "", text: "all teams" }), ...teams.map((t) => el("option", { value: t.id, text: t.name })));
   select.value = previous;
+}
+
+// Disabling takes two clicks (every request of the team's keys is refused at once, for every
+// caller); enabling one.
+function toggleButton(team) {
+  const button = el("button", { type: "button", text: team.disabled ? "Enable" : "Disable" });
+  button.addEventListener("click", async () => {
+    if (!team.disabled && button.dataset.armed !== "1") {
+      button.dataset.armed = "1";
+      button.textContent = "Confirm disable";
+      return;
+    }
+    show($("team-error"), "");
+    try {
+      await session.json(`/admin/teams/${encodeURIComponent(team.id)}`, { method: "PATCH", json: { disabled: !team.disabled } });
+      await loadTeams();
+    } catch (err) {
+      show($("team-error"), err.message);
+    }
+  });
+  return button;
 }
 
 function editTeam(team) {

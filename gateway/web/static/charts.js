@@ -46,7 +46,7 @@ export function barChart(rows, series, title) {
     }
   });
   series.forEach((name, j) => {
-    const x = pad.left + j * 110;
+    const x = pad.left + j * 150;
     root.append(svg("rect", { x, y: 6, width: 10, height: 10, fill: COLORS[j % COLORS.length] }));
     root.append(svg("text", { x: x + 14, y: 15 }, name));
   });

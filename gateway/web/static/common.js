@@ -80,6 +80,7 @@ export class Session {
 
   signOut(message) {
     sessionStorage.removeItem(this.storageKey);
+    show($("notice"), "");
     this.render(false);
     show($("auth-error"), message || "");
     this.onChange(false);
@@ -126,6 +127,16 @@ export class Session {
     }
     return response.json();
   }
+}
+
+// A disabled team's key still signs in (it reads its own team), but every request it sends is
+// refused: said once, at the top of the page, until a quote or request is admitted again.
+export const TEAM_DISABLED = "team_disabled";
+
+export function teamDisabledNotice(disabled) {
+  show($("notice"), disabled
+    ? "Your team is disabled by the gateway's admin: every request is refused (and nothing is charged) until it is enabled again."
+    : "");
 }
 
 export function usd(value) {

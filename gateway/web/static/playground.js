@@ -1,7 +1,7 @@
 // The playground: parameters, the live quote (a dry run), a streamed generation with elapsed time,
 // partial previews when the route sends them, cancel, and the session's gallery.
 
-import { $, ApiError, Session, debounce, el, errorOf, show, usd } from "./common.js";
+import { $, ApiError, Session, TEAM_DISABLED, debounce, el, errorOf, show, teamDisabledNotice, usd } from "./common.js";
 import { curl, javascript, python } from "./code.js";
 import { events } from "./sse.js";
 
@@ -158,9 +158,11 @@ async function quote() {
   const routeText = route.provider
     ? `${route.provider} (${route.reason}), about ${Math.round(route.expected_seconds)} s`
     : `none now: ${route.reason}`;
+  const disabled = adm.refused_by === TEAM_DISABLED;
+  teamDisabledNotice(disabled);
   const admitted = adm.admitted
     ? `admitted now; ${usd(adm.budget_left_usd)} of ${usd(adm.budget_usd)} budget left`
-    : `would be refused now (${adm.refused_by})`;
+    : disabled ? "would be refused now: your team is disabled" : `would be refused now (${adm.refused_by})`;
   const parts = [
     el("strong", { id: "quote-cost", text: `${usd(answer.total_cost_micros / 1e6)} for ${images}` }),
     el("span", { id: "quote-route", text: ` · route: ${routeText}` }),
@@ -218,6 +220,7 @@ async function generate(event) {
     if (!response.ok) {
       const err = await errorOf(response);
       if (err.status === 401) session.rejected(err);
+      if (err.code === TEAM_DISABLED) teamDisabledNotice(true);
       throw err;
     }
     for await (const { event: kind, data } of events(response)) {

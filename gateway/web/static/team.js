@@ -2,9 +2,10 @@
 // and by provider, how close the team is to its rate limits now, and its keys (never a secret).
 // From GET /v1/usage, GET /v1/team and a dry run (the admission figures), with the team key.
 
-import { $, Session, el, usd } from "./common.js";
+import { $, Session, el, teamDisabledNotice, usd } from "./common.js";
 import { barChart } from "./charts.js";
 
+const SUCCEEDED = "succeeded requests";
 const monthField = $("month");
 monthField.value = new Date().toISOString().slice(0, 7);
 
@@ -35,15 +36,19 @@ async function load() {
   $("spent-share").textContent = `${(share * 100).toFixed(1)}%`;
   $("spend-meter").firstChild.style.width = `${Math.min(100, share * 100)}%`;
   $("spend-meter").classList.toggle("high", share >= 0.9);
+  teamDisabledNotice(team.disabled);
   $("requests").textContent = String(usage.requests);
+  $("succeeded").textContent = String(usage.requests - usage.failed_requests);
   $("images").textContent = String(usage.images);
   $("failed").textContent = String(usage.failed_requests);
 
+  // The per-day rows (and so the chart and the by-model table) count succeeded requests only: a
+  // failed one is charged nothing and is counted in the month's totals alone.
   const days = new Map();
   const models = new Map();
   for (const row of usage.by_day) {
-    const day = days.get(row.date) || { label: row.date, values: { requests: 0, images: 0 } };
-    day.values.requests += row.requests;
+    const day = days.get(row.date) || { label: row.date, values: { [SUCCEEDED]: 0, images: 0 } };
+    day.values[SUCCEEDED] += row.requests;
     day.values.images += row.images;
     days.set(row.date, day);
     const model = models.get(row.model) || { requests: 0, images: 0, spent: 0 };
@@ -52,7 +57,7 @@ async function load() {
     model.spent += row.spent_usd;
     models.set(row.model, model);
   }
-  $("daily-chart").replaceChildren(barChart([...days.values()], ["requests", "images"], `Requests and images per day, ${usage.month}`));
+  $("daily-chart").replaceChildren(barChart([...days.values()], [SUCCEEDED, "images"], `Succeeded requests and their images per day, ${usage.month}`));
   $("by-model").replaceChildren(...[...models].map(([name, m]) => cells(name, m.requests, m.images, usd(m.spent))));
   $("by-provider").replaceChildren(...team.by_provider.map((p) => cells(p.provider, p.requests, p.images, usd(p.charged_usd))));
   $("keys").replaceChildren(
