@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from gateway.accounting.billing_metrics import BillingMetrics
 from gateway.accounting.keys import KeyStore
+from gateway.accounting.last_used import LastUse
 from gateway.accounting.metering import Meter
 from gateway.accounting.spool import SettlementSpool
 from gateway.api import admin, errors, health, images, jobs, models, team, usage
@@ -121,7 +122,8 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
             service = ImageService(
                 dispatcher, meter, store, metrics, decoder, deadline_s=settings.request_deadline_s, copier=copier
             )
-            keys = KeyStore(redis, cache_ttl_s=settings.key_cache_ttl_s)
+            last_use = LastUse(redis, interval_s=settings.key_last_used_s)
+            keys = KeyStore(redis, cache_ttl_s=settings.key_cache_ttl_s, last_use=last_use)
             accept_queue = AcceptQueue()
             shedder = LoadShedder(
                 max_in_flight=settings.max_in_flight_per_process,
@@ -160,6 +162,7 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
                 asyncio.create_task(board.run_forever()),
                 asyncio.create_task(billing.run_forever()),
                 asyncio.create_task(keys.follow_revocations()),
+                asyncio.create_task(last_use.flush_forever()),
                 asyncio.create_task(route_health.flush_forever()),
                 asyncio.create_task(shedder.watch_loop()),
                 asyncio.create_task(runner.run_forever()),

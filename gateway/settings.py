@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     # read again (revocations reach every process at once through pub/sub; this bounds a missed one).
     redis_max_connections: int = Field(default=64, ge=2)
     key_cache_ttl_s: float = Field(default=30.0, ge=0)
+    # A key's `last_used` is written at most this often per process (gateway/accounting/last_used.py):
+    # the request path writes nothing, so it may be late by about this much.
+    key_last_used_s: float = Field(default=60.0, ge=0)
 
     # Load shedding per worker process (gateway/api/shedding.py): image requests in flight at most, and
     # the event-loop lag past which new image requests get 503 + retry-after (0 turns that off).

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from redis.typing import EncodableT, FieldT
 
+from gateway.accounting.last_used import LastUse, key_record
 from gateway.catalog import micros_to_usd, usd_to_micros
 from gateway.redis.client import REDIS_ERRORS, RedisClient, as_str
 
@@ -64,6 +65,7 @@ class ApiKey:
     prefix: str
     name: str
     created: int
+    last_used: int | None = None  # unix seconds, late by up to a minute (see last_used.py); None: never
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,11 +86,19 @@ class KeyStore:
     entry also lives at most `cache_ttl_s`, so a missed message (Redis restarted, subscription
     down) cannot keep a revoked key alive longer than that."""
 
-    def __init__(self, redis: RedisClient, *, cache_ttl_s: float = 30.0, cache_max: int = 100_000) -> None:
+    def __init__(
+        self,
+        redis: RedisClient,
+        *,
+        cache_ttl_s: float = 30.0,
+        cache_max: int = 100_000,
+        last_use: LastUse | None = None,
+    ) -> None:
         self._r = redis
         self._cache_ttl_s = cache_ttl_s
         self._cache_max = cache_max
         self._cache: dict[str, tuple[float, Principal]] = {}
+        self.last_use = last_use or LastUse(redis)  # noted here, written by its background flush
 
     # --- teams ------------------------------------------------------------------------------
 
@@ -169,7 +179,7 @@ class KeyStore:
         # Not a MULTI: the keys live in different cluster slots. Ordered so that a key is listed
         # before it can authenticate, and stops authenticating before it is unlisted.
         async with self._r.pipeline(transaction=False) as pipe:
-            pipe.hset(f"gw:keyid:{key.id}", mapping={**fields, "hash": digest})
+            pipe.hset(key_record(key.id), mapping={**fields, "hash": digest})
             pipe.sadd(team_prefix(team_id) + "keys", key.id)
             pipe.hset(f"gw:key:{digest}", mapping=fields)
             await pipe.execute()
@@ -180,20 +190,20 @@ class KeyStore:
         ids = sorted(as_str(m) for m in await self._r.smembers(team_prefix(team_id) + "keys"))
         keys = []
         for key_id in ids:
-            raw = await self._r.hgetall(f"gw:keyid:{key_id}")
+            raw = await self._r.hgetall(key_record(key_id))
             if raw:
                 keys.append(_key_from(raw))
         return keys
 
     async def revoke_key(self, key_id: str) -> bool:
-        raw = await self._r.hgetall(f"gw:keyid:{key_id}")
+        raw = await self._r.hgetall(key_record(key_id))
         if not raw:
             return False
         key = _key_from(raw)
         digest = as_str(raw[b"hash"])
         async with self._r.pipeline(transaction=False) as pipe:
             pipe.delete(f"gw:key:{digest}")
-            pipe.delete(f"gw:keyid:{key_id}")
+            pipe.delete(key_record(key_id))
             pipe.srem(team_prefix(key.team_id) + "keys", key_id)
             await pipe.execute()
         self._cache.pop(digest, None)
@@ -209,6 +219,7 @@ class KeyStore:
         now = time.monotonic()
         cached = self._cache.get(digest)
         if cached is not None and cached[0] > now:
+            self.last_use.saw(cached[1].key_id)
             return cached[1]
         team_id, key_id = await self._r.hmget(f"gw:key:{digest}", ["team_id", "id"])
         if team_id is None or key_id is None:
@@ -218,6 +229,7 @@ class KeyStore:
         if len(self._cache) >= self._cache_max:
             self._cache.clear()
         self._cache[digest] = (now + self._cache_ttl_s, principal)
+        self.last_use.saw(principal.key_id)
         return principal
 
     async def follow_revocations(self, *, retry_s: float = 1.0) -> None:
@@ -273,4 +285,5 @@ def _key_from(raw: Mapping[bytes | str, bytes | str]) -> ApiKey:
         prefix=as_str(raw[b"prefix"]),
         name=as_str(raw.get(b"name", b"")),
         created=int(raw[b"created"]),
+        last_used=int(raw[b"last_used"]) if b"last_used" in raw else None,
     )

@@ -72,6 +72,7 @@ def key_json(key: ApiKey) -> dict[str, Any]:
         "prefix": key.prefix,
         "name": key.name,
         "created": key.created,
+        "last_used": key.last_used,
     }
 
 

@@ -267,6 +267,10 @@ class ApiKeyObject(BaseModel):
     prefix: str
     name: str
     created: int
+    last_used: int | None = Field(
+        description="Unix seconds of the key's latest request, recorded at most once a minute per gateway "
+        "process (so up to about a minute late); null if never used."
+    )
 
 
 class NewApiKey(ApiKeyObject):

@@ -2,7 +2,7 @@
 // copy button; revoke), usage for any team and month with the CSV invoice, and the routes' health
 // from /ready's detail. Every action is the admin API's, called with the admin key.
 
-import { $, Session, el, errorOf, show, usd } from "./common.js";
+import { $, Session, el, errorOf, show, usd, when } from "./common.js";
 
 let teams = [];
 let chosen = null; // the team whose keys are shown
@@ -132,7 +132,8 @@ async function loadKeys() {
       });
       return el("tr", { "data-key": k.id },
         el("td", { text: k.name || "(no name)" }), el("td", { text: `${k.prefix}…` }),
-        el("td", { text: new Date(k.created * 1000).toISOString().slice(0, 16).replace("T", " ") }),
+        el("td", { text: when(k.created) }),
+        el("td", { "data-field": "last-used", text: when(k.last_used) }),
         el("td", {}, revoke));
     }),
   );

@@ -146,6 +146,12 @@ export function usd(value) {
   return `$${n.toFixed(4).replace(/0{1,2}$/, "")}`;
 }
 
+// Unix seconds as "2026-12-07 14:03 UTC"; null as "never".
+export function when(seconds) {
+  if (seconds === null || seconds === undefined) return "never";
+  return `${new Date(seconds * 1000).toISOString().slice(0, 16).replace("T", " ")} UTC`;
+}
+
 export function debounce(fn, ms) {
   let timer = null;
   return (...args) => {

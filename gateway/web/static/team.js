@@ -2,7 +2,7 @@
 // and by provider, how close the team is to its rate limits now, and its keys (never a secret).
 // From GET /v1/usage, GET /v1/team and a dry run (the admission figures), with the team key.
 
-import { $, Session, el, teamDisabledNotice, usd } from "./common.js";
+import { $, Session, el, teamDisabledNotice, usd, when } from "./common.js";
 import { barChart } from "./charts.js";
 
 const SUCCEEDED = "succeeded requests";
@@ -62,10 +62,11 @@ async function load() {
   $("by-provider").replaceChildren(...team.by_provider.map((p) => cells(p.provider, p.requests, p.images, usd(p.charged_usd))));
   $("keys").replaceChildren(
     ...team.keys.map((k) =>
-      el("tr", {},
+      el("tr", { "data-key": k.id },
         el("td", { text: k.current ? `${k.name || "(no name)"} (this key)` : k.name || "(no name)" }),
         el("td", { text: `${k.prefix}…` }),
-        el("td", { text: new Date(k.created * 1000).toISOString().slice(0, 16).replace("T", " ") }),
+        el("td", { text: when(k.created) }),
+        el("td", { "data-field": "last-used", text: when(k.last_used) }),
       ),
     ),
   );
