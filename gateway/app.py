@@ -18,7 +18,7 @@ from gateway.accounting.keys import KeyStore
 from gateway.accounting.last_used import LastUse
 from gateway.accounting.metering import Meter
 from gateway.accounting.spool import SettlementSpool
-from gateway.api import admin, errors, health, images, jobs, models, team, usage
+from gateway.api import admin, errors, health, images, jobs, models, route_board, team, usage
 from gateway.api.hot import GatewayApp
 from gateway.api.shedding import AcceptQueue, LoadShedder
 from gateway.api.state import AppState
@@ -200,7 +200,7 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
     )  # fmt: skip
     routers = (
         images.router, jobs.router, models.router, usage.router, admin.router, jobs.admin_router, health.router,
-        team.router, web_router(),
+        team.router, route_board.router, web_router(),
     )  # fmt: skip
     errors.install(app, [route for router in routers for route in router.routes])
     for router in routers:

@@ -208,6 +208,9 @@ class ProviderHealth:
     # Seconds one job takes once it starts, as the upstream measures it (queue wait excluded).
     service_s: float | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    # False: nothing is set up to serve the route (no worker runs its variant): not healthy, but no
+    # fault either, and said so rather than as a failure.
+    configured: bool = True
 
 
 @runtime_checkable

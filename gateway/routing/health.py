@@ -7,18 +7,29 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterator, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from gateway.catalog import Catalog, Route
 from gateway.metrics import Metrics
 from gateway.periodic import repeat
-from gateway.routing.breaker import RouteHealth
+from gateway.routing.breaker import RouteHealth, RouteStats
 from providers.base import ImageProvider, ProviderHealth, QueueEstimator, RouteTarget
 
 log = logging.getLogger(__name__)
 
 RouteId = tuple[str, str]  # (model, provider)
 BREAKER_LEVELS = {"closed": 0, "half_open": 1, "open": 2}
+
+
+@dataclass(frozen=True, slots=True)
+class RouteView:
+    """One route's health as an operator reads it (GET /admin/routes)."""
+
+    model: str
+    provider: str
+    provider_configured: bool  # False: the provider has no key or URL here; never probed
+    probe: ProviderHealth | None  # None: not probed (yet)
+    stats: RouteStats | None  # the shared breaker and latency; None when not probed
 
 
 class HealthBoard:
@@ -43,7 +54,8 @@ class HealthBoard:
 
     def use(self, catalog: Catalog) -> None:
         """Probe the routes of `catalog` from the next round on (pricing.yaml was reloaded)."""
-        self._routes = [r for m in catalog.models.values() for r in m.routes if r.provider in self._providers]
+        self._all_routes = [r for m in catalog.models.values() for r in m.routes]
+        self._routes = [r for r in self._all_routes if r.provider in self._providers]
         self._estimated: dict[RouteId, tuple[QueueEstimator, RouteTarget]] = {
             (r.model, r.provider): (p, r.target)
             for r in self._routes
@@ -86,6 +98,26 @@ class HealthBoard:
         for (model, provider), health in self._current.items():
             out.setdefault(model, {})[provider] = health
         return out
+
+    async def views(self) -> list[RouteView]:
+        """Every route of the catalog, as the router sees it now: its last probe (with the live
+        queue wait) and its shared breaker and latency figures. Routes whose provider is not
+        configured are listed too, with neither."""
+        if not self._refreshed:
+            await self.refresh()
+        probes = self.current()
+        configured = [(r.provider, r.model) for r in self._routes]
+        stats = await self._route_health.stats(configured) if self._route_health is not None else {}
+        return [
+            RouteView(
+                model=r.model,
+                provider=r.provider,
+                provider_configured=r.provider in self._providers,
+                probe=probes.get((r.model, r.provider)),
+                stats=stats.get((r.provider, r.model)),
+            )
+            for r in self._all_routes
+        ]
 
     async def run_forever(self) -> None:
         await repeat(self.refresh, self._interval_s, "probe round")

@@ -155,6 +155,8 @@ class LocalGpuProvider:
         await self._refresh([w for w in self._workers if w.model in (None, model)], force=True)
         serving = [w for w in self._workers if w.model == model]
         ready = sorted((w for w in serving if w.ready), key=_Worker.preference)
+        if not serving:
+            return self._unserved(model)
         if not ready:
             return ProviderHealth(healthy=False, detail=f"0/{len(serving)} workers for {model} ready")
         reports = [w.report for w in ready if w.report is not None]
@@ -168,6 +170,18 @@ class LocalGpuProvider:
             saturated=not open_,
             service_s=best.report.ewma_latency_s if best.report is not None else None,
             extra={"workers": ",".join(w.url for w in ready)},
+        )
+
+    def _unserved(self, model: str) -> ProviderHealth:
+        """No worker is known to run `model`: none is configured for it if every worker has said
+        what it runs; otherwise one that never answered might."""
+        unknown = [w for w in self._workers if w.model is None]
+        if unknown:
+            silent = f"{len(unknown)} of {len(self._workers)} workers never answered"
+            return ProviderHealth(healthy=False, detail=f"no reachable worker runs {model} ({silent})")
+        others = ", ".join(sorted({w.model for w in self._workers if w.model is not None}))
+        return ProviderHealth(
+            healthy=False, configured=False, detail=f"no worker configured for {model} (the workers run {others})"
         )
 
     def expected_wait_now(self, target: RouteTarget) -> float | None:

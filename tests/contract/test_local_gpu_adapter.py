@@ -13,6 +13,7 @@ import pytest
 from providers.base import ErrorKind, ProviderError, RouteTarget
 from providers.local_gpu import LocalGpuProvider
 from tests.contract.cases.local_gpu import make_request
+from tests.fakes.server import free_port
 from tests.fakes.stand_in_pipeline import StandInPipeline
 from tests.fakes.worker_server import RunningWorker, running_worker, wait_until
 
@@ -127,10 +128,26 @@ async def test_each_variant_goes_to_its_own_workers() -> None:
             assert (full.jobs_started(), dev.jobs_started()) == (1, 1)
             assert dev.pipeline.calls[-1].guidance_scale == 0.0  # the dev default, not Full's
             assert full.pipeline.calls[-1].guidance_scale == 5.0
-            assert not (await provider.probe(FAST)).healthy
+            fast = await provider.probe(FAST)
+            # Every worker said what it runs and none runs Fast: not configured, not a failure.
+            assert (fast.healthy, fast.configured) == (False, False)
+            runs = "the workers run hidream-i1-dev, hidream-i1-full"
+            assert fast.detail == f"no worker configured for hidream-i1-fast ({runs})"
+            assert (await provider.probe(DEV)).configured
             with pytest.raises(ProviderError) as info:
                 await provider.generate(FAST, make_request(model="hidream-i1-fast", guidance_scale=None))
             assert info.value.kind == ErrorKind.UNAVAILABLE
+        finally:
+            await provider.aclose()
+
+
+async def test_a_variant_only_a_worker_that_never_answered_might_run_is_unhealthy_not_unconfigured() -> None:
+    with running_worker("full") as full:
+        provider = LocalGpuProvider([full.url, f"http://127.0.0.1:{free_port()}"], connect_timeout_s=0.5)
+        try:
+            health = await provider.probe(FAST)
+            assert (health.healthy, health.configured) == (False, True)
+            assert health.detail == "no reachable worker runs hidream-i1-fast (1 of 2 workers never answered)"
         finally:
             await provider.aclose()
 

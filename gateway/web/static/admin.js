@@ -1,6 +1,6 @@
 // The admin pages: teams (create, edit budget and limits), their keys (create, shown once with a
-// copy button; revoke), usage for any team and month with the CSV invoice, and the routes' health
-// from /ready's detail. Every action is the admin API's, called with the admin key.
+// copy button; revoke), usage for any team and month with the CSV invoice, and the routes' live
+// health (GET /admin/routes). Every action is the admin API's, called with the admin key.
 
 import { $, Session, el, errorOf, show, usd, when } from "./common.js";
 
@@ -188,20 +188,43 @@ async function downloadCsv() {
   setTimeout(() => URL.revokeObjectURL(url), 10_000);
 }
 
+const STATUS = {
+  healthy: ["ok", "healthy"],
+  saturated: ["error", "saturated (queue full)"],
+  unhealthy: ["error", "unhealthy"],
+  not_configured: ["muted", "not configured"],
+  not_probed: ["muted", "not probed yet"],
+};
+
+const seconds = (s) => (s === null || s === undefined ? "–" : `${s < 10 ? s.toFixed(2) : s.toFixed(1)} s`);
+
+function breakerText(breaker) {
+  if (!breaker) return "–";
+  const state = breaker.state.replace("_", "-");
+  return breaker.opened_at ? `${state} since ${when(Math.floor(breaker.opened_at)).slice(11)}` : state;
+}
+
+// /ready says whether the gateway takes traffic; /admin/routes what the router sees of each route.
 async function loadRoutes() {
-  const response = await session.fetch("/ready");
-  const body = await response.json();
-  $("ready").textContent = body.ready ? "Ready: Redis reachable and a route healthy." : "Not ready.";
-  const rows = [];
-  for (const [model, providers] of Object.entries(body.routes || {})) {
-    for (const [provider, health] of Object.entries(providers)) {
-      rows.push(el("tr", { "data-route": `${provider}/${model}` },
-        el("td", { text: model }), el("td", { text: provider }),
-        el("td", { class: health.healthy ? "ok" : "error", text: health.healthy ? "healthy" : "unhealthy" }),
-        el("td", { text: health.detail || "" })));
-    }
-  }
-  $("routes").replaceChildren(...rows);
+  const [response, board] = await Promise.all([session.fetch("/ready"), session.json("/admin/routes")]);
+  const ready = await response.json();
+  $("ready").textContent = ready.ready ? "Ready: Redis reachable and a route healthy." : "Not ready.";
+  $("routes").replaceChildren(
+    ...board.data.map((r) => {
+      const [cls, label] = STATUS[r.status] || ["", r.status];
+      const queue = r.queue_depth === null ? "–" : `${r.queue_depth} queued, wait ${seconds(r.expected_wait_s)}`;
+      const latency = r.latency && r.latency.samples
+        ? `p95 ${seconds(r.latency.p95_s)}, avg ${seconds(r.latency.ewma_s)} (${r.latency.samples})`
+        : "no samples";
+      return el("tr", { "data-route": `${r.provider}/${r.model}`, "data-status": r.status },
+        el("td", { text: r.model }), el("td", { text: r.provider }),
+        el("td", { class: cls, "data-field": "status", text: label }),
+        el("td", { class: r.breaker && r.breaker.state !== "closed" ? "error" : null, "data-field": "breaker", text: breakerText(r.breaker) }),
+        el("td", { "data-field": "queue", text: queue }),
+        el("td", { "data-field": "latency", text: latency }),
+        el("td", { text: r.detail }));
+    }),
+  );
 }
 
 $("usage-month").value = new Date().toISOString().slice(0, 7);
@@ -219,4 +242,5 @@ $("copy-key").addEventListener("click", async () => {
 $("usage-team").addEventListener("change", loadUsage);
 $("usage-month").addEventListener("change", loadUsage);
 $("usage-csv").addEventListener("click", downloadCsv);
+$("routes-refresh").addEventListener("click", () => loadRoutes().catch((err) => show($("auth-error"), err.message)));
 session.start();
