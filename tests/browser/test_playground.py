@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from pathlib import Path
 
 import httpx
@@ -179,6 +180,34 @@ def test_cancel_closes_the_stream_and_charges_nothing(page: Page, stack: Stack) 
     assert stack.ledger()[before:] == [("cancelled", 0)]
     wait_for(lambda: httpx.get(stack.fal + "/_fake/stats").json()["cancels"] == cancels + 1, "fal's job cancelled")
     assert page.locator(".gallery-item").count() == 0
+
+
+def test_the_queue_position_shows_while_the_request_waits(page: Page, stack: Stack) -> None:
+    """fal's queue holds one request ahead of ours, then ours (the fake's `queued` fault): the
+    progress area says where ours is from the route's gateway.progress events, and when it is done,
+    that it waited."""
+    submits = httpx.get(stack.fal + "/_fake/stats").json()["submits"]
+    httpx.post(stack.fal + "/_fake/faults", json={"fault": "queued", "count": 2}).raise_for_status()
+    client = stack.client()
+    ahead = threading.Thread(
+        target=lambda: client.images.generate(model="fal/hidream-i1-full", prompt="ahead", response_format="b64_json")
+    )
+    try:
+        ahead.start()
+        wait_for(lambda: httpx.get(stack.fal + "/_fake/stats").json()["submits"] == submits + 1, "the job ahead")
+        sign_in(page, stack)
+        page.get_by_label("Model").select_option("fal/hidream-i1-full")
+        fill(page, "behind another")
+        page.get_by_role("button", name="Generate").click()
+        expect(page.locator("#progress")).to_contain_text("in the queue, 1 job ahead")
+        screenshot(page, "playground-queued")
+        httpx.post(stack.fal + "/_fake/end-hung", json={"end": "ok"}).raise_for_status()
+        expect(page.locator("#progress")).to_contain_text("(waited in the queue behind 1 job).", timeout=60_000)
+        expect(page.locator(".gallery-item")).to_have_count(1)
+    finally:
+        httpx.delete(stack.fal + "/_fake/faults")
+        httpx.post(stack.fal + "/_fake/end-hung", json={"end": "ok"})
+        ahead.join(timeout=60)
 
 
 def test_an_image_picked_for_editing_is_sent_as_an_edit(page: Page, stack: Stack, tmp_path: Path) -> None:

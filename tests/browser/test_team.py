@@ -1,7 +1,11 @@
 """The team portal at /team in chromium: month-to-date spend equal to /v1/usage, the daily chart,
-by model and provider, rate limits, and the team's keys without a secret."""
+by model and provider, rate limits, and the team's keys (with their last use) without a secret."""
 
 from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -22,6 +26,9 @@ def _usage(stack: Stack) -> dict[str, object]:
 
 
 def test_the_team_page_shows_what_the_api_says(page: Page, stack: Stack) -> None:
+    if not any(k["name"] == "spare" for k in stack.admin.get(f"/admin/teams/{stack.team_id}/keys").json()["data"]):
+        stack.admin.post(f"/admin/teams/{stack.team_id}/keys", json={"name": "spare"}).raise_for_status()
+    started = int(time.time())
     before = len(stack.ledger())
     client = stack.client()
     for n in (1, 2):  # pinned to fal: quick, and a provider of its own in the table
@@ -50,10 +57,32 @@ def test_the_team_page_shows_what_the_api_says(page: Page, stack: Stack) -> None
     rpm = page.locator("#limits tr[data-limit='requests per minute'] td")
     expect(rpm.nth(2)).to_have_text("60")
     keys = page.locator("#keys tr")
-    expect(keys).to_have_count(1)
-    expect(keys.first).to_contain_text("e2e (this key)")
+    expect(keys).to_have_count(2)
+    # Each key's last use as the API gives it (recorded within about a second of the first use);
+    # the spare key was never used.
+    wait_for(lambda: _last_used(stack)["e2e"] is not None, "the key's use to be recorded")
+    page.reload()
+    expect(page.locator("#team-data")).to_be_visible()
+    # Late by at most the interval (60 s) and a flush (1 s): the key may have been used by earlier
+    # tests, and each of the gateway's two processes writes its own sightings.
+    shown = keys.filter(has_text="e2e (this key)").locator("[data-field=last-used]")
+    expect(shown).to_have_text(re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d UTC$"))
+    at = datetime.strptime(shown.inner_text(), "%Y-%m-%d %H:%M UTC").replace(tzinfo=UTC).timestamp()
+    assert (started - 61) // 60 * 60 <= at <= time.time()
+    expect(keys.filter(has_text="spare").locator("[data-field=last-used]")).to_have_text("never")
+    failed = usage["failed_requests"]
+    assert isinstance(failed, int)
+    expect(page.locator("#succeeded")).to_have_text(str(int(str(usage["requests"])) - failed))
+    expect(page.locator("#daily-title")).to_have_text("Succeeded requests and their images per day")
+    expect(page.locator("#daily-chart svg")).to_contain_text("succeeded requests")
     assert stack.key not in page.content() and stack.key[:7] in page.content()
     screenshot(page, "team")
+
+
+def _last_used(stack: Stack) -> dict[str, int | None]:
+    r = httpx.get(stack.base + "/v1/team", headers={"Authorization": f"Bearer {stack.key}"}, timeout=10)
+    r.raise_for_status()
+    return {k["name"]: k["last_used"] for k in r.json()["keys"]}
 
 
 def _fal_images(stack: Stack) -> int:

@@ -35,6 +35,7 @@ FakeFault = Literal[
     "garbage",  # COMPLETED, but the result is not the HiDream output shape
     "drip",  # COMPLETED, but the result trickles: status and headers at once, then a byte every DRIP_S
     "hang",  # IN_PROGRESS until cancelled
+    "queued",  # IN_QUEUE (behind any earlier one still queued) until cancelled or ended by end_hung
 ]
 FAULTS: frozenset[str] = frozenset(get_args(FakeFault))
 SUBMIT_FAULTS = frozenset({"rate_limited", "auth", "locked", "ingress_502", "ingress_503"})
@@ -116,12 +117,12 @@ class FakeFal:
             return left
 
     def end_hung(self, end: str) -> int:
-        """End every request the `hang` fault holds, now, as `end` ("ok" or a runner fault): a
+        """End every request the `hang` and `queued` faults hold, now, as `end` ("ok" or a runner fault): a
         test decides when a slow upstream answers, and how. The number of requests ended."""
-        if end != "ok" and end not in FAULTS - SUBMIT_FAULTS - POLL_FAULTS - {"hang"}:
+        if end != "ok" and end not in FAULTS - SUBMIT_FAULTS - POLL_FAULTS - {"hang", "queued"}:
             raise ValueError(f"a hung request cannot end as {end!r}")
         with self._lock:
-            hung = [r for r in self._requests.values() if r.end == "hang" and r.ended_at is None]
+            hung = [r for r in self._requests.values() if r.end in ("hang", "queued") and r.ended_at is None]
             for request in hung:
                 request.ended_at, request.end = time.monotonic(), end
             return len(hung)
@@ -177,6 +178,8 @@ class FakeFal:
                 ended_at = start_at  # the runner validates before it generates
             elif end == "hang":
                 ended_at = None
+            elif end == "queued":
+                start_at, ended_at = float("inf"), None
             start_timeout = _float(headers.get("x-fal-request-timeout"))
             if start_timeout is not None and self.queue_s > start_timeout:
                 start_at, ended_at, end = float("inf"), now + start_timeout, "request_timeout"

@@ -196,6 +196,31 @@ function elapsed() {
   return ((performance.now() - running.started) / 1000).toFixed(1);
 }
 
+const jobs = (n) => (n === 1 ? "1 job" : `${n} jobs`);
+
+// What the route says of each image while it is made (gateway.progress events): its place in the
+// upstream's queue, then its denoising steps, and the time it expects to take.
+function progressText() {
+  const parts = [...running.progress.entries()].sort(([a], [b]) => a - b).map(([index, p]) => {
+    const who = running.progress.size > 1 || index > 0 ? `image ${index + 1}: ` : "";
+    const left = p.expected_s === null || p.expected_s === undefined ? "" : `, about ${Math.ceil(p.expected_s)} s to go`;
+    if (p.queue_position) return `${who}in the queue, ${jobs(p.queue_position)} ahead${left}`;
+    if (p.step !== null && p.step !== undefined && p.steps) return `${who}step ${p.step}/${p.steps}${left}`;
+    return `${who}started${left}`;
+  });
+  return parts.length ? ` · ${parts.join(" · ")}` : "";
+}
+
+function showProgress() {
+  $("progress").textContent = `Generating… ${elapsed()} s${progressText()}`;
+}
+
+function heard(data) {
+  running.progress.set(data.image_index || 0, data);
+  running.mostAhead = Math.max(running.mostAhead, data.queue_position || 0);
+  showProgress();
+}
+
 async function generate(event) {
   event.preventDefault();
   if (running) return;
@@ -207,16 +232,16 @@ async function generate(event) {
     return;
   }
   const controller = new AbortController();
-  running = { controller, started: performance.now(), timer: 0, received: 0 };
-  running.timer = setInterval(() => {
-    $("progress").textContent = `Generating… ${elapsed()} s`;
-  }, 100);
-  $("progress").textContent = "Generating… 0.0 s";
+  running = { controller, started: performance.now(), timer: 0, received: 0, progress: new Map(), mostAhead: 0 };
+  running.timer = setInterval(showProgress, 100);
+  showProgress();
   setRunning(true);
   const preview = $("preview");
   try {
     const { path, options } = requestFor(body, { stream: true, response_format: "b64_json", partial_images: 2 });
-    const response = await session.fetch(path, { ...options, signal: controller.signal });
+    // x-gateway-progress: the route's queue position and steps as gateway.progress events
+    const headers = { "x-gateway-progress": "true" };
+    const response = await session.fetch(path, { ...options, headers, signal: controller.signal });
     if (!response.ok) {
       const err = await errorOf(response);
       if (err.status === 401) session.rejected(err);
@@ -224,7 +249,9 @@ async function generate(event) {
       throw err;
     }
     for await (const { event: kind, data } of events(response)) {
-      if (kind.endsWith(".partial_image")) {
+      if (kind === "gateway.progress") {
+        heard(data);
+      } else if (kind.endsWith(".partial_image")) {
         preview.src = URL.createObjectURL(imageBlob(data.b64_json, data.output_format || body.output_format));
         preview.hidden = false;
       } else if (kind.endsWith(".completed")) {
@@ -234,7 +261,8 @@ async function generate(event) {
         throw new ApiError(500, data);
       }
     }
-    $("progress").textContent = `Done in ${elapsed()} s.`;
+    const waited = running.mostAhead ? ` (waited in the queue behind ${jobs(running.mostAhead)})` : "";
+    $("progress").textContent = `Done in ${elapsed()} s${waited}.`;
   } catch (err) {
     if (err.name === "AbortError") {
       $("progress").textContent = `Cancelled after ${elapsed()} s; nothing was charged.`;
