@@ -206,13 +206,17 @@ def _print(data: Any) -> None:
 def cmd_teams(args: argparse.Namespace) -> int:
     if args.action == "list":
         rows = _call(args, "GET", "/admin/teams")["data"]
-        print(f"{'id':<22} {'name':<20} {'budget_usd':>10} {'rpm':>6} {'ipm':>6} {'in_flight':>9}")
+        print(f"{'id':<22} {'name':<20} {'state':<8} {'budget_usd':>10} {'rpm':>6} {'ipm':>6} {'in_flight':>9}")
         for t in rows:
             lim = t["limits"]
+            state = "disabled" if t["disabled"] else "active"
             print(
-                f"{t['id']:<22} {t['name']:<20} {t['monthly_budget_usd']:>10.2f} {lim['requests_per_minute']:>6} "
-                f"{lim['images_per_minute']:>6} {lim['max_in_flight']:>9}"
+                f"{t['id']:<22} {t['name']:<20} {state:<8} {t['monthly_budget_usd']:>10.2f} "
+                f"{lim['requests_per_minute']:>6} {lim['images_per_minute']:>6} {lim['max_in_flight']:>9}"
             )
+        return 0
+    if args.action in ("disable", "enable"):
+        _print(_call(args, "PATCH", f"/admin/teams/{args.team_id}", {"disabled": args.action == "disable"}))
         return 0
     limits = {
         k: v
@@ -233,13 +237,18 @@ def cmd_teams(args: argparse.Namespace) -> int:
     return 0
 
 
+def _utc(seconds: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(seconds))
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     if args.action == "create":
         data = _call(args, "POST", f"/admin/teams/{args.team_id}/keys", {"name": args.name or ""})
         print(f"key id: {data['id']}\nkey:    {data['key']}   (shown once; store it now)")
     elif args.action == "list":
         for k in _call(args, "GET", f"/admin/teams/{args.team_id}/keys")["data"]:
-            print(f"{k['id']:<22} {k['prefix']}...  {k['name']}")
+            used = "never used" if k["last_used"] is None else "last used " + _utc(k["last_used"])
+            print(f"{k['id']:<22} {k['prefix']}...  {used:<32} {k['name']}")
     else:
         _print(_call(args, "DELETE", f"/admin/keys/{args.key_id}"))
     return 0
@@ -297,7 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--rpm", type=int, help="requests per minute")
         p.add_argument("--ipm", type=int, help="images per minute")
         p.add_argument("--max-in-flight", type=int)
-    for p in (t_list, t_create, t_update):
+    # disable: every request of the team's keys is refused (403 team_disabled) until enabled
+    t_toggles = [teams.add_parser(action) for action in ("disable", "enable")]
+    for p in t_toggles:
+        p.add_argument("team_id")
+    for p in (t_list, t_create, t_update, *t_toggles):
         admin_opts(p)
         p.set_defaults(func=cmd_teams)
 

@@ -204,6 +204,7 @@ def test_the_queue_position_shows_while_the_request_waits(page: Page, stack: Sta
         httpx.post(stack.fal + "/_fake/end-hung", json={"end": "ok"}).raise_for_status()
         expect(page.locator("#progress")).to_contain_text("(waited in the queue behind 1 job).", timeout=60_000)
         expect(page.locator(".gallery-item")).to_have_count(1)
+        screenshot(page, "playground-queued-done")
     finally:
         httpx.delete(stack.fal + "/_fake/faults")
         httpx.post(stack.fal + "/_fake/end-hung", json={"end": "ok"})

@@ -18,6 +18,7 @@ import redis
 from PIL import Image
 
 from gateway.accounting.keys import team_prefix
+from tests.api.conftest import wait_for
 from tests.integration.gateway_stack import Stack, running_stack
 from tests.processes import python
 from tests.raw_http import connect, read_response, request_head
@@ -236,6 +237,13 @@ def test_cli_creates_a_team_issues_lists_and_revokes_a_key(stack: Stack) -> None
     key = created.split("key:    ")[1].split()[0]
     assert key_id in _cli(stack, "keys", "list", team["id"])
     assert [m.id for m in stack.client(key).models.list()][0] == "hidream-i1-full"
+    assert json.loads(_cli(stack, "teams", "disable", team["id"]))["disabled"] is True
+    assert f"{team['id']:<22} {'cli-team':<20} disabled" in _cli(stack, "teams", "list")
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        stack.client(key).images.generate(model="hidream-i1-full", prompt="refused")
+    assert refused.value.code == "team_disabled"
+    assert json.loads(_cli(stack, "teams", "enable", team["id"]))["disabled"] is False
+    wait_for(lambda: "last used 20" in _cli(stack, "keys", "list", team["id"]), "the models call's use")
     _cli(stack, "keys", "revoke", key_id)
     with pytest.raises(openai.AuthenticationError):
         stack.client(key).models.list()
