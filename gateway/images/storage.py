@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import os
 import shutil
+import stat
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -159,7 +160,9 @@ class ImageStore:
         removed = 0
         for path in self.root.iterdir():
             try:
-                if path.stat().st_mtime < cutoff:
+                st = path.stat()
+                # a folder is not an image: the ledger archive's, when it shares this directory
+                if not stat.S_ISDIR(st.st_mode) and st.st_mtime < cutoff:
                     path.unlink(missing_ok=True)
                     removed += 1
             except FileNotFoundError:

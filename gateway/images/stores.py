@@ -1,10 +1,12 @@
 """The image store the settings name: GATEWAY_IMAGE_STORE unset or file://<dir> is the local
-directory, s3://<bucket>/<prefix> the object store."""
+directory, s3://<bucket>/<prefix> the object store. The ledger archive's objects go to the same
+place unless GATEWAY_LEDGER_ARCHIVE names another."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from gateway.images.blobs import Blobs, FileBlobs, S3Blobs
 from gateway.images.object_store import S3ImageStore, open_s3
 from gateway.images.storage import ImageStore
 from gateway.images.store import ImageStorage
@@ -43,3 +45,18 @@ def open_image_store(settings: Settings, signing_key: bytes) -> ImageStorage:
             presigned=settings.image_urls == "presigned",
         )
     raise StoreConfigError(f"GATEWAY_IMAGE_STORE={where!r}: use file://<dir> or s3://<bucket>/<prefix>.")
+
+
+def open_archive_blobs(settings: Settings) -> Blobs:
+    """Where the ledger archive keeps its objects (under `ledger/`): GATEWAY_LEDGER_ARCHIVE, else
+    the image store's directory or bucket prefix, else the data dir (beside `images/`)."""
+    where = settings.ledger_archive or settings.image_store or ""
+    if where == "":
+        return FileBlobs(settings.data_dir)
+    if where.startswith("file://"):
+        return FileBlobs(Path(where.removeprefix("file://")))
+    if where.startswith("s3://"):
+        if not where.removeprefix("s3://").split("/", 1)[0]:
+            raise StoreConfigError(f"{where!r} names no bucket: use s3://<bucket>/<prefix>.")
+        return S3Blobs(open_s3(where, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region), where)
+    raise StoreConfigError(f"GATEWAY_LEDGER_ARCHIVE={where!r}: use file://<dir> or s3://<bucket>/<prefix>.")

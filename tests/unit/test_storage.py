@@ -60,3 +60,16 @@ async def test_renew_signs_a_new_url_and_keeps_the_image_as_long_as_it(tmp_path:
     assert kept.path.exists() and not swept.path.exists()
     assert store.sweep(now=7600 + 61) == 1 and not kept.path.exists()
     assert store.renew(swept.name) is None
+
+
+async def test_sweep_leaves_a_folder_in_the_image_directory_alone(tmp_path: Path) -> None:
+    # GATEWAY_IMAGE_STORE=file://<dir> keeps the ledger archive in <dir>/ledger: never swept, and
+    # its presence does not stop the sweep of the images beside it.
+    store = ImageStore(tmp_path, "http://x", b"k" * 32, ttl_s=3600)
+    old = await store.put(b"old", "image/png")
+    (tmp_path / "ledger" / "team_1").mkdir(parents=True)
+    (tmp_path / "ledger" / "team_1" / "day.jsonl.gz").write_bytes(b"kept")
+    for path in (old.path, tmp_path / "ledger"):
+        os.utime(path, (1000.0, 1000.0))
+    assert store.sweep(now=1000.0 + 3600 + 61) == 1
+    assert not old.path.exists() and (tmp_path / "ledger" / "team_1" / "day.jsonl.gz").read_bytes() == b"kept"
