@@ -27,7 +27,7 @@ from gateway.api.throttle import SecretThrottle
 from gateway.catalog import load_catalog
 from gateway.images.copy import UpstreamImageCopier
 from gateway.images.decoding import UploadDecoder
-from gateway.images.store import ImageStorage
+from gateway.images.store import ImageStorage, OnStoreError
 from gateway.images.stores import open_archive_blobs, open_image_store
 from gateway.jobs.setup import job_runner, job_service
 from gateway.live_catalog import LiveCatalog
@@ -80,6 +80,10 @@ async def _sweep_images(store: ImageStorage) -> None:
         log.info("removed %d expired images", removed)
 
 
+def _store_errors(metrics: Metrics, store: str) -> OnStoreError:
+    return lambda operation, kind: metrics.store_errors.labels(store, operation, kind).inc()
+
+
 def create_app(settings: Settings | None = None, registry: Mapping[str, ProviderFactory] | None = None) -> FastAPI:
     settings = settings or Settings()
     registry = registry or default_registry()
@@ -102,12 +106,12 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
             limits=httpx.Limits(max_connections=64),
         )
         try:
-            store = open_image_store(settings, await _signing_key(redis, settings))
+            metrics = Metrics(settings.prometheus_multiproc_dir)
+            store = open_image_store(settings, await _signing_key(redis, settings), _store_errors(metrics, "images"))
             copier = None if settings.upstream_image_urls == "pass" else UpstreamImageCopier(
                 downloads, store, max_bytes=settings.upstream_image_max_bytes
             )
-            metrics = Metrics(settings.prometheus_multiproc_dir)
-            archive = LedgerArchive(open_archive_blobs(settings))
+            archive = LedgerArchive(open_archive_blobs(settings, _store_errors(metrics, "ledger_archive")))
             spool = SettlementSpool(settings.data_dir / "spool")
             meter = Meter(
                 redis, spool=spool, scripts=scripts,

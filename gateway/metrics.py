@@ -99,6 +99,13 @@ class Metrics:
             registry=r,
         )
         self.redis_errors = Counter("gateway_redis_errors", "Redis calls that failed", ["operation"], registry=r)
+        self.store_errors = Counter(
+            "gateway_store_errors",
+            "Failed calls to a store (images, ledger_archive) by operation and kind: denied (credentials or "
+            "rights refused), full (a local disk out of space, or below its minimum free), failed (anything else)",
+            ["store", "operation", "kind"],
+            registry=r,
+        )
         self.ledger_archived_days = Counter(
             "gateway_ledger_archived_days",
             "Days of a team's ledger exported to the archive, checked, and trimmed from Redis",

@@ -20,6 +20,7 @@ from obstore.store import S3Store
 
 from gateway.errors import StorageUnavailableError
 from gateway.images.object_store import FAILED, MISSING
+from gateway.images.store import OnStoreError, failure_kind
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +58,17 @@ class FileBlobs:
     """Objects as files under a directory; a put is written to a temporary name, synced and
     renamed into place (billing records: a crash leaves the old object or the new, never a part)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, on_error: OnStoreError | None = None) -> None:
         self.root = root
         self.where = str(root)
+        self._on_error = on_error or (lambda operation, kind: None)
 
     async def put(self, key: str, data: bytes) -> None:
         path = self.root / check_key(key)
         try:
             await asyncio.to_thread(_write_atomically, path, data)
         except OSError as exc:
+            self._on_error("put", failure_kind(exc))
             log.warning("the archive directory failed a put of %s: %s", key, exc)
             raise BlobError() from exc
 
@@ -76,11 +79,17 @@ class FileBlobs:
         except FileNotFoundError:
             return None
         except OSError as exc:
+            self._on_error("get", failure_kind(exc))
             log.warning("the archive directory failed a get of %s: %s", key, exc)
             raise BlobError() from exc
 
     async def keys(self, prefix: str) -> list[str]:
-        return await asyncio.to_thread(self._list, prefix)
+        try:
+            return await asyncio.to_thread(self._list, prefix)
+        except OSError as exc:
+            self._on_error("list", failure_kind(exc))
+            log.warning("the archive directory failed a list of %s: %s", prefix, exc)
+            raise BlobError() from exc
 
     def _list(self, prefix: str) -> list[str]:
         top = self.root / check_key(prefix.rstrip("/"))
@@ -94,14 +103,16 @@ class FileBlobs:
 class S3Blobs:
     """Objects in the bucket, under the store's prefix: each put is one PUT (whole or nothing)."""
 
-    def __init__(self, bucket: S3Store, where: str) -> None:
+    def __init__(self, bucket: S3Store, where: str, on_error: OnStoreError | None = None) -> None:
         self._s3 = bucket
         self.where = where
+        self._on_error = on_error or (lambda operation, kind: None)
 
     async def put(self, key: str, data: bytes) -> None:
         try:
             await obstore.put_async(self._s3, check_key(key), data, use_multipart=False)
         except FAILED as exc:
+            self._on_error("put", failure_kind(exc))
             log.warning("the object store failed an archive put of %s: %s", key, exc)
             raise BlobError() from exc
 
@@ -112,6 +123,7 @@ class S3Blobs:
         except MISSING:
             return None
         except FAILED as exc:
+            self._on_error("get", failure_kind(exc))
             log.warning("the object store failed an archive get of %s: %s", key, exc)
             raise BlobError() from exc
 
@@ -121,6 +133,7 @@ class S3Blobs:
             async for batch in obstore.list(self._s3, check_key(prefix.rstrip("/")) + "/", chunk_size=1000):
                 keys += [m["path"] for m in batch]
         except FAILED as exc:
+            self._on_error("list", failure_kind(exc))
             log.warning("the object store failed an archive list of %s: %s", prefix, exc)
             raise BlobError() from exc
         return sorted(keys)
