@@ -25,7 +25,7 @@ from gateway.accounting.ledger_archive import (
     day_totals,
     entry_order,
 )
-from gateway.accounting.usage import ledger_events
+from gateway.accounting.usage import ARCHIVED_THROUGH, ledger_events
 from gateway.images.blobs import BlobError
 from gateway.metrics import Metrics
 from gateway.redis.client import REDIS_ERRORS, RedisClient, as_str
@@ -36,6 +36,15 @@ LOCK = "gw:ledger:archiver"
 # Compare-and-renew and compare-and-delete: a process whose lease lapsed never touches another's.
 RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
 RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+# The trim and the team's archived-through day (ARCHIVED_THROUGH) in one step, the day never moved
+# back (a late archiver trims an earlier day again): readers go to the store for a month only
+# when this day says the archive holds some of it (gateway/accounting/usage.py).
+TRIM = """
+redis.call('XTRIM', KEYS[1], 'MINID', ARGV[1])
+local through = redis.call('GET', KEYS[2])
+if not through or through < ARGV[2] then redis.call('SET', KEYS[2], ARGV[2]) end
+return 1
+"""
 
 
 class ArchiveMismatchError(Exception):
@@ -131,7 +140,7 @@ class LedgerArchiver:
             # committed earlier from a stream that held other events: nothing here can say which is right
             raise ArchiveMismatchError(f"{day} was committed with other events than the stream holds")
         # ids below the next day's first millisecond: this day and none after it
-        await self._r.xtrim(stream, minid=f"{end + 1}-0", approximate=False)
+        await self._r.eval(TRIM, 2, stream, team_prefix(team_id) + ARCHIVED_THROUGH, f"{end + 1}-0", day)
         if self._metrics is not None:
             self._metrics.ledger_archived_days.inc()
             self._metrics.ledger_archived_events.inc(len(events))

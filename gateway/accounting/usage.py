@@ -21,6 +21,8 @@ from gateway.redis.client import RedisClient, as_str
 # ASCII digits only, the whole string (re's \d takes any script's digits, its $ a final newline).
 MONTH = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])$")
 FIRST_MONTH = "1970-01"
+# Per team: the last day the archiver trimmed from the stream (set in the same step as the trim).
+ARCHIVED_THROUGH = "ledger:archived"
 
 LEDGER_COLUMNS = (
     "time", "request_id", "team_id", "key_id", "model", "provider", "kind", "status", "images", "size",
@@ -125,10 +127,17 @@ async def month_events(
 ) -> list[LedgerEvent]:
     """A month of a team's ledger: the days the archive has committed from the archive, the rest
     from the stream. The stream is read first: a day trimmed meanwhile was committed before its
-    trim, so the manifests listed after it name it, and a day is never counted from both."""
+    trim, so the manifests listed after it name it, and a day is never counted from both (one
+    committed but not yet trimmed is taken from the archive only)."""
     start, end = month_bounds_ms(month)
     streamed = await ledger_events(redis, team_id, start, end)
     if archive is None:
+        return streamed
+    # A month of which no day was trimmed is whole in the stream: the store is not asked (nor
+    # needed: a store that is down fails only the reads of archived months). Read after the
+    # stream, as the manifests are: a day trimmed meanwhile has moved this mark already.
+    through = await redis.get(team_prefix(team_id) + ARCHIVED_THROUGH)
+    if through is None or as_str(through) < f"{month}-01":
         return streamed
     committed = await archive.manifests(team_id, month)
     if not committed:

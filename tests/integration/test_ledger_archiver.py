@@ -16,7 +16,7 @@ from gateway.accounting.archiver import LedgerArchiver
 from gateway.accounting.keys import TEAMS_SET, team_prefix
 from gateway.accounting.ledger_archive import LedgerArchive, day_bounds_ms, day_of_ms
 from gateway.accounting.metering import Admission, Meter, Settlement
-from gateway.accounting.usage import ledger_events, ledger_lines
+from gateway.accounting.usage import ARCHIVED_THROUGH, ledger_events, ledger_lines
 from gateway.images.blobs import BlobError, Blobs, FileBlobs, S3Blobs
 from gateway.images.object_store import open_s3
 from gateway.metrics import Metrics
@@ -129,14 +129,49 @@ async def test_a_day_committed_but_not_yet_trimmed_is_read_once_then_trimmed(r: 
     ledger, archive = Ledger(r, TEAMS, MONTHS), LedgerArchive(blobs)
     await ledger.seed(DAYS)
     before = await ledger.reads(archive)
-    # A round that died between the commit and XTRIM: the day is in the store and still in Redis.
-    start, end = day_bounds_ms("2026-10-30")
+    # 10-30 archived and trimmed; then a round that died between the commit of 10-31 and its
+    # trim: 10-31 is in the store and still in Redis, in a month readers take from the store.
+    assert await _archiver(r, archive).archive_day("team_aaaa", "2026-10-30")
+    assert await r.get(team_prefix("team_aaaa") + ARCHIVED_THROUGH) == b"2026-10-30"
+    start, end = day_bounds_ms("2026-10-31")
     events = await ledger_events(r, "team_aaaa", start, end)
-    assert len(events) == 13
-    await archive.write_day("team_aaaa", "2026-10-30", events)
-    assert await ledger.reads(archive) == before  # counted from the archive only, not twice
-    assert await _archiver(r, archive).run_once() == 6
+    assert len(events) == 13 and await r.xlen(team_prefix("team_aaaa") + "ledger") == 3 * 13
+    await archive.write_day("team_aaaa", "2026-10-31", events)
+    assert set(await archive.manifests("team_aaaa", "2026-10")) == {"2026-10-30", "2026-10-31"}
+    assert await ledger.reads(archive) == before  # 10-31 counted from the archive only, not twice
+    assert await _archiver(r, archive).run_once() == 5
+    assert await r.get(team_prefix("team_aaaa") + ARCHIVED_THROUGH) == b"2026-11-01"
     assert await ledger.reads(archive) == before
+
+
+class _Down:
+    """A store that answers nothing."""
+
+    where = "down"
+
+    async def put(self, key: str, data: bytes) -> None:
+        raise BlobError()
+
+    async def get(self, key: str) -> bytes | None:
+        raise BlobError()
+
+    async def keys(self, prefix: str) -> list[str]:
+        raise BlobError()
+
+
+async def test_a_store_that_is_down_fails_only_the_reads_of_months_with_archived_days(
+    r: RedisClient, blobs: Blobs
+) -> None:
+    ledger = Ledger(r, TEAMS, MONTHS)
+    await ledger.seed(DAYS)
+    before = await ledger.reads(LedgerArchive(blobs))
+    assert await ledger.reads(LedgerArchive(_Down())) == before  # nothing archived: the store is not asked
+    assert await _archiver(r, LedgerArchive(blobs)).archive_day("team_aaaa", "2026-10-30")
+    with pytest.raises(BlobError) as failed:
+        await ledger_lines(r, "team_aaaa", "2026-10", LedgerArchive(_Down()))
+    assert failed.value.status_code == 503 and failed.value.code == "storage_unavailable"
+    assert await ledger_lines(r, "team_aaaa", "2026-11", LedgerArchive(_Down())) == before["team_aaaa 2026-11 lines"]
+    assert await ledger.reads(LedgerArchive(blobs)) == before
 
 
 async def test_two_archivers_at_once_archive_each_day_once(r: RedisClient, redis_url: str, blobs: Blobs) -> None:
