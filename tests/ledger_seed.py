@@ -25,8 +25,8 @@ class Ledger:
     async def settle(self, team: str, ms: int, status: str = "succeeded", model: str = "m1", images: int = 1) -> None:
         p, day = team_prefix(team), day_of_ms(ms)
         usage, charged = p + "usage:" + day[:7], 40_000 * images if status == "succeeded" else 0
+        await self.r.sadd(TEAMS_SET, team)  # a key of its own: outside the team's slot on a cluster
         async with self.r.pipeline(transaction=True) as pipe:
-            pipe.sadd(TEAMS_SET, team)
             pipe.hincrby(usage, "requests", 1)
             if status == "succeeded":
                 for name, value in (("spent_micros", charged), ("images", images), ("cost_micros", 9_000)):
