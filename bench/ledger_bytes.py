@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import tempfile
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from gateway.accounting.archiver import LedgerArchiver
 from gateway.accounting.keys import KeyStore, TeamLimits, team_prefix
 from gateway.accounting.ledger_archive import DAY_MS, LedgerArchive
 from gateway.accounting.metering import Admission, Meter, Settlement
+from gateway.ids import RandomIds, request_id
 from gateway.images.blobs import FileBlobs
 from gateway.redis.client import connect
 from gateway.redis.embedded import find_redis_server
@@ -43,15 +45,15 @@ def drop_windows(url: str, team_id: str) -> None:
 
 async def settle(url: str, team_id: str, start: int, n: int) -> None:
     r = connect(url)
-    meter = Meter(r)
+    meter, ids = Meter(r), RandomIds()
     try:
         for i in range(start, start + n):
-            admitted = await meter.admit(team_id, f"req_{i:012d}abcdefgh", 1, 40_000, 300)
+            admitted = await meter.admit(team_id, request_id(ids), 1, 40_000, 300)  # random, as served
             assert isinstance(admitted, Admission)
             fields = (
                 ("team_id", team_id), ("key_id", "key_0123456789abcdef"), ("provider", "local_gpu"),
                 ("size", "1024x1024"), ("requested_images", "1"), ("kind", "generation"),
-                ("latency_ms", str(25_000 + i % 9_000)), ("error_kind", ""),
+                ("latency_ms", str(random.randint(8_000, 40_000))), ("error_kind", ""),
             )  # fmt: skip
             model = ("hidream-i1-full", "hidream-i1-dev", "hidream-i1-fast")[i % 3]
             await meter.settle(admitted, Settlement("succeeded", 1, 40_000, 12_000, model, fields))
@@ -113,6 +115,7 @@ def main() -> None:
     n = args.requests
     per_before, per_after = (kept - base) / n, (trimmed - base) / n
     print(f"settled requests measured:           {n} (after {args.warmup} not counted)")
+    print(f"Redis used_memory (bytes):           {base} before, {kept} after them, {trimmed} after the archiver")
     print(f"Redis bytes per settled request:     {per_before:8.1f}  ledger kept in Redis")
     print(f"                                     {per_after:8.1f}  after the archiver (days archived: {days})")
     print(f"after / before:                      {per_after / per_before:8.3f}")

@@ -145,8 +145,8 @@ class LedgerArchiver:
             self._metrics.ledger_archived_days.inc()
             self._metrics.ledger_archived_events.inc(len(events))
         log.info(
-            "ledger archive: team %s %s, %d events (%d succeeded, %d micro-USD), trimmed from Redis",
-            team_id, day, totals.events, totals.succeeded, totals.charged_micros,
+            "ledger archive: team %s %s, %d events (%d succeeded, %d micro-USD), moved from Redis to %s",
+            team_id, day, totals.events, totals.succeeded, totals.charged_micros, self._archive.blobs.where,
         )  # fmt: skip
         return True
 
