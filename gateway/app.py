@@ -13,9 +13,11 @@ from functools import partial
 import httpx
 from fastapi import FastAPI
 
+from gateway.accounting.archiver import LedgerArchiver
 from gateway.accounting.billing_metrics import BillingMetrics
 from gateway.accounting.keys import KeyStore
 from gateway.accounting.last_used import LastUse
+from gateway.accounting.ledger_archive import LedgerArchive
 from gateway.accounting.metering import Meter
 from gateway.accounting.spool import SettlementSpool
 from gateway.api import admin, errors, health, images, jobs, models, route_board, team, usage
@@ -26,8 +28,8 @@ from gateway.api.throttle import SecretThrottle
 from gateway.catalog import load_catalog
 from gateway.images.copy import UpstreamImageCopier
 from gateway.images.decoding import UploadDecoder
-from gateway.images.store import ImageStorage
-from gateway.images.stores import open_image_store
+from gateway.images.store import ImageStorage, OnStoreError
+from gateway.images.stores import open_archive_blobs, open_image_store
 from gateway.jobs.setup import job_runner, job_service
 from gateway.live_catalog import LiveCatalog
 from gateway.metrics import Metrics
@@ -79,6 +81,10 @@ async def _sweep_images(store: ImageStorage) -> None:
         log.info("removed %d expired images", removed)
 
 
+def _store_errors(metrics: Metrics, store: str) -> OnStoreError:
+    return lambda operation, kind: metrics.store_errors.labels(store, operation, kind).inc()
+
+
 def create_app(settings: Settings | None = None, registry: Mapping[str, ProviderFactory] | None = None) -> FastAPI:
     settings = settings or Settings()
     registry = registry or default_registry()
@@ -101,11 +107,12 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
             limits=httpx.Limits(max_connections=64),
         )
         try:
-            store = open_image_store(settings, await _signing_key(redis, settings))
+            metrics = Metrics(settings.prometheus_multiproc_dir)
+            store = open_image_store(settings, await _signing_key(redis, settings), _store_errors(metrics, "images"))
             copier = None if settings.upstream_image_urls == "pass" else UpstreamImageCopier(
                 downloads, store, max_bytes=settings.upstream_image_max_bytes
             )
-            metrics = Metrics(settings.prometheus_multiproc_dir)
+            archive = LedgerArchive(open_archive_blobs(settings, _store_errors(metrics, "ledger_archive")))
             spool = SettlementSpool(settings.data_dir / "spool")
             meter = Meter(
                 redis, spool=spool, scripts=scripts,
@@ -153,6 +160,7 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
                     *(p.owned_params for p in providers.values() if isinstance(p, PassesThrough))
                 ),
                 jobs=job_parts.service,
+                archive=archive,
             )
             runner = job_runner(settings, job_parts, service, meter, lambda: catalogs.current, store)
             billing = BillingMetrics(redis, metrics, interval_s=settings.billing_metrics_interval_s)
@@ -167,6 +175,11 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
                 asyncio.create_task(shedder.watch_loop()),
                 asyncio.create_task(runner.run_forever()),
             ]
+            if settings.ledger_archive_interval_s > 0:
+                archiver = LedgerArchiver(redis, archive, metrics, grace_s=settings.ledger_archive_grace_s)
+                background.append(
+                    asyncio.create_task(repeat(archiver.run_once, settings.ledger_archive_interval_s, "ledger archive"))
+                )
             if settings.pricing_reload_s > 0:
                 background.append(
                     asyncio.create_task(repeat(catalogs.check, settings.pricing_reload_s, "pricing file check"))

@@ -99,6 +99,28 @@ class Metrics:
             registry=r,
         )
         self.redis_errors = Counter("gateway_redis_errors", "Redis calls that failed", ["operation"], registry=r)
+        self.store_errors = Counter(
+            "gateway_store_errors",
+            "Failed calls to a store (images, ledger_archive) by operation and kind: denied (credentials or "
+            "rights refused), full (a local disk out of space, or below its minimum free), failed (anything else)",
+            ["store", "operation", "kind"],
+            registry=r,
+        )
+        self.ledger_archived_days = Counter(
+            "gateway_ledger_archived_days",
+            "Days of a team's ledger exported to the archive, checked, and trimmed from Redis",
+            registry=r,
+        )
+        self.ledger_archived_events = Counter(
+            "gateway_ledger_archived_events", "Ledger events moved from Redis to the archive", registry=r
+        )
+        self.ledger_archive_failures = Counter(
+            "gateway_ledger_archive_failures",
+            "Ledger archive rounds stopped for a team, by stage: verify (the day does not add up to Redis's "
+            "aggregates or to what was committed), store, redis, other; the day stays in Redis",
+            ["stage"],
+            registry=r,
+        )
         self.shed = Counter(
             "gateway_shed", "Image requests refused by load shedding, before any other work", ["reason"], registry=r
         )

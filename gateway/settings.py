@@ -46,6 +46,15 @@ class Settings(BaseSettings):
     image_store: str | None = None
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
+    # The ledger archive (gateway/accounting/archiver.py): closed UTC days of each team's ledger move
+    # from Redis to a store, checked, then trimmed from the stream. Unset = where the images go
+    # (under `ledger/` in image_store's directory or bucket prefix; <data_dir>/ledger when image_store
+    # is unset); file://<dir> or s3://<bucket>/<prefix> to put it elsewhere. Each process looks for
+    # closed days every ledger_archive_interval_s (0: never, the ledger stays in Redis); a day is
+    # closed ledger_archive_grace_s after its end by Redis's clock.
+    ledger_archive: str | None = None
+    ledger_archive_interval_s: float = Field(default=3600.0, ge=0)
+    ledger_archive_grace_s: float = Field(default=3600.0, ge=0)
     # The URL answered for an image: "gateway" = signed by the gateway and served by any replica
     # from the store; "presigned" = the object store's own presigned GET (downloads bypass the gateway).
     image_urls: Literal["gateway", "presigned"] = "gateway"

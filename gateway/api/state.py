@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.accounting.keys import KeyStore
+from gateway.accounting.ledger_archive import LedgerArchive
 from gateway.api.shedding import LoadShedder
 from gateway.api.throttle import SecretThrottle
 from gateway.catalog import Catalog
@@ -33,6 +34,7 @@ class AppState:
     # Fields the configured adapters set themselves: no caller may pass them through.
     owned_params: frozenset[str] = frozenset()
     jobs: JobService | None = None  # async jobs (Prefer: respond-async)
+    archive: LedgerArchive | None = None  # closed days of the ledger, moved out of Redis
 
     @property
     def catalog(self) -> Catalog:

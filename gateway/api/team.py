@@ -57,5 +57,5 @@ async def own_team(state: State, principal: Team, month: str | None = MonthParam
     m = parse_month(month)
     team = await state.keys.get_team(principal.team_id)
     keys = [key_json(k) | {"current": k.id == principal.key_id} for k in await state.keys.list_keys(team.id)]
-    lines = await ledger_lines(state.redis, team.id, m)
+    lines = await ledger_lines(state.redis, team.id, m, state.archive)
     return team_json(team) | {"keys": keys, "month": m, "by_provider": by_provider(lines)}

@@ -53,7 +53,7 @@ async def admin_usage(
             raise NotFoundError(f"No team '{team_id}'.", param="team_id") from None
     else:
         teams = await state.keys.list_teams()
-    lines = [line for t in teams for line in await ledger_lines(state.redis, t.id, m)]
+    lines = [line for t in teams for line in await ledger_lines(state.redis, t.id, m, state.archive)]
     if format == "csv":
         return PlainTextResponse(
             to_csv(lines),

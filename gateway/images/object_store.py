@@ -21,7 +21,15 @@ from obstore.store import S3Store
 from gateway.errors import StorageUnavailableError
 from gateway.ids import RandomIds
 from gateway.images.storage import sign_url, verify_url
-from gateway.images.store import CONTENT_TYPES, EXTENSIONS, Download, StoredImage, is_image_name
+from gateway.images.store import (
+    CONTENT_TYPES,
+    EXTENSIONS,
+    Download,
+    OnStoreError,
+    StoredImage,
+    failure_kind,
+    is_image_name,
+)
 
 if TYPE_CHECKING:
     from obstore.store import ClientConfig, RetryConfig
@@ -68,8 +76,10 @@ class S3ImageStore:
         ttl_s: int,
         *,
         presigned: bool = False,
+        on_error: OnStoreError | None = None,
     ) -> None:
         self._s3 = bucket
+        self._on_error = on_error or (lambda operation, kind: None)
         self.public_url = public_url
         self._key = signing_key
         self.ttl_s = ttl_s
@@ -88,7 +98,7 @@ class S3ImageStore:
                 self._s3, key, data, attributes={"Content-Type": content_type}, use_multipart=False
             )
         except FAILED as exc:
-            raise _unavailable("put", exc) from exc
+            raise self._unavailable("put", exc) from exc
         return StoredImage(name, key)
 
     async def put_stream(self, chunks: AsyncIterator[bytes], content_type: str) -> StoredImage:
@@ -110,7 +120,7 @@ class S3ImageStore:
         except _SourceError as failed:
             raise failed.error from None
         except FAILED as exc:
-            raise _unavailable("streamed put", exc) from exc
+            raise self._unavailable("put_stream", exc) from exc
         return StoredImage(name, key)
 
     async def url(self, name: str) -> str:
@@ -119,7 +129,7 @@ class S3ImageStore:
         try:
             return await obstore.sign_async(self._s3, "GET", _key(name), timedelta(seconds=self.ttl_s))
         except FAILED as exc:
-            raise _unavailable("presign", exc) from exc
+            raise self._unavailable("presign", exc) from exc
 
     async def reissue(self, name: str) -> str | None:
         if not is_image_name(name):
@@ -133,7 +143,7 @@ class S3ImageStore:
         except MISSING:
             return None
         except FAILED as exc:
-            raise _unavailable("reissue", exc) from exc
+            raise self._unavailable("reissue", exc) from exc
         return await self.url(name)
 
     async def take_back(self, name: str) -> bytes | None:
@@ -145,7 +155,7 @@ class S3ImageStore:
         except MISSING:
             return None
         except FAILED as exc:
-            raise _unavailable("get", exc) from exc
+            raise self._unavailable("get", exc) from exc
 
     def verify(self, name: str, expires: int, sig: str, now: float | None = None) -> bool:
         return verify_url(self._key, name, expires, sig, now)
@@ -158,7 +168,7 @@ class S3ImageStore:
         except MISSING:
             return None
         except FAILED as exc:
-            raise _unavailable("get", exc) from exc
+            raise self._unavailable("get", exc) from exc
         content_type = CONTENT_TYPES[name.rsplit(".", 1)[-1]]
         return Download(content_type, got.meta["size"], chunks=_chunks(got))
 
@@ -169,6 +179,7 @@ class S3ImageStore:
         try:
             await obstore.delete_async(self._s3, keys)
         except FAILED as exc:
+            self._on_error("delete", failure_kind(exc))
             log.warning("could not delete %d images of a failed request (the sweeper will): %s", len(keys), exc)
 
     async def sweep_expired(self, now: float | None = None) -> int:
@@ -180,6 +191,7 @@ class S3ImageStore:
             for start in range(0, len(expired), DELETE_BATCH):
                 await obstore.delete_async(self._s3, expired[start : start + DELETE_BATCH])
         except FAILED as exc:
+            self._on_error("sweep", failure_kind(exc))
             log.warning("image sweep of the object store failed: %s", exc)
         return len(expired)
 
@@ -188,6 +200,11 @@ class S3ImageStore:
 
     def _new_name(self, content_type: str) -> str:
         return f"{self._ids.urlsafe(18)}.{EXTENSIONS.get(content_type, 'bin')}"
+
+    def _unavailable(self, operation: str, exc: BaseException) -> StorageUnavailableError:
+        self._on_error(operation, failure_kind(exc))
+        log.warning("the object store failed a %s: %s", operation, exc)
+        return StorageUnavailableError()
 
 
 class _SourceError(Exception):
@@ -203,8 +220,3 @@ def _key(name: str) -> str:
 async def _chunks(got: obstore.GetResult) -> AsyncIterator[bytes]:
     async for chunk in got.stream(min_chunk_size=256 * 1024):
         yield bytes(chunk)
-
-
-def _unavailable(operation: str, exc: BaseException) -> StorageUnavailableError:
-    log.warning("the object store failed a %s: %s", operation, exc)
-    return StorageUnavailableError()

@@ -11,13 +11,22 @@ import hashlib
 import hmac
 import os
 import shutil
+import stat
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from gateway.errors import StorageFullError
 from gateway.ids import RandomIds
-from gateway.images.store import CONTENT_TYPES, EXTENSIONS, Download, StoredImage, is_image_name
+from gateway.images.store import (
+    CONTENT_TYPES,
+    EXTENSIONS,
+    Download,
+    OnStoreError,
+    StoredImage,
+    failure_kind,
+    is_image_name,
+)
 
 __all__ = ["CONTENT_TYPES", "EXTENSIONS", "ImageStore", "StoredImage", "sign_url", "verify_url"]
 
@@ -27,9 +36,17 @@ INLINE_WRITE_BYTES = 256 * 1024
 
 class ImageStore:
     def __init__(
-        self, root: Path, public_url: str, signing_key: bytes, ttl_s: int, *, min_free_bytes: int = 0
+        self,
+        root: Path,
+        public_url: str,
+        signing_key: bytes,
+        ttl_s: int,
+        *,
+        min_free_bytes: int = 0,
+        on_error: OnStoreError | None = None,
     ) -> None:
         self.root = root
+        self._on_error = on_error or (lambda operation, kind: None)
         # Answers by URL are refused (503) before the disk holding the images has less than this free.
         self._min_free = min_free_bytes
         self._free = 0
@@ -52,6 +69,7 @@ class ImageStore:
 
     async def put(self, data: bytes, content_type: str) -> StoredImage:
         if not self.has_room(len(data)):
+            self._on_error("put", "full")
             raise StorageFullError()
         name = f"{self._ids.urlsafe(18)}.{EXTENSIONS.get(content_type, 'bin')}"
         file = self._dir + name
@@ -61,6 +79,7 @@ class ImageStore:
             else:
                 await asyncio.to_thread(_write_new, file, data)
         except OSError as exc:
+            self._on_error("put", failure_kind(exc))
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             self._free_read_at = float("-inf")  # read the disk again on the next request
@@ -71,6 +90,7 @@ class ImageStore:
     async def put_stream(self, chunks: AsyncIterator[bytes], content_type: str) -> StoredImage:
         """Written as it arrives, a chunk at a time on a thread; on any failure the file is removed."""
         if not self.has_room():
+            self._on_error("put_stream", "full")
             raise StorageFullError()
         name = f"{self._ids.urlsafe(18)}.{EXTENSIONS.get(content_type, 'bin')}"
         file = self._dir + name
@@ -84,7 +104,8 @@ class ImageStore:
             os.close(fd)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(file)
-            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):  # the disk's, not the source's
+                self._on_error("put_stream", "full")
                 self._free_read_at = float("-inf")
                 raise StorageFullError() from exc
             raise
@@ -159,7 +180,9 @@ class ImageStore:
         removed = 0
         for path in self.root.iterdir():
             try:
-                if path.stat().st_mtime < cutoff:
+                st = path.stat()
+                # a folder is not an image: the ledger archive's, when it shares this directory
+                if not stat.S_ISDIR(st.st_mode) and st.st_mtime < cutoff:
                     path.unlink(missing_ok=True)
                     removed += 1
             except FileNotFoundError:

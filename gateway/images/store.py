@@ -5,10 +5,28 @@ embedded default, gateway/images/storage.py) or an S3-compatible object store
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator, Iterable
+import errno
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+from obstore.exceptions import PermissionDeniedError, UnauthenticatedError
+
+# Told of each failed store call: (operation, kind), for the gateway_store_errors metric.
+OnStoreError = Callable[[str, str], None]
+
+
+def failure_kind(exc: BaseException) -> str:
+    """A closed set, from the error's type (never its text): `denied` (the store refused our
+    credentials or rights), `full` (a local disk out of space or quota), `failed` (anything else:
+    unreachable, timed out, a 5xx)."""
+    if isinstance(exc, PermissionDeniedError | UnauthenticatedError | PermissionError):
+        return "denied"
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "full"
+    return "failed"
+
 
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 CONTENT_TYPES = {v: k for k, v in EXTENSIONS.items()}

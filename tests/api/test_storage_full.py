@@ -11,7 +11,7 @@ import redis
 
 from gateway.accounting.keys import team_prefix
 from gateway.images import storage
-from tests.api.conftest import Routed
+from tests.api.conftest import Routed, metrics_headers
 
 FULL = [{"image_store_min_free_bytes": 10**18}]  # more than any disk has free
 
@@ -45,6 +45,8 @@ def test_a_full_disk_mid_write_fails_the_request_uncharged(
     assert (event[b"status"], event[b"charged_micros"]) == (b"failed", b"0")
     usage = routed.client.get("/v1/usage", headers={"Authorization": f"Bearer {routed.key}"}).json()
     assert usage["spent_usd"] == 0.0
+    metrics = routed.client.get("/metrics", headers=metrics_headers()).text
+    assert 'gateway_store_errors_total{kind="full",operation="put",store="images"} 1.0' in metrics
     monkeypatch.undo()
     assert routed.generate(response_format="url").status_code == 200  # the reservation was released
 

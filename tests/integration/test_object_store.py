@@ -15,7 +15,9 @@ import httpx
 import pytest
 
 from gateway.errors import StorageUnavailableError
+from gateway.images.blobs import S3Blobs
 from gateway.images.object_store import STREAM_PART_BYTES, S3ImageStore, open_s3
+from gateway.images.store import OnStoreError
 from tests.s3_server import CREDENTIALS, S3Server
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 64
@@ -27,9 +29,11 @@ def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(name, value)
 
 
-def _store(server: S3Server, bucket: str, *, ttl_s: int = 3600, presigned: bool = False) -> S3ImageStore:
+def _store(
+    server: S3Server, bucket: str, *, ttl_s: int = 3600, presigned: bool = False, on_error: OnStoreError | None = None
+) -> S3ImageStore:
     s3 = open_s3(f"s3://{bucket}/pre/fix", endpoint_url=server.url, region="us-east-1")
-    return S3ImageStore(s3, "https://gw.example", b"k" * 32, ttl_s, presigned=presigned)
+    return S3ImageStore(s3, "https://gw.example", b"k" * 32, ttl_s, presigned=presigned, on_error=on_error)
 
 
 async def test_an_image_is_put_under_the_prefix_and_streamed_back(s3_server: S3Server) -> None:
@@ -135,8 +139,13 @@ def own_server(tmp_path: Path) -> Iterator[S3Server]:
 
 async def test_a_store_that_is_down_or_refuses_is_unavailable_not_an_internal_error(own_server: S3Server) -> None:
     bucket = own_server.new_bucket()
-    store = _store(own_server, bucket)
+    errors: list[tuple[str, str]] = []
+    store = _store(own_server, bucket, on_error=lambda op, kind: errors.append((op, kind)))
+    archive = S3Blobs(open_s3(f"s3://{bucket}/pre/fix", endpoint_url=own_server.url, region="us-east-1"), "s3://",
+                      on_error=lambda op, kind: errors.append(("archive " + op, kind)))  # fmt: skip
     stored = await store.put(PNG, "image/png")
+    await archive.put("ledger/t/2026-12/2026-12-01.manifest.json", b"{}")
+    assert errors == []
     own_server.client().delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in own_server.keys(bucket)]})
     own_server.client().delete_bucket(Bucket=bucket)  # the bucket refuses every write now
     with pytest.raises(StorageUnavailableError) as refused:
@@ -149,3 +158,12 @@ async def test_a_store_that_is_down_or_refuses_is_unavailable_not_an_internal_er
         await store.put_stream(_chunks(1, 10, fail=False), "image/png")
     with pytest.raises(StorageUnavailableError):
         await store.open(stored.name)
+    with pytest.raises(StorageUnavailableError):
+        await archive.get("ledger/t/2026-12/2026-12-01.manifest.json")
+    with pytest.raises(StorageUnavailableError):
+        await archive.keys("ledger/t/")
+    await store.discard([stored.name])  # best effort: said in the metric and the log, never raised
+    # Each failure counted once by operation; a deleted bucket or a server gone are "failed"
+    # (neither refused our credentials nor is a full disk).
+    assert errors == [("put", "failed"), ("put", "failed"), ("put_stream", "failed"), ("get", "failed"),
+                      ("archive get", "failed"), ("archive list", "failed"), ("delete", "failed")]  # fmt: skip

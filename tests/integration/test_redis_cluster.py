@@ -13,16 +13,20 @@ import pytest
 import redis
 from redis.asyncio import RedisCluster
 
+from gateway.accounting.archiver import LOCK, LedgerArchiver
 from gateway.accounting.billing_metrics import BillingMetrics
 from gateway.accounting.keys import KeyStore, TeamLimits, team_prefix
+from gateway.accounting.ledger_archive import LedgerArchive, day_bounds_ms
 from gateway.accounting.metering import Admission, Idempotency, Meter, Replay, Settlement, StillRunning
-from gateway.accounting.usage import ledger_lines, month_usage, parse_month
+from gateway.accounting.usage import ARCHIVED_THROUGH, ledger_lines, month_usage, parse_month
 from gateway.errors import InvalidRequestError, QuotaExceededError, RateLimitError
+from gateway.images.blobs import FileBlobs
 from gateway.metrics import Metrics
 from gateway.redis.client import RedisClient, connect
 from gateway.routing.breaker import BreakerConfig, RouteHealth, route_key
 from tests.fakes.server import free_port
 from tests.fakes.worker_server import running_worker
+from tests.ledger_seed import Ledger
 from tests.processes import Process, python
 from tests.redis_cluster import RedisClusterServer
 
@@ -119,6 +123,27 @@ async def test_admission_settlement_and_idempotency_on_teams_held_by_different_n
         assert [(line["request_id"], line["status"]) for line in lines] == [
             ("req_a", "succeeded"), ("req_e", "failed"), ("req_f", "succeeded"),
         ]  # fmt: skip
+
+
+async def test_the_ledger_archiver_moves_closed_days_of_teams_on_several_nodes(
+    cluster: RedisClusterServer, client: RedisClient, tmp_path: Path
+) -> None:
+    teams = await _teams_on_two_nodes(cluster, KeyStore(client), LIMITS)
+    ledger = Ledger(client, tuple(teams), ("2026-10",))
+    await ledger.seed(("2026-10-30", "2026-10-31"))
+    archive = LedgerArchive(FileBlobs(tmp_path))
+    before = await ledger.reads(archive)
+
+    async def next_day() -> int:  # 2026-11-01 12:00 UTC
+        return day_bounds_ms("2026-11-01")[0] + 12 * 3_600_000
+
+    # The lease, the teams' set, each team's trim and archived-through day: single-slot calls.
+    assert await LedgerArchiver(client, archive, now_ms=next_day).run_once() == 2 * len(teams)
+    for team_id in teams:
+        assert await client.xlen(team_prefix(team_id) + "ledger") == 0
+        assert await client.get(team_prefix(team_id) + ARCHIVED_THROUGH) == b"2026-10-31"
+    assert await ledger.reads(archive) == before
+    assert await client.get(LOCK) is None
 
 
 async def test_budget_is_enforced_on_a_cluster(client: RedisClient) -> None:

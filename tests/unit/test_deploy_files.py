@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,8 @@ SERVICES: dict[str, Any] = COMPOSE["services"]
 PROMETHEUS = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
 ALERTS = yaml.safe_load((ROOT / "deploy/prometheus/alerts.yml").read_text())
 DASHBOARDS = {p.name: json.loads(p.read_text()) for p in sorted((ROOT / "deploy/grafana/dashboards").glob("*.json"))}
-INTERPOLATED = re.compile(r"\$\{(\w+)(?::?[-?][^}]*)?\}")
+# ${NAME}, ${NAME:-default}, ${NAME:?message}; not $${NAME}, which compose leaves to the container's shell
+INTERPOLATED = re.compile(r"(?<!\$)\$\{(\w+)(?::?[-?][^}]*)?\}")
 
 
 def _bind_mounts(service: dict[str, Any]) -> list[tuple[str, str]]:
@@ -86,6 +88,21 @@ def test_the_gateway_keeps_its_images_in_the_bucket_minio_init_makes() -> None:
     assert 'mc admin user add local "$$GATEWAY_ACCESS_KEY" "$$GATEWAY_SECRET_KEY"' in script
     assert "minio-data:/data" in minio["volumes"]
     assert all(port.startswith("127.0.0.1:") for port in minio["ports"])  # reachable from this machine only
+
+
+def test_the_buckets_expiry_rule_covers_the_images_and_never_the_ledger_archive() -> None:
+    init = SERVICES["minio-init"]
+    script = init["command"][0]
+    assert init["environment"]["IMAGE_STORE"] == SERVICES["gateway"]["environment"]["GATEWAY_IMAGE_STORE"]
+    rules = [line.strip() for line in script.splitlines() if "mc ilm rule add" in line]
+    assert rules == ['mc ilm rule add --prefix "$${PREFIX}images/" --expire-days 2 "local/$$BUCKET"']
+    # What the container's shell makes of the prefix, for the default store and others.
+    case = next(line.strip() for line in script.splitlines() if line.strip().startswith("case "))
+    stores = {"s3://gateway-images/gw": "gw/images/", "s3://b/a/b": "a/b/images/", "s3://b": "images/"}
+    for store, prefix in stores.items():
+        shell = case.replace("$$", "$") + '\nprintf %s "${PREFIX}images/"'
+        out = subprocess.run(["sh", "-c", shell], env={"IMAGE_STORE": store}, capture_output=True, text=True)
+        assert out.stdout == prefix, (store, out.stdout)
 
 
 def test_the_gpu_worker_reserves_a_gpu() -> None:

@@ -1,10 +1,16 @@
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
+import pytest
+from obstore.exceptions import GenericError, PermissionDeniedError
+
+from gateway.errors import StorageFullError
 from gateway.images.storage import ImageStore
+from gateway.images.store import failure_kind
 
 
 async def test_signed_url_verifies_until_it_expires(tmp_path: Path) -> None:
@@ -60,3 +66,34 @@ async def test_renew_signs_a_new_url_and_keeps_the_image_as_long_as_it(tmp_path:
     assert kept.path.exists() and not swept.path.exists()
     assert store.sweep(now=7600 + 61) == 1 and not kept.path.exists()
     assert store.renew(swept.name) is None
+
+
+async def test_sweep_leaves_a_folder_in_the_image_directory_alone(tmp_path: Path) -> None:
+    # GATEWAY_IMAGE_STORE=file://<dir> keeps the ledger archive in <dir>/ledger: never swept, and
+    # its presence does not stop the sweep of the images beside it.
+    store = ImageStore(tmp_path, "http://x", b"k" * 32, ttl_s=3600)
+    old = await store.put(b"old", "image/png")
+    (tmp_path / "ledger" / "team_1").mkdir(parents=True)
+    (tmp_path / "ledger" / "team_1" / "day.jsonl.gz").write_bytes(b"kept")
+    for path in (old.path, tmp_path / "ledger"):
+        os.utime(path, (1000.0, 1000.0))
+    assert store.sweep(now=1000.0 + 3600 + 61) == 1
+    assert not old.path.exists() and (tmp_path / "ledger" / "team_1" / "day.jsonl.gz").read_bytes() == b"kept"
+
+
+async def test_a_put_refused_for_room_is_told_as_a_full_store(tmp_path: Path) -> None:
+    errors: list[tuple[str, str]] = []
+    store = ImageStore(tmp_path, "http://x", b"k" * 32, ttl_s=60, min_free_bytes=2**62,
+                       on_error=lambda op, kind: errors.append((op, kind)))  # fmt: skip
+    with pytest.raises(StorageFullError):
+        await store.put(b"data", "image/png")
+    assert errors == [("put", "full")] and list(tmp_path.iterdir()) == []
+
+
+def test_store_failures_are_sorted_by_their_type_never_their_text() -> None:
+    assert failure_kind(OSError(errno.ENOSPC, "No space left on device")) == "full"
+    assert failure_kind(OSError(errno.EDQUOT, "Disk quota exceeded")) == "full"
+    assert failure_kind(PermissionError(errno.EACCES, "Permission denied")) == "denied"
+    assert failure_kind(PermissionDeniedError("403 Forbidden")) == "denied"
+    assert failure_kind(ConnectionRefusedError(errno.ECONNREFUSED, "no space left, permission denied")) == "failed"
+    assert failure_kind(GenericError("Access Denied")) == "failed"
