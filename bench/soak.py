@@ -349,6 +349,7 @@ def _report(
                        "max": max(s.open_files for s in samples)},  # fmt: skip
         "unexpected": dict(tally.unexpected.most_common()),
         "unexpected_at_s": [round(t - tally.t0, 1) for t in tally.unexpected_at],
+        "unexpected_by_minute": {str(m): n for m, n in sorted(tally.unexpected_by_minute.items())},
         "ledger": [asdict(c) for c in ledger],
         "disconnect_ledger": disconnects,
         "samples": [asdict(s) for s in samples],
@@ -378,6 +379,8 @@ def _print(report: dict[str, object], out: Path) -> None:
               f"${c['charged_usd']:.2f} (expected ${c['expected_usd']:.2f}), reservations left "
               f"{c['reservations_left']}" + ("" if not c["problems"] else f"  {c['problems']}"))  # fmt: skip
     print(f"callers gone mid-request, as settled: {report['disconnect_ledger']}")
+    if report["unexpected_by_minute"]:
+        print(f"unexpected answers by minute of the run: {report['unexpected_by_minute']}")
     failures = report["failures"]
     assert isinstance(failures, list)
     print("OK" if report["ok"] else "FAILED:\n  " + "\n  ".join(failures[:40]))

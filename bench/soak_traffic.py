@@ -54,6 +54,9 @@ class Tally:
     refused: defaultdict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     unexpected: Counter[str] = field(default_factory=Counter)  # what, and how often
     unexpected_at: list[float] = field(default_factory=list)  # when (time.monotonic()), the first 10,000
+    # Every unexpected answer by minute of the run: whether they bunch (a burst of other work on
+    # the machine) or spread (the gateway itself) shows here, past the first 10,000 too.
+    unexpected_by_minute: Counter[int] = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)
     t0: float = 0.0  # time.monotonic() when the traffic began
 
@@ -67,8 +70,10 @@ class Tally:
 
     def odd(self, what: str) -> None:
         self.unexpected[what] += 1
+        now = time.monotonic()
+        self.unexpected_by_minute[int((now - self.t0) // 60)] += 1
         if len(self.unexpected_at) < 10_000:
-            self.unexpected_at.append(time.monotonic())
+            self.unexpected_at.append(now)
 
 
 class Pool:
