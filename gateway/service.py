@@ -29,6 +29,7 @@ from gateway.errors import (
 from gateway.images.convert import render
 from gateway.images.copy import UpstreamImageCopier
 from gateway.images.decoding import UploadDecoder
+from gateway.images.encoded import Base64Of
 from gateway.images.parameters import MIME
 from gateway.images.store import ImageStorage, give_back
 from gateway.images.validation import ValidRequest
@@ -462,10 +463,12 @@ class ImageService:
         self, valid: ValidRequest, img: GeneratedImage, keep: bool
     ) -> tuple[dict[str, str], str | None]:
         name: str | None = None
-        item: dict[str, str] = {"revised_prompt": valid.prompt}
+        item: dict[str, Any] = {"revised_prompt": valid.prompt}
         if valid.response_format == "b64_json":
             assert img.data is not None  # _check_result guarantees bytes for b64_json
-            item["b64_json"] = img.b64 if img.b64 is not None else base64.b64encode(img.data).decode("ascii")
+            # The upstream's own base64 where it sent one (reused, not encoded again); else encoded
+            # while the answer is sent (gateway/images/encoded.py).
+            item["b64_json"] = img.b64 if img.b64 is not None else Base64Of(img.data)
             if keep:
                 name = (await self._store.put(img.data, img.content_type)).name
         elif img.data is not None:

@@ -32,6 +32,7 @@ from gateway.api.server import CONNECTION_OPEN
 from gateway.api.state import AppState
 from gateway.errors import ClientGone
 from gateway.images.convert import render
+from gateway.images.encoded import as_text
 from gateway.images.validation import ValidRequest
 from gateway.service import Admitted, Delivery, ImagesResponse, PartServed
 from providers.base import PartialImage, Progress, ProgressEvent
@@ -233,7 +234,10 @@ def completed_events(event: str, result: ImagesResponse) -> list[bytes]:
     gateway["ignored_params"] = ignored.split(", ") if ignored else []
     common["gateway"] = gateway
     head = b"event: " + event.encode() + b"\ndata: "
-    return [head + orjson.dumps({**common, "b64_json": item["b64_json"]}) + b"\n\n" for item in body["data"]]
+    return [
+        head + orjson.dumps({**common, "b64_json": item["b64_json"]}, default=as_text) + b"\n\n"
+        for item in body["data"]
+    ]
 
 
 def _completed(event: str, valid: ValidRequest, b64: str, seed: int | None, facts: dict[str, Any]) -> bytes:

@@ -10,12 +10,14 @@ import io
 import json
 
 import httpx
+import orjson
 import pytest
 from PIL import Image
 
 from providers.base import ProviderBadResponseError, RouteTarget
 from providers.local_gpu import LocalGpuProvider
 from providers.local_gpu.mapping import ACCEPT, RAW_IMAGES, parse_generation
+from tests.api.conftest import Routed
 from tests.contract.cases.local_gpu import make_request
 from tests.fakes.worker_server import running_worker
 from worker.schemas import accepts_raw
@@ -120,3 +122,23 @@ def test_raw_answers_that_do_not_add_up_are_bad_responses() -> None:
     with pytest.raises(ProviderBadResponseError, match="got an image of 1024x1024"):
         parse_generation({"content-type": RAW_IMAGES, "x-image-lengths": str(len(data))}, data, wrong)
     assert json.dumps(ACCEPT)  # the header the adapter sends is plain ASCII
+
+
+@pytest.mark.parametrize("before_raw_images", [False, True])
+def test_b64_json_answers_are_byte_identical_whichever_way_the_worker_sent_them(
+    routed: Routed, before_raw_images: bool
+) -> None:
+    """The gateway's JSON, its base64 written a piece at a time, is byte for byte what orjson makes
+    of the same answer whole (the rendering before), and the images are the worker's own."""
+    routed.worker.injector.before_raw_images = before_raw_images
+    r = routed.generate(
+        headers={"x-gateway-provider": "local_gpu"}, n=2, size="1024x1024", response_format="b64_json", seed=11
+    )
+    assert r.status_code == 200, r.text
+    assert routed.worker.injector.accepts[-1] == ACCEPT
+    assert int(r.headers["content-length"]) == len(r.content)
+    assert r.content == orjson.dumps(r.json())
+    direct = httpx.post(
+        f"{routed.worker.url}{GEN}", json={"prompt": "route me", "n": 2, "seed": 11, "num_inference_steps": 2}
+    )
+    assert [d["b64_json"] for d in r.json()["data"]] == [d["b64_json"] for d in direct.json()["data"]]
