@@ -7,7 +7,6 @@ away), and a failed request is charged nothing.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import json
 import logging
@@ -15,6 +14,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
+
+import pybase64
 
 from gateway.accounting.keys import Principal
 from gateway.accounting.metering import Admission, Idempotency, Meter, Replay, Settlement, StillRunning
@@ -133,7 +134,7 @@ class _Parts:
             done = await _as_asked(self._valid, img)
             assert done.data is not None
             if done.b64 is None:  # encoded once: the answer's body reuses it
-                done = replace(done, b64=base64.b64encode(done.data).decode("ascii"))
+                done = replace(done, b64=pybase64.b64encode_as_string(done.data))
             self.rendered[id(img)] = done
             b64.append(done.b64 or "")
         facts = {

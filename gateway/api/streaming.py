@@ -17,12 +17,12 @@ still running and is charged nothing.
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import pybase64
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
@@ -265,7 +265,7 @@ def _partial(event: str, valid: ValidRequest, preview: bytes, partial: PartialIm
     data = render(preview, valid.width, valid.height, valid.output_format, valid.output_compression, fast=True)
     body = {
         "type": event,
-        "b64_json": base64.b64encode(data).decode("ascii"),
+        "b64_json": pybase64.b64encode_as_string(data),
         "partial_image_index": partial.index,
         "created_at": int(time.time()),
         "size": valid.size,

@@ -5,15 +5,17 @@ piece of text per request in flight."""
 
 from __future__ import annotations
 
-import binascii
 import secrets
 from collections.abc import Iterator
 from typing import Any
 
 import orjson
+import pybase64
 
-# Bytes encoded at a time: 192 KiB in, 256 KiB of text out (a multiple of 3: no padding between pieces).
-PIECE = 3 * 64 * 1024
+# Bytes encoded at a time: 768 KiB in, 1 MiB of text out (a multiple of 3: no padding between
+# pieces). Smaller pieces cost more calls than they save memory: 2 MiB took 0.5 ms in 192 KiB
+# pieces, 0.2 ms in these, with pybase64's SIMD encoder.
+PIECE = 3 * 256 * 1024
 
 
 class Base64Of:
@@ -32,10 +34,10 @@ class Base64Of:
     def pieces(self) -> Iterator[bytes]:
         view = memoryview(self.data)
         for start in range(0, len(view), PIECE):
-            yield binascii.b2a_base64(view[start : start + PIECE], newline=False)
+            yield pybase64.b64encode(view[start : start + PIECE])
 
     def text(self) -> str:
-        return binascii.b2a_base64(self.data, newline=False).decode("ascii")
+        return pybase64.b64encode_as_string(self.data)
 
 
 def as_text(value: object) -> str:

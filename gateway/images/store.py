@@ -4,11 +4,12 @@ embedded default, gateway/images/storage.py) or an S3-compatible object store
 
 from __future__ import annotations
 
-import base64
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+import pybase64
 
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 CONTENT_TYPES = {v: k for k, v in EXTENSIONS.items()}
@@ -95,7 +96,7 @@ async def give_back(store: ImageStorage, data: list[dict[str, Any]], names: Iter
             continue
         if b64:
             raw = await store.take_back(name)
-            value = None if raw is None else base64.b64encode(raw).decode("ascii")
+            value = None if raw is None else pybase64.b64encode_as_string(raw)
         else:
             value = await store.reissue(name)
         if value is None:

