@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.background import BackgroundTask
 from starlette.datastructures import FormData, UploadFile
-from starlette.formparsers import MultiPartException
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.types import Receive, Scope, Send
 
 from gateway.accounting.keys import Principal
@@ -114,8 +114,14 @@ async def _read_form(request: Request, limit: int) -> FormData:
     # Everything but a few fields is images; refuse an oversized body before reading it.
     if declared and declared.isdigit() and int(declared) > limit * 2 + 1024 * 1024:
         raise PayloadTooLargeError(f"The request body is larger than {limit * 2} bytes.", param="image")
+    parser = MultiPartParser(request.headers, request.stream(), max_files=8, max_fields=64, max_part_size=1024 * 1024)
+    if declared and declared.isdigit():
+        # An upload held in memory up to the limit, its size bounded by the length checked above:
+        # spooled past 1 MiB (Starlette's default) it went to a temporary file, written and read
+        # back through a hop to a thread per piece, which cost more than the rest of the edit.
+        parser.spool_max_size = limit + 1
     try:
-        return await request.form(max_files=8, max_fields=64, max_part_size=1024 * 1024)
+        return await parser.parse()
     except MultiPartException as exc:
         raise InvalidRequestError(f"Malformed multipart body: {exc.message}", code="invalid_multipart") from None
 
@@ -142,18 +148,26 @@ async def _valid_edit(form: FormData, state: AppState) -> ValidRequest:
         raise MissingParameterError("Missing required parameter: 'image'.", param="image")
     params = Params(fields, form=True)
     check_edit_inputs(state.catalog, params, len(uploads), has_mask=mask_upload is not None)
-    # Headers only: the pixels are decoded once the edit is admitted (ImageService._serve).
-    images = tuple([await _probe(u, "image", limit, settings.max_upload_pixels) for u in uploads])
-    mask = await _probe(mask_upload, "mask", limit, settings.max_upload_pixels) if mask_upload else None
+    # Read, then the form's copies let go before anything else is done with them.
+    image_data = [await _read(u, "image", limit) for u in uploads]
+    mask_data = await _read(mask_upload, "mask", limit) if mask_upload else None
+    await form.close()
+    # Headers only: the pixels are checked once the edit is admitted (ImageService._serve).
+    images = tuple([await _probe(d, "image", settings.max_upload_pixels) for d in image_data])
+    mask = await _probe(mask_data, "mask", settings.max_upload_pixels) if mask_data is not None else None
     return validate_generation(state.catalog, params, images=images, mask=mask, owned=state.owned_params)
 
 
-async def _probe(upload: UploadFile, param: str, limit: int, max_pixels: int) -> InputImage:
+async def _read(upload: UploadFile, param: str, limit: int) -> bytes:
     data = await upload.read(limit + 1)
     if len(data) > limit:
         raise PayloadTooLargeError(f"'{param}' is larger than {limit} bytes.", param=param)
     if not data:
         raise InvalidRequestError(f"'{param}' is empty.", param=param, code="invalid_image")
+    return data
+
+
+async def _probe(data: bytes, param: str, max_pixels: int) -> InputImage:
     # A thread even for a header: opening a 40 MP WebP takes ~2.5 ms (libwebp sets up its canvases).
     return await asyncio.to_thread(probe_upload, data, param=param, max_pixels=max_pixels)
 
