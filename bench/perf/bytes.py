@@ -61,6 +61,7 @@ class Run:
     seconds: float
     image_mb_per_s: float
     p50_ms: float
+    answer_p50_ms: float | None  # an answer by URL: until the answer, before the image was fetched
     rss_before_mib: float
     peak_rss_mib: float
 
@@ -121,6 +122,7 @@ def _closed_loop(
     host, port, _ = encode_request("GET", url, {})
     moved: list[int] = []
     times: list[float] = []
+    answers: list[float] = []
     errors: list[str] = []
 
     async def caller(until: float) -> None:
@@ -129,8 +131,11 @@ def _closed_loop(
             while time.monotonic() < until:
                 started = time.monotonic()
                 try:
-                    moved.append(await call(conn))
+                    size, answered = await call(conn)
+                    moved.append(size)
                     times.append(time.monotonic() - started)
+                    if answered is not None:
+                        answers.append(answered)
                 except (ClientError, TimeoutError, RuntimeError) as exc:
                     errors.append(str(exc)[:200])
                     conn.close()
@@ -147,15 +152,24 @@ def _closed_loop(
     if errors:
         print(f"    {len(errors)} errors, e.g. {errors[0]}", flush=True)
     times.sort()
+    answers.sort()
     return Run(
         case=case, target=target, concurrency=concurrency, requests=len(moved), errors=len(errors),
         seconds=seconds, image_mb_per_s=sum(moved) / seconds / 1e6,
         p50_ms=1000 * times[len(times) // 2] if times else float("nan"),
+        answer_p50_ms=1000 * answers[len(answers) // 2] if answers else None,
         rss_before_mib=sampler.rss_before, peak_rss_mib=sampler.peak_rss,
     )  # fmt: skip
 
 
 # --- report ---------------------------------------------------------------------------------------
+
+
+def _answer_gap(ours: Run, direct: Run) -> str:
+    if ours.answer_p50_ms is None or direct.answer_p50_ms is None:
+        return ""
+    gap = ours.answer_p50_ms - direct.answer_p50_ms
+    return f"; the URL answer p50 {ours.answer_p50_ms:.1f} ms vs {direct.answer_p50_ms:.1f} ({gap:+.1f} ms)"
 
 
 def _report(runs: list[Run], args: argparse.Namespace, workdir: Path, low: int, high: int) -> None:
@@ -169,6 +183,7 @@ def _report(runs: list[Run], args: argparse.Namespace, workdir: Path, low: int, 
                     f"  {case:<16} c={c:<2} ours {ours.image_mb_per_s:7.1f} MB/s  direct {direct.image_mb_per_s:7.1f}"
                     f" MB/s  ours/direct x{ours.image_mb_per_s / direct.image_mb_per_s:5.2f}"
                     f"  p50 x{ours.p50_ms / direct.p50_ms:5.2f} ({ours.p50_ms - direct.p50_ms:+.1f} ms)"
+                    + _answer_gap(ours, direct)
                 )
         a, b = by.get((case, "ours", low)), by.get((case, "ours", high))
         if a and b and high > low:

@@ -8,13 +8,16 @@ import asyncio
 import base64
 import json
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 
 from bench.perf.loadclient import Answer, Connection, encode_request, error_code
 from bench.perf.pngs import make_png
 from bench.perf.stack import MODEL, PerfStack
 
-Call = Callable[[Connection], Awaitable[int]]  # one exchange -> image bytes it moved
+# One exchange -> the image bytes it moved, and for an answer by URL the seconds until that answer
+# (before the image was fetched from it), else None.
+Call = Callable[[Connection], Awaitable[tuple[int, float | None]]]
 PROMPT = "a red fox in the snow, studio light"
 EDIT_IMAGE_BYTES = 10 * 1024 * 1024
 FAL_T2I = "fal-ai/hidream-i1-full"
@@ -76,13 +79,14 @@ def generations(stack: PerfStack, gateway_url: str, key: str, *, fmt: str) -> tu
     ours = _ours_generation(gateway_url, key, raw)
     if fmt == "b64_json":
 
-        async def direct_b64(conn: Connection) -> int:
-            return b64_bytes(await conn.request(direct, raw, timeout_s=60))
+        async def direct_b64(conn: Connection) -> tuple[int, float | None]:
+            return b64_bytes(await conn.request(direct, raw, timeout_s=60)), None
 
         return direct_b64, _ours_b64(ours, raw)
 
-    async def direct_url(conn: Connection) -> int:
-        return await _fetch_all(conn, _urls(await conn.request(direct, raw, timeout_s=60)))
+    async def direct_url(conn: Connection) -> tuple[int, float | None]:
+        answer = await conn.request(direct, raw, timeout_s=60)
+        return await _fetch_all(conn, _urls(answer)), answer.seconds
 
     return direct_url, _ours_url(ours, raw)
 
@@ -97,11 +101,13 @@ def fal_generations(stack: PerfStack, gateway_url: str, key: str, *, fmt: str) -
     ours = _ours_generation(gateway_url, key, raw)
     submit = _fal_submit(stack, FAL_T2I, submit_body)
 
-    async def direct_call(conn: Connection) -> int:
+    async def direct_call(conn: Connection) -> tuple[int, float | None]:
+        started = time.monotonic()
         result = await submit(conn)
         if fmt == "b64_json":
-            return b64_bytes(result)
-        return await _fetch_all(conn, _urls(result))
+            return b64_bytes(result), None
+        answered = time.monotonic() - started
+        return await _fetch_all(conn, _urls(result)), answered
 
     return direct_call, (_ours_b64(ours, raw) if fmt == "b64_json" else _ours_url(ours, raw))
 
@@ -124,17 +130,17 @@ def edits(stack: PerfStack, gateway_url: str, key: str) -> tuple[Call, Call]:
     fal_input = {"prompt": PROMPT, "image_size": "square_hd", "num_images": 1, "output_format": "png"}
     submit = _fal_submit(stack, FAL_I2I, json.dumps(fal_input | {"image_url": data_uri}).encode())
 
-    async def direct_call(conn: Connection) -> int:
+    async def direct_call(conn: Connection) -> tuple[int, float | None]:
         result = await submit(conn)
         if result.status != 200:
             raise RuntimeError(f"fal result answered {result.status}")
-        return len(png)
+        return len(png), None
 
-    async def ours_call(conn: Connection) -> int:
+    async def ours_call(conn: Connection) -> tuple[int, float | None]:
         answer = await conn.request(ours, multipart, timeout_s=60)
         if answer.status != 200:
             raise RuntimeError(f"HTTP {answer.status} {error_code(answer)}")
-        return len(png)
+        return len(png), None
 
     return direct_call, ours_call
 
@@ -163,14 +169,15 @@ def _ours_generation(gateway_url: str, key: str, raw: bytes) -> bytes:
 
 
 def _ours_b64(head: bytes, raw: bytes) -> Call:
-    async def call(conn: Connection) -> int:
-        return b64_bytes(await conn.request(head, raw, timeout_s=60))
+    async def call(conn: Connection) -> tuple[int, float | None]:
+        return b64_bytes(await conn.request(head, raw, timeout_s=60)), None
 
     return call
 
 
 def _ours_url(head: bytes, raw: bytes) -> Call:
-    async def call(conn: Connection) -> int:
-        return await _fetch_all(conn, _urls(await conn.request(head, raw, timeout_s=60)))
+    async def call(conn: Connection) -> tuple[int, float | None]:
+        answer = await conn.request(head, raw, timeout_s=60)
+        return await _fetch_all(conn, _urls(answer)), answer.seconds
 
     return call
