@@ -7,7 +7,6 @@ away), and a failed request is charged nothing.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import json
 import logging
@@ -15,6 +14,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
+
+import pybase64
 
 from gateway.accounting.keys import Principal
 from gateway.accounting.metering import Admission, Idempotency, Meter, Replay, Settlement, StillRunning
@@ -29,6 +30,7 @@ from gateway.errors import (
 from gateway.images.convert import render
 from gateway.images.copy import UpstreamImageCopier
 from gateway.images.decoding import UploadDecoder
+from gateway.images.encoded import Base64Of
 from gateway.images.parameters import MIME
 from gateway.images.store import ImageStorage, give_back
 from gateway.images.validation import ValidRequest
@@ -132,7 +134,7 @@ class _Parts:
             done = await _as_asked(self._valid, img)
             assert done.data is not None
             if done.b64 is None:  # encoded once: the answer's body reuses it
-                done = replace(done, b64=base64.b64encode(done.data).decode("ascii"))
+                done = replace(done, b64=pybase64.b64encode_as_string(done.data))
             self.rendered[id(img)] = done
             b64.append(done.b64 or "")
         facts = {
@@ -462,10 +464,12 @@ class ImageService:
         self, valid: ValidRequest, img: GeneratedImage, keep: bool
     ) -> tuple[dict[str, str], str | None]:
         name: str | None = None
-        item: dict[str, str] = {"revised_prompt": valid.prompt}
+        item: dict[str, Any] = {"revised_prompt": valid.prompt}
         if valid.response_format == "b64_json":
             assert img.data is not None  # _check_result guarantees bytes for b64_json
-            item["b64_json"] = img.b64 if img.b64 is not None else base64.b64encode(img.data).decode("ascii")
+            # The upstream's own base64 where it sent one (reused, not encoded again); else encoded
+            # while the answer is sent (gateway/images/encoded.py).
+            item["b64_json"] = img.b64 if img.b64 is not None else Base64Of(img.data)
             if keep:
                 name = (await self._store.put(img.data, img.content_type)).name
         elif img.data is not None:

@@ -23,9 +23,9 @@ from starlette.types import Receive, Scope, Send
 from worker import __version__
 from worker.errors import FatalDeviceError, InvalidRequestError, NotReadyError, WorkerError
 from worker.inference import Pipeline, run_job
-from worker.jobs import Execute, Job, JobQueue, JobSpec
+from worker.jobs import Execute, Job, JobOutput, JobQueue, JobSpec
 from worker.previews import Previewer
-from worker.schemas import generation_body, parse_request, to_job_spec
+from worker.schemas import RAW_IMAGES, RawImages, accepts_raw, generation_body, parse_request, raw_images, to_job_spec
 from worker.settings import WorkerSettings
 from worker.state import WorkerState
 from worker.streaming import EventChannel, JobStream
@@ -35,6 +35,7 @@ log = logging.getLogger("worker")
 
 PipelineFactory = Callable[[WorkerSettings], Pipeline]
 T = TypeVar("T")
+B = TypeVar("B")
 Answer = tuple[int, dict[str, str], dict[str, Any]]  # status, headers, body
 
 # Two 4000-character prompts in 4-byte UTF-8 and every other field fit easily.
@@ -182,14 +183,19 @@ async def create_generation(request: Request) -> Response:
     except WorkerError as err:
         m.requests.labels(err.status_label).inc()
         return error_response(err)
-    outcome = partial(_outcome, state, job, request_id, arrived)
     if channel is not None:  # the worker's streaming protocol (worker/streaming.py)
+        outcome = partial(_outcome, state, job, request_id, arrived, generation_body)
         return _Streamed(JobStream(state.queue, job, channel, outcome))
     if not await _finished_before_disconnect(request, state.queue, job):
         m.requests.labels("cancelled").inc()
         log.info("job %s cancelled: the client went away", job.id)
         return Response(status_code=CLIENT_CLOSED_REQUEST)
-    status, headers, body = await _outcome(state, job, request_id, arrived)
+    if accepts_raw(request.headers.get("accept")):
+        status, headers, answer = await _outcome(state, job, request_id, arrived, raw_images)
+        if isinstance(answer, RawImages):
+            return Response(answer.body, media_type=RAW_IMAGES, headers=headers | answer.headers)
+        return JSONResponse(answer, status_code=status, headers=headers)  # errors are JSON always
+    status, headers, body = await _outcome(state, job, request_id, arrived, generation_body)
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -205,8 +211,11 @@ class _Streamed(Response):
         await self._stream(scope, receive, send)
 
 
-async def _outcome(state: WorkerState, job: Job, request_id: str, arrived: float) -> Answer:
-    """The answer to a finished job: status, headers and body (an OpenAI error body on failure)."""
+async def _outcome(
+    state: WorkerState, job: Job, request_id: str, arrived: float, render: Callable[[JobSpec, JobOutput], B]
+) -> tuple[int, dict[str, str], B | dict[str, Any]]:
+    """The answer to a finished job: status, headers and body (`render`'s of the images, or an
+    OpenAI error body on failure)."""
     m = state.metrics
     spec = job.spec
     if job.future.cancelled():  # the client left (a stream's own cancel) or the worker stops
@@ -244,7 +253,7 @@ async def _outcome(state: WorkerState, job: Job, request_id: str, arrived: float
         "x-queue-ms": str(round(job.queue_s * 1000)),
         "x-infer-ms": str(round(job.infer_s * 1000)),
     }
-    return 200, headers, generation_body(spec, output)
+    return 200, headers, render(spec, output)
 
 
 def _error(err: WorkerError) -> Answer:

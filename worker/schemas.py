@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import secrets
 import time
+from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -15,6 +16,9 @@ from worker.settings import WorkerSettings
 from worker.variants import DEFAULT_SIZE, SIZES
 
 MAX_SEED = 2**63 - 1  # what the gateway accepts; torch seeds take up to 2**64 - 1
+# The answer's images as bytes, for a client that accepts them (the gateway): no base64 to encode
+# here and decode there, a third fewer bytes to send. JSON stays the answer to everyone else.
+RAW_IMAGES = "application/vnd.hidream.images"
 
 
 class GenerationRequest(BaseModel):
@@ -145,3 +149,35 @@ def generation_body(spec: JobSpec, output: JobOutput) -> dict[str, object]:
         "seed": spec.seed,
         "size": f"{output.width}x{output.height}",
     }
+
+
+@dataclass(frozen=True, slots=True)
+class RawImages:
+    """A generation answered as bytes (RAW_IMAGES): the PNGs one after the other, each one's length
+    in the x-image-lengths header (comma-separated, in order). The seed and size are headers too
+    (x-seed, x-actual-size), as in a JSON answer; the revised prompt, which is the prompt, is left out."""
+
+    body: bytes
+    headers: dict[str, str]
+
+
+def raw_images(spec: JobSpec, output: JobOutput) -> RawImages:
+    lengths = ",".join(str(len(png)) for png in output.images)
+    return RawImages(b"".join(output.images), {"x-image-lengths": lengths})
+
+
+def accepts_raw(accept: str | None) -> bool:
+    """Whether an Accept header names RAW_IMAGES (with any parameters, at any q but 0)."""
+    for item in (accept or "").split(","):
+        media, _, params = item.partition(";")
+        if media.strip().lower() != RAW_IMAGES:
+            continue
+        for param in params.split(";"):
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    return float(value) > 0
+                except ValueError:
+                    return False
+        return True
+    return False

@@ -22,7 +22,7 @@ import httptools
 from bench.perf.fal_queue import FalJob, FalQueue
 from bench.perf.pngs import PngCache, parse_size
 from bench.perf.replies import Reply, chunk, json_reply, stream_head
-from bench.perf.worker_api import SIZES, WorkerApi
+from bench.perf.worker_api import RAW_IMAGES, SIZES, WorkerApi
 
 STAT_KINDS = ("generations", "ready", "health", "models", "img", "fal_submit", "fal_status", "fal_stream",
               "fal_result", "fal_cancel", "other")  # fmt: skip
@@ -71,7 +71,7 @@ class _Slot:
 
 
 class _Request:
-    __slots__ = ("url", "body", "authorization", "host", "request_id")
+    __slots__ = ("url", "body", "authorization", "host", "request_id", "accept")
 
     def __init__(self) -> None:
         self.url = b""
@@ -79,6 +79,7 @@ class _Request:
         self.authorization = ""
         self.host = ""
         self.request_id: str | None = None
+        self.accept = ""
 
 
 class UpstreamProtocol(asyncio.Protocol):
@@ -129,6 +130,8 @@ class UpstreamProtocol(asyncio.Protocol):
             self._request.host = value.decode("latin-1")
         elif lowered == b"x-request-id":
             self._request.request_id = value.decode("latin-1")
+        elif lowered == b"accept":
+            self._request.accept = value.decode("latin-1")
 
     def on_body(self, body: bytes) -> None:
         self._request.body.append(body)
@@ -180,7 +183,8 @@ def _dispatch(up: Upstream, conn: UpstreamProtocol, slot: _Slot, method: str, re
     origin = f"http://{request.host or '127.0.0.1'}"
     if method == "POST" and path == "/v1/images/generations":
         up.stats["generations"] += 1
-        reply = up.worker.generation(b"".join(request.body), request.request_id, origin)
+        raw = RAW_IMAGES in request.accept.lower()
+        reply = up.worker.generation(b"".join(request.body), request.request_id, origin, raw=raw)
         if up.config.delay_s > 0 and reply.status == 200:
             up.worker.in_flight += 1
 

@@ -14,6 +14,8 @@ import uuid
 from bench.perf.pngs import PngCache, parse_size
 from bench.perf.replies import Reply, json_reply, openai_error
 
+# worker/schemas.py RawImages: the images as bytes, for a client that accepts them (our gateway)
+RAW_IMAGES = "application/vnd.hidream.images"
 SIZES = ("1024x1024", "768x1360", "1360x768", "880x1168", "1168x880", "1248x832", "832x1248")
 FORMATS = ("url", "b64_json")
 
@@ -30,7 +32,8 @@ class WorkerApi:
         self._max_queue = max_queue
         self._image_ids = itertools.count(1)
 
-    def generation(self, body: bytes, request_id: str | None, origin: str) -> Reply:
+    def generation(self, body: bytes, request_id: str | None, origin: str, *, raw: bool = False) -> Reply:
+        """`raw`: the client's Accept names RAW_IMAGES, which a b64_json answer then is."""
         try:
             payload = json.loads(body)
         except ValueError:
@@ -53,6 +56,8 @@ class WorkerApi:
         seed = payload.get("seed")
         if not isinstance(seed, int):
             seed = random.randrange(2**32)
+        if raw and fmt == "b64_json":
+            fmt = "raw"
         return self._images(prompt, n, size, fmt, seed, request_id or uuid.uuid4().hex, origin)
 
     def _images(
@@ -60,6 +65,17 @@ class WorkerApi:
     ) -> Reply:
         width, height = size
         size_text = f"{width}x{height}"
+        headers = (
+            ("x-request-id", request_id),
+            ("x-actual-size", size_text),
+            ("x-seed", str(seed)),
+            ("x-queue-ms", "0"),
+            ("x-infer-ms", str(round(self.delay_s * 1000))),
+        )
+        if fmt == "raw":
+            png = self._pngs.get(width, height).data
+            lengths = ",".join([str(len(png))] * n)
+            return Reply(200, [png] * n, content_type=RAW_IMAGES, headers=(*headers, ("x-image-lengths", lengths)))
         revised = json.dumps(prompt).encode()
         parts: list[bytes] = [b'{"created":%d,"data":[' % int(time.time())]
         for i in range(n):
@@ -70,13 +86,6 @@ class WorkerApi:
                 parts.append(b'{"url":"%s","revised_prompt":' % url.encode())
             parts.append(revised + (b"}," if i < n - 1 else b"}"))
         parts.append(b'],"seed":%d,"size":"%s"}' % (seed, size_text.encode()))
-        headers = (
-            ("x-request-id", request_id),
-            ("x-actual-size", size_text),
-            ("x-seed", str(seed)),
-            ("x-queue-ms", "0"),
-            ("x-infer-ms", str(round(self.delay_s * 1000))),
-        )
         return Reply(200, parts, headers=headers)
 
     def ready(self) -> Reply:

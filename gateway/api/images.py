@@ -7,12 +7,12 @@ from contextlib import ExitStack
 from dataclasses import replace
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.background import BackgroundTask
 from starlette.datastructures import FormData, UploadFile
-from starlette.formparsers import MultiPartException
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.types import Receive, Scope, Send
 
 from gateway.accounting.keys import Principal
 from gateway.api import jobs
@@ -31,6 +31,7 @@ from gateway.errors import (
     PermissionDeniedError,
     UnsupportedMediaError,
 )
+from gateway.images.encoded import json_parts, parts_length
 from gateway.images.validation import Params, ValidRequest, check_edit_inputs, probe_upload, validate_generation
 from gateway.routing.dispatch import RoutingRequest
 from gateway.service import Delivery
@@ -43,16 +44,35 @@ IMAGE_FIELDS = ("image", "image[]")
 
 class JsonBytesResponse(Response):
     """JSON by orjson: a b64_json answer holds megabytes of text, which json.dumps took ~14 ms to
-    escape for a 2 MiB image (orjson ~0.5 ms). `delivery` settles a served request (see _serve)."""
+    escape for a 2 MiB image (orjson ~0.5 ms). An image's base64 (Base64Of) is encoded a piece at
+    a time as it is sent, each piece after the connection took the one before: the answer never
+    holds it whole. `delivery` settles a served request (see _serve)."""
 
     media_type = "application/json"
 
     def __init__(self, content: Any, *, delivery: Delivery | None = None, **kwargs: Any) -> None:
+        self._parts = json_parts(content)
         super().__init__(content, **kwargs)
         self.delivery = delivery
+        if len(self._parts) > 1:
+            length = str(parts_length(self._parts)).encode("latin-1")
+            self.raw_headers = [(k, length if k == b"content-length" else v) for k, v in self.raw_headers]
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
+        first = self._parts[0]
+        return first if len(self._parts) == 1 and isinstance(first, bytes) else b""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if len(self._parts) == 1:
+            await super().__call__(scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        for part in self._parts:
+            for piece in (part,) if isinstance(part, bytes) else part.pieces():
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if self.background is not None:
+            await self.background()
 
 
 async def generations(request: Request, state: AppState, principal: Principal) -> Response:
@@ -94,8 +114,14 @@ async def _read_form(request: Request, limit: int) -> FormData:
     # Everything but a few fields is images; refuse an oversized body before reading it.
     if declared and declared.isdigit() and int(declared) > limit * 2 + 1024 * 1024:
         raise PayloadTooLargeError(f"The request body is larger than {limit * 2} bytes.", param="image")
+    parser = MultiPartParser(request.headers, request.stream(), max_files=8, max_fields=64, max_part_size=1024 * 1024)
+    if declared and declared.isdigit():
+        # An upload held in memory up to the limit, its size bounded by the length checked above:
+        # spooled past 1 MiB (Starlette's default) it went to a temporary file, written and read
+        # back through a hop to a thread per piece, which cost more than the rest of the edit.
+        parser.spool_max_size = limit + 1
     try:
-        return await request.form(max_files=8, max_fields=64, max_part_size=1024 * 1024)
+        return await parser.parse()
     except MultiPartException as exc:
         raise InvalidRequestError(f"Malformed multipart body: {exc.message}", code="invalid_multipart") from None
 
@@ -122,18 +148,26 @@ async def _valid_edit(form: FormData, state: AppState) -> ValidRequest:
         raise MissingParameterError("Missing required parameter: 'image'.", param="image")
     params = Params(fields, form=True)
     check_edit_inputs(state.catalog, params, len(uploads), has_mask=mask_upload is not None)
-    # Headers only: the pixels are decoded once the edit is admitted (ImageService._serve).
-    images = tuple([await _probe(u, "image", limit, settings.max_upload_pixels) for u in uploads])
-    mask = await _probe(mask_upload, "mask", limit, settings.max_upload_pixels) if mask_upload else None
+    # Read, then the form's copies let go before anything else is done with them.
+    image_data = [await _read(u, "image", limit) for u in uploads]
+    mask_data = await _read(mask_upload, "mask", limit) if mask_upload else None
+    await form.close()
+    # Headers only: the pixels are checked once the edit is admitted (ImageService._serve).
+    images = tuple([await _probe(d, "image", settings.max_upload_pixels) for d in image_data])
+    mask = await _probe(mask_data, "mask", settings.max_upload_pixels) if mask_data is not None else None
     return validate_generation(state.catalog, params, images=images, mask=mask, owned=state.owned_params)
 
 
-async def _probe(upload: UploadFile, param: str, limit: int, max_pixels: int) -> InputImage:
+async def _read(upload: UploadFile, param: str, limit: int) -> bytes:
     data = await upload.read(limit + 1)
     if len(data) > limit:
         raise PayloadTooLargeError(f"'{param}' is larger than {limit} bytes.", param=param)
     if not data:
         raise InvalidRequestError(f"'{param}' is empty.", param=param, code="invalid_image")
+    return data
+
+
+async def _probe(data: bytes, param: str, max_pixels: int) -> InputImage:
     # A thread even for a header: opening a 40 MP WebP takes ~2.5 ms (libwebp sets up its canvases).
     return await asyncio.to_thread(probe_upload, data, param=param, max_pixels=max_pixels)
 

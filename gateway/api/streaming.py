@@ -17,12 +17,12 @@ still running and is charged nothing.
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import pybase64
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
@@ -32,6 +32,7 @@ from gateway.api.server import CONNECTION_OPEN
 from gateway.api.state import AppState
 from gateway.errors import ClientGone
 from gateway.images.convert import render
+from gateway.images.encoded import as_text
 from gateway.images.validation import ValidRequest
 from gateway.service import Admitted, Delivery, ImagesResponse, PartServed
 from providers.base import PartialImage, Progress, ProgressEvent
@@ -233,7 +234,10 @@ def completed_events(event: str, result: ImagesResponse) -> list[bytes]:
     gateway["ignored_params"] = ignored.split(", ") if ignored else []
     common["gateway"] = gateway
     head = b"event: " + event.encode() + b"\ndata: "
-    return [head + orjson.dumps({**common, "b64_json": item["b64_json"]}) + b"\n\n" for item in body["data"]]
+    return [
+        head + orjson.dumps({**common, "b64_json": item["b64_json"]}, default=as_text) + b"\n\n"
+        for item in body["data"]
+    ]
 
 
 def _completed(event: str, valid: ValidRequest, b64: str, seed: int | None, facts: dict[str, Any]) -> bytes:
@@ -261,7 +265,7 @@ def _partial(event: str, valid: ValidRequest, preview: bytes, partial: PartialIm
     data = render(preview, valid.width, valid.height, valid.output_format, valid.output_compression, fast=True)
     body = {
         "type": event,
-        "b64_json": base64.b64encode(data).decode("ascii"),
+        "b64_json": pybase64.b64encode_as_string(data),
         "partial_image_index": partial.index,
         "created_at": int(time.time()),
         "size": valid.size,

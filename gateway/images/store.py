@@ -4,13 +4,13 @@ embedded default, gateway/images/storage.py) or an S3-compatible object store
 
 from __future__ import annotations
 
-import base64
 import errno
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import pybase64
 from obstore.exceptions import PermissionDeniedError, UnauthenticatedError
 
 # Told of each failed store call: (operation, kind), for the gateway_store_errors metric.
@@ -113,7 +113,7 @@ async def give_back(store: ImageStorage, data: list[dict[str, Any]], names: Iter
             continue
         if b64:
             raw = await store.take_back(name)
-            value = None if raw is None else base64.b64encode(raw).decode("ascii")
+            value = None if raw is None else pybase64.b64encode_as_string(raw)
         else:
             value = await store.reissue(name)
         if value is None:

@@ -15,6 +15,7 @@ from PIL import Image, UnidentifiedImageError
 from gateway.catalog import Catalog, EditSpec, FloatRange, IntRange, ModelRef, ModelSpec, parse_size
 from gateway.errors import InvalidRequestError, MissingParameterError, ModelNotFoundError
 from gateway.images.parameters import OUTPUT_FORMATS, classify
+from gateway.images.png import NotChecked, PngError, check_png
 from gateway.images.sizing import SizeError, SizePlan, from_size, native_area, plan_size, size_for_aspect
 from providers.base import InputImage, JsonValue, OutputFormat, ResponseFormat, sniff_content_type
 
@@ -422,8 +423,20 @@ def probe_upload(data: bytes, *, param: str, max_pixels: int) -> InputImage:
 
 
 def decode_fully(image: InputImage, param: str) -> None:
-    """Decode every pixel of an image probe_upload accepted, which catches truncated or corrupt
-    data; the pixels are dropped (the upstream gets the bytes as sent)."""
+    """Check all of an image probe_upload accepted, which catches truncated or corrupt data: a PNG
+    by its structure, CRCs and inflated data without its pixels (gateway/images/png.py), anything
+    else by decoding every pixel; the pixels are dropped (the upstream gets the bytes as sent)."""
+    if image.content_type == "image/png":
+        try:
+            size = check_png(image.data)
+        except PngError as exc:
+            raise _undecodable(param) from exc
+        except NotChecked:
+            pass  # decoded below, as any other image
+        else:
+            if size != (image.width, image.height):  # cannot differ from the probe's; said if it does
+                raise _undecodable(param)
+            return
     try:
         with Image.open(io.BytesIO(image.data)) as img:
             img.load()

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal, Required, TypedDict, cast
 
+import pybase64
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -139,7 +140,7 @@ class SubmitBody:
         yield self.head
         if self.image is not None:
             for start in range(0, len(self.image), DATA_URI_PIECE):
-                yield binascii.b2a_base64(self.image[start : start + DATA_URI_PIECE], newline=False)
+                yield pybase64.b64encode(self.image[start : start + DATA_URI_PIECE])
         if self.tail:
             yield self.tail
 
@@ -334,9 +335,8 @@ def decode_data_uri(uri: str) -> bytes:
     if comma < 0 or not uri.startswith("data:") or not uri.endswith(";base64", 0, comma):
         raise _bad("a data URI in fal's output is not base64")
     try:
-        # strict: only the alphabet and correct padding, as b64decode(validate=True) but without
-        # its extra ASCII copy and regex pass over megabytes.
-        return binascii.a2b_base64(uri[comma + 1 :], strict_mode=True)
+        # validate: only the alphabet and correct padding (SIMD: ~1 ms for a 2 MiB image's text)
+        return pybase64.b64decode(uri[comma + 1 :], validate=True)
     except (binascii.Error, ValueError):
         raise _bad("a data URI in fal's output does not decode") from None
 

@@ -236,6 +236,8 @@ class LocalGpuProvider:
         # The read timeout is the attempt's whole budget; the caller's asyncio.timeout is the real
         # bound, and cancelling it closes the connection, which tells the worker to drop the job.
         headers = {"content-type": "application/json", "x-request-id": request.request_id}
+        if report is None:  # a stream's lines carry their images as base64 (worker/streaming.py)
+            headers["accept"] = mapping.ACCEPT
         task: asyncio.Task[object] | None = asyncio.current_task()
         if task is not None:
             worker.jobs.add(task)

@@ -10,6 +10,8 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import pybase64
+
 from providers.base import (
     GeneratedImage,
     ImageRequest,
@@ -112,7 +114,7 @@ def _preview(item: object) -> GeneratedImage:
     if not isinstance(b64, str):
         raise _bad("a preview has no b64_json")
     try:
-        data = binascii.a2b_base64(b64, strict_mode=True)
+        data = pybase64.b64decode(b64, validate=True)  # strict, as mapping._decode_image
     except (binascii.Error, ValueError):
         raise _bad("a preview is not valid base64") from None
     size = png_size(data) if sniff_content_type(data) == "image/png" else None

@@ -18,6 +18,7 @@ from PIL import ImageFile
 
 from gateway.api.state import AppState
 from gateway.app import create_app
+from gateway.images import validation
 from gateway.settings import Settings
 from tests.api.conftest import admin_headers
 from tests.api.test_edits_validation import png
@@ -28,7 +29,9 @@ FIELDS = {"model": "hidream-i1-full", "prompt": "edit"}
 
 
 class Decodes:
-    """Counts full decodes, and can hold each one until released to see how many run at once."""
+    """Counts full checks of an upload (a PNG's structural check, gateway/images/png.py, or
+    Pillow's decode of anything else), and can hold each one until released to see how many run
+    at once."""
 
     def __init__(self, hold: bool = False) -> None:
         self.calls = 0
@@ -41,7 +44,7 @@ class Decodes:
         self._lock = threading.Lock()
 
     def wrap(self, load: Any) -> Any:
-        def counted(img: ImageFile.ImageFile) -> Any:
+        def counted(img: Any) -> Any:
             with self._lock:
                 self.calls += 1
                 self.threads.add(threading.current_thread().name)
@@ -60,6 +63,7 @@ class Decodes:
 def _decodes(monkeypatch: pytest.MonkeyPatch, *, hold: bool = False) -> Decodes:
     decodes = Decodes(hold)
     monkeypatch.setattr(ImageFile.ImageFile, "load", decodes.wrap(ImageFile.ImageFile.load))
+    monkeypatch.setattr(validation, "check_png", decodes.wrap(validation.check_png))
     return decodes
 
 

@@ -88,3 +88,23 @@ def test_a_405_allows_every_method_the_path_serves(bare_client: TestClient) -> N
         assert r.status_code == 405, (path, r.text)
         assert set(r.headers["allow"].split(", ")) == methods, path
         assert r.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_an_image_url_serves_the_stored_file_whole_or_a_range_of_it(served: tuple[TestClient, str]) -> None:
+    client, team_id = served
+    r = client.post(
+        "/v1/images/generations",
+        json={"model": "hidream-i1-full", "prompt": "x", "num_inference_steps": 1},
+        headers=_key(client, team_id),
+    )
+    url = urlsplit(r.json()["data"][0]["url"])
+    name = url.path.split("/v1/files/images/")[1]
+    state: AppState = client.app.state.gateway  # type: ignore[attr-defined]
+    stored = (state.store.root / name).read_bytes()  # type: ignore[attr-defined]
+    whole = client.get(f"{url.path}?{url.query}")
+    assert (whole.status_code, whole.headers["content-type"], whole.content) == (200, "image/png", stored)
+    assert int(whole.headers["content-length"]) == len(stored)
+    part = client.get(f"{url.path}?{url.query}", headers={"range": "bytes=8-15"})
+    assert (part.status_code, part.content) == (206, stored[8:16])
+    (state.store.root / name).unlink()  # type: ignore[attr-defined]
+    assert client.get(f"{url.path}?{url.query}").status_code == 404

@@ -48,8 +48,17 @@ class FaultInjector:
         self.app = app
         self.worker = worker
         self.armed: deque[InjectedFault] = deque()
+        # A worker from before raw images (worker/schemas.py RawImages): it never sees the Accept
+        # header that asks for them, and answers JSON. Each generation's Accept is kept here.
+        self.before_raw_images = False
+        self.accepts: list[str | None] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == GENERATIONS:
+            accept = [v.decode("latin-1") for k, v in scope["headers"] if k == b"accept"]
+            self.accepts.append(accept[0] if accept else None)
+            if self.before_raw_images:
+                scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k != b"accept"]}
         if scope["type"] != "http" or scope["path"] != GENERATIONS or not self.armed:
             await self.app(scope, receive, send)
             return
