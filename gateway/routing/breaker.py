@@ -82,10 +82,14 @@ class RouteHealth:
         self._record = redis.register_script(text.joinpath("route_record.lua").read_text(encoding="utf-8"))
         self._trial = redis.register_script(text.joinpath("route_trial.lua").read_text(encoding="utf-8"))
 
-    async def stats(self, routes: Sequence[RouteKey]) -> dict[RouteKey, RouteStats]:
+    async def stats(self, routes: Sequence[RouteKey], *, fresh: bool = False) -> dict[RouteKey, RouteStats]:
         """Each route's shared state. A route this process has never read (or whose cache an outcome
         just invalidated) is read now; one that is merely stale is answered from the cache and
-        refreshed in the background, so the request path does not wait on Redis for it."""
+        refreshed in the background, so the request path does not wait on Redis for it.
+        `fresh=True` (a person looking: the admin page) reads every route from Redis now, since a
+        stale answer is what another process wrote up to a refresh ago, or longer when idle."""
+        if fresh:
+            return await self._fetch(list(routes))
         now = time.monotonic()
         out: dict[RouteKey, RouteStats] = {}
         missing: list[RouteKey] = []

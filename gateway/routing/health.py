@@ -107,7 +107,7 @@ class HealthBoard:
             await self.refresh()
         probes = self.current()
         configured = [(r.provider, r.model) for r in self._routes]
-        stats = await self._route_health.stats(configured) if self._route_health is not None else {}
+        stats = await self._route_health.stats(configured, fresh=True) if self._route_health is not None else {}
         return [
             RouteView(
                 model=r.model,
