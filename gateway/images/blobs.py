@@ -20,6 +20,7 @@ from obstore.store import S3Store
 
 from gateway.errors import StorageUnavailableError
 from gateway.images.object_store import FAILED, MISSING
+from gateway.images.storage import write_all
 from gateway.images.store import OnStoreError, failure_kind
 
 log = logging.getLogger(__name__)
@@ -144,9 +145,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
     tmp = path.with_name(f"{path.name}{TMP_MARK}{secrets.token_hex(6)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
         os.fsync(fd)
     except BaseException:
         os.close(fd)

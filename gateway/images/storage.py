@@ -98,7 +98,7 @@ class ImageStore:
         size = 0
         try:
             async for chunk in chunks:
-                await asyncio.to_thread(_write_all, fd, chunk)
+                await asyncio.to_thread(write_all, fd, chunk)
                 size += len(chunk)
         except BaseException as exc:
             os.close(fd)
@@ -209,7 +209,9 @@ def _sign(key: bytes, name: str, expires: int) -> str:
     return hmac.new(key, f"{name}:{expires}".encode(), hashlib.sha256).hexdigest()
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
+    """All of `data` to `fd` (os.write may write less than asked); the image files and the ledger
+    archive's objects both go through it."""
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
@@ -220,7 +222,7 @@ def _write_new(path: str, data: bytes) -> None:
     rename: nobody can ask for it before its URL is returned, which happens after this."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        _write_all(fd, data)
+        write_all(fd, data)
     except BaseException:
         os.close(fd)
         with contextlib.suppress(FileNotFoundError):
