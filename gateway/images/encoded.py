@@ -52,10 +52,14 @@ def json_parts(content: Any) -> list[bytes | Base64Of]:
     """`content` as JSON, in parts: bytes, and each Base64Of (a JSON string's text without its
     quotes) where it stands. Without any Base64Of, one part."""
     found: list[Base64Of] = []
-    salt = secrets.token_hex(12)  # no caller's text (a prompt) can hold it: it is new for each answer
+    # No caller's text (a prompt) can hold the salt: it is new for each answer, and made only for
+    # an answer that holds an image (a URL answer needs none).
+    salt = ""
 
     def mark(value: object) -> str:
+        nonlocal salt
         if isinstance(value, Base64Of):
+            salt = salt or secrets.token_hex(12)
             found.append(value)
             return f"{salt}.{len(found) - 1}"
         raise TypeError(f"{type(value).__name__} is not JSON serializable")

@@ -89,6 +89,10 @@ class Dispatcher:
         metrics: Metrics,
     ) -> None:
         self._providers = providers
+        # Each provider's optional capabilities, looked up once: isinstance against a runtime
+        # Protocol walks its members on every call (about 1 % of a request's CPU in a profile).
+        self._passes = {name: isinstance(p, PassesThrough) for name, p in providers.items()}
+        self._reporting = {name: p if isinstance(p, ReportsProgress) else None for name, p in providers.items()}
         self._router = router
         self._health = route_health
         self._board = board
@@ -249,8 +253,8 @@ class Dispatcher:
                 break
             route = planned.route
             provider = self._providers[route.provider]
-            passes = isinstance(provider, PassesThrough)
-            reporting = provider if listener is not None and isinstance(provider, ReportsProgress) else None
+            passes = self._passes[route.provider]
+            reporting = self._reporting[route.provider] if listener is not None else None
             previews = reporting is not None and reporting.makes_partial_images
             request = _provider_request(valid, request_id, remaining, with_extra=passes, previews=previews)
             if on_submitted is not None:

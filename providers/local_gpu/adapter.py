@@ -14,10 +14,11 @@ one exchange through it, at about a third of aiohttp's CPU and a twelfth of http
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
+
+import orjson
 
 from providers.base import (
     ErrorKind,
@@ -243,7 +244,7 @@ class LocalGpuProvider:
             worker.jobs.add(task)
         try:
             reply = await self._http.request(
-                "POST", f"{worker.url}/v1/images/generations", body=json.dumps(body).encode(), headers=headers,
+                "POST", f"{worker.url}/v1/images/generations", body=orjson.dumps(body), headers=headers,
                 timeout_s=None,  # generate()'s asyncio.timeout bounds the whole attempt
                 on_chunk=lines.feed if lines is not None else None,
             )  # fmt: skip
