@@ -23,7 +23,7 @@ from bench.perf.pricing import write_pricing
 from bench.stack import wait_for_redis
 from gateway.redis.embedded import find_redis_server
 from tests.fakes.server import free_port
-from tests.processes import Process, python
+from tests.processes import ROOT, Process, python
 
 MODEL = "hidream-i1-full"
 BODY = {"model": MODEL, "prompt": "a red fox in the snow, studio light", "n": 1, "size": "1024x1024"}
@@ -111,9 +111,20 @@ class PerfStack:
         started = [(self._spawn_gateway(f"ours-w{n}", n, env or {}), n) for n in worker_counts]
         return [self._finish_gateway(name, port, n) for (name, port), n in started]
 
-    def start_gateway(self, workers: int, name: str | None = None, env: Mapping[str, str] | None = None) -> Server:
-        name, port = self._spawn_gateway(name or f"ours-w{workers}", workers, env or {})
-        return self._finish_gateway(name, port, workers)
+    def start_gateway(
+        self,
+        workers: int,
+        name: str | None = None,
+        env: Mapping[str, str] | None = None,
+        *,
+        prefix: Sequence[str] = (),
+        checkout: Path | None = None,
+        ready_timeout_s: float = 120,
+    ) -> Server:
+        """`prefix`: a command the gateway runs under (valgrind, say); `checkout`: the project
+        checkout whose code it runs (another commit's, as a baseline), by default this one."""
+        name, port = self._spawn_gateway(name or f"ours-w{workers}", workers, env or {}, prefix, checkout)
+        return self._finish_gateway(name, port, workers, ready_timeout_s)
 
     def stop_gateway(self, gateway: Server) -> None:
         self._procs.pop(gateway.name).stop()
@@ -135,7 +146,9 @@ class PerfStack:
             env["GATEWAY_FAL_QUEUE_URL"] = self.upstream.url
         return env | dict(self.options.gateway_env)
 
-    def _spawn_gateway(self, name: str, workers: int, env: Mapping[str, str]) -> tuple[str, int]:
+    def _spawn_gateway(
+        self, name: str, workers: int, env: Mapping[str, str], prefix: Sequence[str] = (), checkout: Path | None = None
+    ) -> tuple[str, int]:
         if name in self._procs:
             raise ValueError(f"a gateway named {name} is already running")
         port = free_port()
@@ -144,15 +157,16 @@ class PerfStack:
         (self.workdir / name).mkdir(parents=True, exist_ok=True)
         self._procs[name] = Process(
             name,
-            python("gateway.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)),
-            full_env, self.workdir / "logs" / f"{name}.log",
+            [*prefix, *python("gateway.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+                              "--workers", str(workers))],
+            full_env, self.workdir / "logs" / f"{name}.log", cwd=checkout or ROOT,
         )  # fmt: skip
         return name, port
 
-    def _finish_gateway(self, name: str, port: int, workers: int) -> Server:
+    def _finish_gateway(self, name: str, port: int, workers: int, ready_timeout_s: float = 120) -> Server:
         proc = self._procs[name]
         url = f"http://127.0.0.1:{port}"
-        proc.wait_http(url + "/ready", timeout_s=120)
+        proc.wait_http(url + "/ready", timeout_s=ready_timeout_s)
         team_id, key = new_team_key(url, self.admin_key, name)
         providers = self.options.providers
         check_generation(url, key, expect_provider=providers[0] if len(providers) == 1 else None)
