@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class Process:
-    def __init__(self, name: str, args: list[str], env: Mapping[str, str], log: Path) -> None:
+    def __init__(self, name: str, args: list[str], env: Mapping[str, str], log: Path, cwd: Path = ROOT) -> None:
         self.name = name
         self.log = log
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "FAL_"))}
@@ -25,7 +25,7 @@ class Process:
         self._log_file = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             args,
-            cwd=ROOT,
+            cwd=cwd,  # `python -m` imports from here first: another checkout runs its own code
             env=full_env,
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,

@@ -23,7 +23,7 @@ from bench.perf.pricing import write_pricing
 from bench.stack import wait_for_redis
 from gateway.redis.embedded import find_redis_server
 from tests.fakes.server import free_port
-from tests.processes import Process, python
+from tests.processes import ROOT, Process, python
 
 MODEL = "hidream-i1-full"
 BODY = {"model": MODEL, "prompt": "a red fox in the snow, studio light", "n": 1, "size": "1024x1024"}
@@ -111,8 +111,11 @@ class PerfStack:
         started = [(self._spawn_gateway(f"ours-w{n}", n, env or {}), n) for n in worker_counts]
         return [self._finish_gateway(name, port, n) for (name, port), n in started]
 
-    def start_gateway(self, workers: int, name: str | None = None, env: Mapping[str, str] | None = None) -> Server:
-        name, port = self._spawn_gateway(name or f"ours-w{workers}", workers, env or {})
+    def start_gateway(
+        self, workers: int, name: str | None = None, env: Mapping[str, str] | None = None, checkout: Path | None = None
+    ) -> Server:
+        """`checkout`: run the gateway code of another checkout (a baseline), not this one's."""
+        name, port = self._spawn_gateway(name or f"ours-w{workers}", workers, env or {}, checkout)
         return self._finish_gateway(name, port, workers)
 
     def stop_gateway(self, gateway: Server) -> None:
@@ -135,7 +138,9 @@ class PerfStack:
             env["GATEWAY_FAL_QUEUE_URL"] = self.upstream.url
         return env | dict(self.options.gateway_env)
 
-    def _spawn_gateway(self, name: str, workers: int, env: Mapping[str, str]) -> tuple[str, int]:
+    def _spawn_gateway(
+        self, name: str, workers: int, env: Mapping[str, str], checkout: Path | None = None
+    ) -> tuple[str, int]:
         if name in self._procs:
             raise ValueError(f"a gateway named {name} is already running")
         port = free_port()
@@ -145,7 +150,7 @@ class PerfStack:
         self._procs[name] = Process(
             name,
             python("gateway.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)),
-            full_env, self.workdir / "logs" / f"{name}.log",
+            full_env, self.workdir / "logs" / f"{name}.log", cwd=checkout or ROOT,
         )  # fmt: skip
         return name, port
 
