@@ -26,6 +26,7 @@ from gateway.api.shedding import AcceptQueue, LoadShedder
 from gateway.api.state import AppState
 from gateway.api.throttle import SecretThrottle
 from gateway.catalog import load_catalog
+from gateway.heap import keep_freed_memory
 from gateway.images.copy import UpstreamImageCopier
 from gateway.images.decoding import UploadDecoder
 from gateway.images.store import ImageStorage, OnStoreError
@@ -224,6 +225,7 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
 def app_from_env() -> FastAPI:
     """The uvicorn factory for `gateway serve` (every worker process builds its own app)."""
     settings = Settings()
+    keep_freed_memory(settings.malloc_keep_free_bytes)  # before the app allocates anything large
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # httpx logs every upstream call (probes every few seconds) at INFO; keep that for debugging.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
