@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
 
-import httpx
+import aiohttp
 from fastapi import FastAPI
 
 from gateway.accounting.archiver import LedgerArchiver
@@ -103,9 +103,9 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
         scripts = script_client_for(url)
         providers = build_providers(settings, registry, catalog.providers())
         # Upstream images that came as URLs are copied into the store through this client.
-        downloads = httpx.AsyncClient(
-            timeout=httpx.Timeout(60.0, connect=settings.upstream_connect_timeout_s),
-            limits=httpx.Limits(max_connections=64),
+        downloads = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(sock_connect=settings.upstream_connect_timeout_s, sock_read=60.0),
+            connector=aiohttp.TCPConnector(limit=64),
         )
         try:
             metrics = Metrics(settings.prometheus_multiproc_dir)
@@ -198,7 +198,7 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
                 decoder.close()
                 await store.aclose()
         finally:
-            await downloads.aclose()
+            await downloads.close()
             for provider in providers.values():
                 await provider.aclose()
             await redis.aclose()
