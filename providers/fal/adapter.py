@@ -232,7 +232,7 @@ class FalProvider:
                     # Done by the time the look was sent, not when its answer came back: with the
                     # answer's round trip counted, each first look (0.8x the learned time) added one
                     # to the next estimate, which settled at about five round trips for a job fal
-                    # finished at once (12 ms waited for by every request, measured in bench.perf bytes).
+                    # finished at once, waited for by every request.
                     self._times.observe(endpoint, looked)
                 return status
             await asyncio.sleep(self._policy.next_wait_s(elapsed))
