@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
 
-import httpx
+import aiohttp
 from fastapi import FastAPI
 
 from gateway.accounting.archiver import LedgerArchiver
@@ -26,6 +26,7 @@ from gateway.api.shedding import AcceptQueue, LoadShedder
 from gateway.api.state import AppState
 from gateway.api.throttle import SecretThrottle
 from gateway.catalog import load_catalog
+from gateway.heap import keep_freed_memory
 from gateway.images.copy import UpstreamImageCopier
 from gateway.images.decoding import UploadDecoder
 from gateway.images.store import ImageStorage, OnStoreError
@@ -102,9 +103,9 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
         scripts = script_client_for(url)
         providers = build_providers(settings, registry, catalog.providers())
         # Upstream images that came as URLs are copied into the store through this client.
-        downloads = httpx.AsyncClient(
-            timeout=httpx.Timeout(60.0, connect=settings.upstream_connect_timeout_s),
-            limits=httpx.Limits(max_connections=64),
+        downloads = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(sock_connect=settings.upstream_connect_timeout_s, sock_read=60.0),
+            connector=aiohttp.TCPConnector(limit=64),
         )
         try:
             metrics = Metrics(settings.prometheus_multiproc_dir)
@@ -197,7 +198,7 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
                 decoder.close()
                 await store.aclose()
         finally:
-            await downloads.aclose()
+            await downloads.close()
             for provider in providers.values():
                 await provider.aclose()
             await redis.aclose()
@@ -224,6 +225,7 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
 def app_from_env() -> FastAPI:
     """The uvicorn factory for `gateway serve` (every worker process builds its own app)."""
     settings = Settings()
+    keep_freed_memory(settings.malloc_keep_free_bytes)  # before the app allocates anything large
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # httpx logs every upstream call (probes every few seconds) at INFO; keep that for debugging.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))

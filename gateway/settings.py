@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     # The decodes run on this many threads of their own (each keeps the memory it freed for reuse).
     upload_decode_budget_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
     upload_decode_threads: int = Field(default=2, ge=1)
+    # Freed memory each worker process's heap keeps for reuse rather than handing back to the
+    # kernel, which the next answer then faults in afresh (gateway/heap.py); 0: glibc's defaults.
+    malloc_keep_free_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
 
     # Time a request may take end to end, across fallbacks, and per-upstream connect timeout.
     request_deadline_s: float = 300.0

@@ -14,6 +14,9 @@ from typing import Literal, Protocol, runtime_checkable
 
 ResponseFormat = Literal["url", "b64_json"]
 OutputFormat = Literal["png", "jpeg", "webp"]
+# An image's bytes: a bytearray where an adapter read a body into a buffer made for it (copying it
+# into bytes would hold the image twice, briefly); never written to once made.
+ImageBytes = bytes | bytearray
 # A caller's parameter passed through to the upstream as it was sent.
 JsonValue = None | bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"]
 
@@ -84,7 +87,7 @@ class GeneratedImage:
     content_type: str
     width: int
     height: int
-    data: bytes | None = None
+    data: ImageBytes | None = None
     url: str | None = None  # a provider CDN URL that may pass through to the caller
     # The provider's own base64 of `data`, when it sent one: a b64_json answer reuses it instead of
     # encoding megabytes again.
@@ -298,7 +301,15 @@ class QueueEstimator(Protocol):
     def expected_wait_now(self, target: RouteTarget) -> float | None: ...
 
 
-def sniff_content_type(data: bytes) -> str | None:
+def png_size(data: ImageBytes) -> tuple[int, int] | None:
+    """Width and height from a PNG's IHDR chunk (always the first, at a fixed offset), without
+    PIL: on the hot path PIL's open cost more than the rest of reading the answer."""
+    if len(data) < 24 or data[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def sniff_content_type(data: ImageBytes) -> str | None:
     """The image type from magic bytes (never from a filename or a declared type)."""
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         return "image/png"

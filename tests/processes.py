@@ -25,7 +25,7 @@ class Process:
         self._log_file = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             args,
-            cwd=cwd,
+            cwd=cwd,  # `python -m` imports from here first: another checkout runs its own code
             env=full_env,
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,

@@ -13,6 +13,11 @@ Per case and concurrency (closed loop, c callers for --duration s): image MB/s (
 bytes delivered, or uploaded, per second), the ratio ours/direct, and the gateway's RSS: its peak
 at each concurrency and the growth per extra request in flight, (peak at c=8 - peak at c=1) / 7,
 also as a multiple of the image's size (how many copies of the payload a request holds at once).
+
+`--baseline DIR` runs a second gateway beside ours from another checkout of the code (e.g.
+`git -C /work/main archive HEAD | tar -x -C /tmp/base`), measured in the same run against the same
+upstream, so a change is compared with the code before it without the machine's load moving
+between the two: each ratio is printed for both.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from bench.perf.loadclient import ClientError, Connection, encode_request, raise
 from bench.perf.options import WORKROOT
 from bench.perf.peaks import PeakSampler
 from bench.perf.pricing import ROOT
+from bench.perf.procs import group_cpu_s
 from bench.perf.report import machine_meta, write_json
 from bench.perf.stack import PerfStack, StackOptions, perf_stack
 
@@ -54,7 +60,7 @@ SIZES = {"edits-10MiB": EDIT_IMAGE_BYTES}  # the payload's size (else GEN_IMAGE_
 @dataclass(frozen=True, slots=True)
 class Run:
     case: str  # generations-b64 | edits-10MiB
-    target: str  # direct | ours
+    target: str  # direct | base | ours
     concurrency: int
     requests: int
     errors: int
@@ -64,6 +70,9 @@ class Run:
     answer_p50_ms: float | None  # an answer by URL: until the answer, before the image was fetched
     rss_before_mib: float
     peak_rss_mib: float
+    # CPU the measured server's processes spent per request (the gateway's, or the upstream's for
+    # direct): a measure the machine's load moves far less than MB/s
+    cpu_ms_per_request: float
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,6 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cases", default=",".join(CASES), help=f"any of {', '.join(CASES)}")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="where the JSON goes")
     parser.add_argument("--workdir", type=Path, default=None, help=f"default: a new folder under {WORKROOT}")
+    parser.add_argument("--baseline", type=Path, default=None, help="another checkout whose gateway runs beside ours")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,29 +97,32 @@ def run(args: argparse.Namespace) -> int:
         label, providers, image_bytes, make = CASES[case]
         options = StackOptions(workdir=workdir / case, image_bytes=image_bytes, providers=providers)
         with perf_stack(options) as stack:
-            runs += _case(stack, label, make, args.duration, (low, high))
+            runs += _case(stack, label, make, args.duration, (low, high), args.baseline)
     _report(runs, args, workdir, low, high)
     return 0 if all(r.errors == 0 for r in runs) else 1
 
 
 def _case(
     stack: PerfStack, case: str, make: Callable[[PerfStack, str, str], tuple[Call, Call]], duration_s: float,
-    concurrencies: tuple[int, int],
+    concurrencies: tuple[int, int], baseline: Path | None = None,
 ) -> list[Run]:  # fmt: skip
     gateway = stack.start_gateway(1)
     print(f"== {case}: {gateway.name} on {gateway.url}, upstream {stack.upstream.url}", flush=True)
     direct_call, ours_call = make(stack, gateway.url, gateway.key)
+    targets = [("direct", direct_call, stack.upstream.url, stack.upstream.pgid)]
+    if baseline is not None:
+        base = stack.start_gateway(1, name="base-w1", checkout=baseline)
+        print(f"   baseline {base.name} on {base.url}, from {baseline}", flush=True)
+        targets.append(("base", make(stack, base.url, base.key)[1], base.url, base.pgid))
+    targets.append(("ours", ours_call, gateway.url, gateway.pgid))
     runs = []
     for concurrency in concurrencies:
-        for target, call, url, pgid in (
-            ("direct", direct_call, stack.upstream.url, stack.upstream.pgid),
-            ("ours", ours_call, gateway.url, gateway.pgid),
-        ):
+        for target, call, url, pgid in targets:
             run = _closed_loop(case, target, url, call, concurrency, duration_s, pgid)
             print(
                 f"  {case:<16} {target:<6} c={concurrency:<2} {run.requests:5d} req  {run.image_mb_per_s:7.1f} MB/s"
-                f"  p50 {run.p50_ms:7.1f} ms  errors {run.errors}  rss {run.rss_before_mib:5.0f} -> peak"
-                f" {run.peak_rss_mib:5.0f} MiB",
+                f"  p50 {run.p50_ms:7.1f} ms  cpu {run.cpu_ms_per_request:5.2f} ms/req  errors {run.errors}"
+                f"  rss {run.rss_before_mib:5.0f} -> peak {run.peak_rss_mib:5.0f} MiB",
                 flush=True,
             )
             runs.append(run)
@@ -147,8 +160,10 @@ def _closed_loop(
         await asyncio.gather(*(caller(started + duration_s) for _ in range(concurrency)))
         return time.monotonic() - started
 
+    cpu_before = group_cpu_s(pgid)
     with PeakSampler(pgid, every_s=0.05) as sampler:
         seconds = run_async(main)
+    cpu_s = group_cpu_s(pgid) - cpu_before
     if errors:
         print(f"    {len(errors)} errors, e.g. {errors[0]}", flush=True)
     times.sort()
@@ -159,6 +174,7 @@ def _closed_loop(
         p50_ms=1000 * times[len(times) // 2] if times else float("nan"),
         answer_p50_ms=1000 * answers[len(answers) // 2] if answers else None,
         rss_before_mib=sampler.rss_before, peak_rss_mib=sampler.peak_rss,
+        cpu_ms_per_request=1000 * cpu_s / len(moved) if moved else float("nan"),
     )  # fmt: skip
 
 
@@ -175,24 +191,30 @@ def _answer_gap(ours: Run, direct: Run) -> str:
 def _report(runs: list[Run], args: argparse.Namespace, workdir: Path, low: int, high: int) -> None:
     print(f"\n== bytes: {args.duration:g} s per run; gateway: 1 worker process")
     by = {(r.case, r.target, r.concurrency): r for r in runs}
+    gateways = [t for t in ("base", "ours") if any(r.target == t for r in runs)]
     for case in dict.fromkeys(r.case for r in runs):
         for c in (low, high):
-            ours, direct = by.get((case, "ours", c)), by.get((case, "direct", c))
-            if ours and direct and direct.image_mb_per_s:
+            direct = by.get((case, "direct", c))
+            for target in gateways:
+                ours = by.get((case, target, c))
+                if ours and direct and direct.image_mb_per_s:
+                    ratio = ours.image_mb_per_s / direct.image_mb_per_s
+                    print(
+                        f"  {case:<16} c={c:<2} {target:<4} {ours.image_mb_per_s:7.1f} MB/s  direct"
+                        f" {direct.image_mb_per_s:7.1f} MB/s  {target}/direct x{ratio:5.2f}"
+                        f"  p50 x{ours.p50_ms / direct.p50_ms:5.2f} ({ours.p50_ms - direct.p50_ms:+.1f} ms)"
+                        f"  gateway cpu {ours.cpu_ms_per_request:.2f} ms/req" + _answer_gap(ours, direct)
+                    )
+        for target in gateways:
+            a, b = by.get((case, target, low)), by.get((case, target, high))
+            if a and b and high > low:
+                per = (b.peak_rss_mib - a.peak_rss_mib) / (high - low)
+                copies = per * 1024 * 1024 / SIZES.get(case, GEN_IMAGE_BYTES)
                 print(
-                    f"  {case:<16} c={c:<2} ours {ours.image_mb_per_s:7.1f} MB/s  direct {direct.image_mb_per_s:7.1f}"
-                    f" MB/s  ours/direct x{ours.image_mb_per_s / direct.image_mb_per_s:5.2f}"
-                    f"  p50 x{ours.p50_ms / direct.p50_ms:5.2f} ({ours.p50_ms - direct.p50_ms:+.1f} ms)"
-                    + _answer_gap(ours, direct)
+                    f"  {case:<16} {target:<4} gateway RSS peak {a.peak_rss_mib:.0f} MiB at c={low},"
+                    f" {b.peak_rss_mib:.0f} MiB at c={high}: {per:.1f} MiB per extra request in flight"
+                    f" (~{copies:.1f}x the image)"
                 )
-        a, b = by.get((case, "ours", low)), by.get((case, "ours", high))
-        if a and b and high > low:
-            per = (b.peak_rss_mib - a.peak_rss_mib) / (high - low)
-            copies = per * 1024 * 1024 / SIZES.get(case, GEN_IMAGE_BYTES)
-            print(
-                f"  {case:<16} gateway RSS peak {a.peak_rss_mib:.0f} MiB at c={low}, {b.peak_rss_mib:.0f} MiB"
-                f" at c={high}: {per:.1f} MiB per extra request in flight (~{copies:.1f}x the image)"
-            )
-    meta = machine_meta() | {"workdir": str(workdir), "duration_s": args.duration}
+    meta = machine_meta() | {"workdir": str(workdir), "duration_s": args.duration, "baseline": str(args.baseline or "")}
     path = write_json(args.out, NAME, {"meta": meta, "runs": [asdict(r) for r in runs]})
     print(f"\n== JSON: {path}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.exceptions
 from fastapi import APIRouter, Query, Request
@@ -15,6 +15,9 @@ from gateway.api.deps import MetricsReader, State, observer
 from gateway.api.schemas import Health, Readiness
 from gateway.errors import NotFoundError, PermissionDeniedError
 from gateway.images.storage import CONTENT_TYPES
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 router = APIRouter()
 
@@ -77,13 +80,26 @@ async def image_file(
     if found.path is not None and "range" not in request.headers:
         # Read whole in one hop to a thread (FileResponse made one for each 64 KiB, about thirty
         # for a 2 MiB image, and the hops cost more than the reads); a file swept meanwhile is gone.
+        # Into a buffer made here, not by the thread: glibc keeps what a thread frees in that
+        # thread's own arena, so reads allocated there left each executor thread holding images.
+        buffer = bytearray(found.size)
         try:
-            data = await asyncio.to_thread(found.path.read_bytes)
+            size = await asyncio.to_thread(_read_into, found.path, buffer)
         except FileNotFoundError:
             raise NotFoundError("No such image.", code="not_found") from None
-        return Response(data, media_type=found.content_type, headers=headers)
+        return Response(memoryview(buffer)[:size], media_type=found.content_type, headers=headers)
     if found.path is not None:  # a range of it: FileResponse answers those
         return FileResponse(found.path, media_type=found.content_type, headers=headers)
     assert found.chunks is not None
     headers["content-length"] = str(found.size)
     return StreamingResponse(found.chunks, media_type=found.content_type, headers=headers)
+
+
+def _read_into(path: Path, buffer: bytearray) -> int:
+    """The file's bytes into `buffer` (its size when it was opened); how many there were."""
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+        filled = 0
+        while filled < len(view) and (n := f.readinto(view[filled:])):
+            filled += n
+    return filled

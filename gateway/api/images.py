@@ -68,8 +68,16 @@ class JsonBytesResponse(Response):
             return
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         for part in self._parts:
-            for piece in (part,) if isinstance(part, bytes) else part.pieces():
+            if isinstance(part, bytes):
+                await send({"type": "http.response.body", "body": part, "more_body": True})
+                continue
+            for piece in part.pieces():
                 await send({"type": "http.response.body", "body": piece, "more_body": True})
+                # A turn of the event loop: the server hands a turn's writes to the socket at its
+                # end (api/server.py), so without one every piece was encoded and buffered before
+                # the first was sent, and the connection's flow control (send() waits while the
+                # socket's buffer is full) never held a piece back: the whole base64 was held.
+                await asyncio.sleep(0)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         if self.background is not None:
             await self.background()

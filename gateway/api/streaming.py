@@ -35,7 +35,7 @@ from gateway.images.convert import render
 from gateway.images.encoded import as_text
 from gateway.images.validation import ValidRequest
 from gateway.service import Admitted, Delivery, ImagesResponse, PartServed
-from providers.base import PartialImage, Progress, ProgressEvent
+from providers.base import ImageBytes, PartialImage, Progress, ProgressEvent
 
 PROGRESS_EVENT = "gateway.progress"
 KEEPALIVE = {"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True}
@@ -257,7 +257,7 @@ def _completed(event: str, valid: ValidRequest, b64: str, seed: int | None, fact
     return b"event: " + event.encode() + b"\ndata: " + orjson.dumps({**body, "b64_json": b64}) + b"\n\n"
 
 
-def _partial(event: str, valid: ValidRequest, preview: bytes, partial: PartialImage, image_index: int) -> bytes:
+def _partial(event: str, valid: ValidRequest, preview: ImageBytes, partial: PartialImage, image_index: int) -> bytes:
     """A preview as OpenAI's partial_image event, at the asked size and format (as the finished
     image is converted, with the encoder's quickest effort: a 1024x1024 PNG took 1.7 s at zlib's
     default level on the loaded test machine, 0.6 s at level 1); the step it shows and its

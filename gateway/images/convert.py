@@ -11,14 +11,14 @@ import io
 
 from PIL import Image
 
-from providers.base import OutputFormat
+from providers.base import ImageBytes, OutputFormat
 
 # OpenAI's default output_compression is 100 (the least compression).
 DEFAULT_QUALITY = 100
 
 
 def render(
-    data: bytes,
+    data: ImageBytes,
     width: int,
     height: int,
     fmt: OutputFormat = "png",

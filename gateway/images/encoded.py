@@ -12,6 +12,8 @@ from typing import Any
 import orjson
 import pybase64
 
+from providers.base import ImageBytes
+
 # Bytes encoded at a time: 192 KiB in, 256 KiB of text out (a multiple of 3: no padding between
 # pieces). With pybase64's SIMD encoder the piece size hardly shows in the time (2 MiB: 0.1-0.2 ms
 # in pieces of 192 or 768 KiB, within the noise), and a request holds about two pieces beside the
@@ -25,7 +27,7 @@ class Base64Of:
 
     __slots__ = ("data",)
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: ImageBytes) -> None:
         self.data = data
 
     @property

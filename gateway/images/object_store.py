@@ -30,6 +30,7 @@ from gateway.images.store import (
     failure_kind,
     is_image_name,
 )
+from providers.base import ImageBytes
 
 if TYPE_CHECKING:
     from obstore.store import ClientConfig, RetryConfig
@@ -89,7 +90,7 @@ class S3ImageStore:
     def has_room(self, size: int = 0) -> bool:
         return True  # a bucket has no free space to watch; a refused write is a 503 of its own
 
-    async def put(self, data: bytes, content_type: str) -> StoredImage:
+    async def put(self, data: ImageBytes, content_type: str) -> StoredImage:
         name = self._new_name(content_type)
         key = _key(name)
         try:

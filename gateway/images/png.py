@@ -12,7 +12,12 @@ size is checked before this runs (validation.probe_upload)."""
 from __future__ import annotations
 
 import struct
-import zlib
+from typing import cast
+
+# The zlib module's API with SIMD CRC-32 and a faster inflate (pyproject.toml says how much).
+from zlib_ng import zlib_ng as zlib
+
+ZLIB_ERROR = cast("type[Exception]", zlib.error)  # its stub declares the class an instance
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # colour type -> (samples a pixel, the bit depths it may have)
@@ -20,6 +25,13 @@ COLOUR_TYPES = {0: (1, (1, 2, 4, 8, 16)), 2: (3, (8, 16)), 3: (1, (1, 2, 4, 8)),
 # Adam7: each pass's (first column, first row, column step, row step)
 ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
 INFLATE_PIECE = 256 * 1024  # inflated bytes held at once
+# Compressed bytes handed to zlib at once: what it leaves unconsumed it copies out (unconsumed_tail),
+# so one IDAT chunk of a photo's 10 MiB fed whole was copied again for every piece inflated from it
+# (about 200 MB of copying, and a second copy of the chunk held), where slices of this size leave
+# at most this much to copy.
+FEED_PIECE = 64 * 1024
+# What check_png holds beside the file: one inflated piece, the slice's leftover and zlib's state.
+CHECK_BYTES = INFLATE_PIECE + FEED_PIECE + 64 * 1024
 MAX_FILTER = 4  # None, Sub, Up, Average, Paeth
 
 
@@ -77,6 +89,29 @@ def check_png(data: bytes | memoryview) -> tuple[int, int]:
         at = body_end + 4
 
 
+def checked_without_pixels(data: bytes | memoryview) -> bool:
+    """Whether check_png checks this file itself, holding about CHECK_BYTES beside it, rather than
+    leaving it to a decoder (NotChecked): an IHDR it knows and no acTL before the image data. Reads
+    chunk headers only; a file too broken to tell is one check_png refuses without decoding."""
+    view = memoryview(data)
+    at, end = 8, len(view)
+    while at + 8 <= end:
+        length, kind = struct.unpack_from(">I4s", view, at)
+        if kind == b"IHDR":
+            try:
+                _header(view[at + 8 : at + 8 + length])
+            except NotChecked:
+                return False
+            except PngError:
+                return True
+        elif kind == b"acTL":
+            return False
+        elif kind == b"IDAT":
+            return True
+        at += 12 + length
+    return True
+
+
 def _header(body: memoryview) -> tuple[int, int, list[tuple[int, int]]]:
     if len(body) != 13:
         raise PngError("IHDR is not 13 bytes")
@@ -114,16 +149,19 @@ class _Inflater:
 
     def feed(self, data: memoryview) -> None:
         self.started = True
-        pending: bytes | memoryview = data
-        while pending and self._seen < self.expected:
-            try:
-                out = self._zlib.decompress(pending, min(INFLATE_PIECE, self.expected - self._seen))
-            except zlib.error as exc:
-                raise PngError(f"corrupt image data ({exc})") from None
-            self._scan(out)
-            pending = self._zlib.unconsumed_tail
-            if self._zlib.eof:
-                break
+        for start in range(0, len(data), FEED_PIECE):
+            pending: bytes | memoryview = data[start : start + FEED_PIECE]
+            while pending and self._seen < self.expected:
+                try:
+                    out = self._zlib.decompress(pending, min(INFLATE_PIECE, self.expected - self._seen))
+                except ZLIB_ERROR as exc:
+                    raise PngError(f"corrupt image data ({exc})") from None
+                self._scan(out)
+                pending = self._zlib.unconsumed_tail
+                if self._zlib.eof:
+                    return
+            if self._seen >= self.expected:
+                return
 
     def finish(self) -> None:
         if not self.started:

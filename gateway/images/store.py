@@ -13,6 +13,8 @@ from typing import Any, Protocol
 import pybase64
 from obstore.exceptions import PermissionDeniedError, UnauthenticatedError
 
+from providers.base import ImageBytes
+
 # Told of each failed store call: (operation, kind), for the gateway_store_errors metric.
 OnStoreError = Callable[[str, str], None]
 
@@ -60,7 +62,7 @@ class ImageStorage(Protocol):
         """Whether an answer by URL may be admitted (a local disk's free space; always for a bucket)."""
         ...
 
-    async def put(self, data: bytes, content_type: str) -> StoredImage: ...
+    async def put(self, data: ImageBytes, content_type: str) -> StoredImage: ...
 
     async def put_stream(self, chunks: AsyncIterator[bytes], content_type: str) -> StoredImage:
         """Store an image as it arrives, never holding it whole where the store allows; on any

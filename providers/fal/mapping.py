@@ -23,6 +23,7 @@ from providers.base import (
     ProviderContentPolicyError,
     ProviderRejectedInputError,
     RouteTarget,
+    png_size,
     sniff_content_type,
 )
 from providers.fal.errors import PROVIDER, error_from_response, lower_keys, try_json
@@ -317,7 +318,7 @@ def _image(image: _Image) -> GeneratedImage:
         content_type = sniff_content_type(data)
         if content_type is None:
             raise _bad("a data URI in fal's output is not a PNG, JPEG or WebP image")
-        width, height = _pixel_size(data)
+        width, height = (png_size(data) if content_type == "image/png" else None) or _pixel_size(data)
         return GeneratedImage(content_type=content_type, width=width, height=height, data=data)
     if not image.url.startswith(("https://", "http://")):
         raise _bad("an image URL in fal's output is neither a data URI nor http(s)")

@@ -54,9 +54,10 @@ class CompletionTimes:
     The summary is a low quantile of a window rather than a mean: one request that sat long in
     fal's queue must not push the next requests' first look past their own completion (a late look
     costs latency; an early one costs a call or a longer-held stream). Observations from polls are
-    upper bounds (the job finished somewhere in the last wait); a too-late first look that finds a
-    job done reports the look's time, which is below the estimate, so the estimate comes down
-    again by itself when fal gets faster.
+    upper bounds (the job finished somewhere in the last wait), taken when the poll was sent; a
+    too-late first look that finds a job done reports its own time, 0.8x the estimate, so the
+    estimate comes down again by itself when fal gets faster. (Taken when the poll's answer came
+    back, each such look added a round trip: a job fal finished at once was learned as about five.)
     """
 
     def __init__(self, *, window: int = 64, quantile: float = 0.25, min_samples: int = 3) -> None:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from providers.base import (
     GeneratedImage,
+    ImageBytes,
     ImageRequest,
     ImageResult,
     ProviderAuthError,
@@ -28,6 +29,7 @@ from providers.base import (
     ProviderRejectedInputError,
     ProviderUnavailableError,
     RouteTarget,
+    png_size,
     sniff_content_type,
 )
 
@@ -131,7 +133,7 @@ class ReadyReport:
         return self.max_queue is not None and self.in_flight + self.queue_depth >= 1 + self.max_queue
 
 
-def parse_ready(status: int, headers: Mapping[str, str], content: bytes) -> ReadyReport:
+def parse_ready(status: int, headers: Mapping[str, str], content: bytes | bytearray) -> ReadyReport:
     """/ready answers 200 when ready and 503 while loading, warming, draining or failed; both
     carry the report. Anything else is not a worker we understand."""
     if status not in (200, 503):
@@ -152,7 +154,7 @@ def parse_ready(status: int, headers: Mapping[str, str], content: bytes) -> Read
     )
 
 
-def parse_generation(headers: Mapping[str, str], content: bytes, request: ImageRequest) -> ImageResult:
+def parse_generation(headers: Mapping[str, str], content: ImageBytes, request: ImageRequest) -> ImageResult:
     """A 200 from the worker -> ImageResult, checking that it holds request.n decodable images
     of exactly the requested size."""
     if headers.get("content-type", "").split(";")[0].strip().lower() == RAW_IMAGES:
@@ -176,7 +178,7 @@ def parse_generation(headers: Mapping[str, str], content: bytes, request: ImageR
     )
 
 
-def _parse_raw(headers: Mapping[str, str], content: bytes, request: ImageRequest) -> ImageResult:
+def _parse_raw(headers: Mapping[str, str], content: ImageBytes, request: ImageRequest) -> ImageResult:
     """The images as bytes: split by x-image-lengths (one image is the body itself, not a copy)."""
     actual = headers.get("x-actual-size")
     if actual is not None and actual != request.size:
@@ -218,7 +220,7 @@ def _decode_image(b64: str, request: ImageRequest) -> GeneratedImage:
     return _image(data, request, b64)
 
 
-def _image(data: bytes, request: ImageRequest, b64: str | None = None) -> GeneratedImage:
+def _image(data: ImageBytes, request: ImageRequest, b64: str | None = None) -> GeneratedImage:
     content_type = sniff_content_type(data)
     if content_type is None:
         raise ProviderBadResponseError("an image is not PNG, JPEG or WebP", provider=PROVIDER)
@@ -235,14 +237,6 @@ def _image(data: bytes, request: ImageRequest, b64: str | None = None) -> Genera
     return GeneratedImage(content_type=content_type, width=width, height=height, data=data, b64=b64)
 
 
-def png_size(data: bytes) -> tuple[int, int] | None:
-    """Width and height from a PNG's IHDR chunk (always the first, at a fixed offset), without
-    PIL: on the hot path PIL's open cost more than the rest of reading the answer."""
-    if len(data) < 24 or data[12:16] != b"IHDR":
-        return None
-    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-
-
 def _worker_seconds(headers: Mapping[str, str]) -> float | None:
     try:
         return (int(headers["x-queue-ms"]) + int(headers["x-infer-ms"])) / 1000
@@ -253,7 +247,7 @@ def _worker_seconds(headers: Mapping[str, str]) -> float | None:
 # --- errors -----------------------------------------------------------------------------------
 
 
-def error_from_response(status: int, headers: Mapping[str, str], content: bytes) -> ProviderError:
+def error_from_response(status: int, headers: Mapping[str, str], content: bytes | bytearray) -> ProviderError:
     """A non-200 generation response -> the ProviderError it means (by status, never by text)."""
     detail = _error_detail(content)
     message = f"worker answered {status}: {detail.message or 'no message'}"
@@ -274,7 +268,7 @@ def error_from_response(status: int, headers: Mapping[str, str], content: bytes)
     return ProviderBadResponseError(message, provider=PROVIDER, upstream_status=status)
 
 
-def _error_detail(content: bytes) -> _ErrorDetail:
+def _error_detail(content: bytes | bytearray) -> _ErrorDetail:
     try:
         return _ErrorBody.model_validate_json(content).error
     except ValidationError:

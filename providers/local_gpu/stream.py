@@ -21,9 +21,10 @@ from providers.base import (
     ProgressEvent,
     ProgressSink,
     ProviderBadResponseError,
+    png_size,
     sniff_content_type,
 )
-from providers.local_gpu.mapping import PROVIDER, error_from_response, parse_generation, png_size
+from providers.local_gpu.mapping import PROVIDER, error_from_response, parse_generation
 
 
 @dataclass(frozen=True, slots=True)

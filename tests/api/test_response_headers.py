@@ -57,6 +57,8 @@ def test_an_image_is_cached_no_longer_than_its_url_lives(served: tuple[TestClien
     before = time.time()
     image = client.get(f"{url.path}?{url.query}")
     assert image.status_code == 200
+    stored = state.store.path_of(name)  # type: ignore[attr-defined]
+    assert stored is not None and image.content == stored.read_bytes()  # the file, byte for byte
     directives = dict(d.strip().partition("=")[::2] for d in image.headers["cache-control"].split(","))
     assert "private" in directives
     assert 0 < int(directives["max-age"]) <= expires - before <= 600

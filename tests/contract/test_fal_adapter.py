@@ -19,6 +19,7 @@ from PIL import Image
 
 from providers.base import ErrorKind, InputImage, ProviderError
 from providers.fal import FalProvider
+from providers.fal import adapter as adapter_module
 from providers.fal.http import HttpxFal
 from tests.contract.cases.fal import KEY, TARGET, make_request
 from tests.fakes.fal_server import create_app
@@ -39,6 +40,7 @@ class Recording(httpx.AsyncBaseTransport):
         self.refuse_status = False
         self.refuse_stream = False
         self.stream_answer: int | None = None  # answer status streams with this code and no stream
+        self.on_status: Callable[[], None] | None = None  # called as each status poll is answered
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         self.seen.append(request)
@@ -56,6 +58,8 @@ class Recording(httpx.AsyncBaseTransport):
         if is_status and response.status_code in (200, 202):
             await response.aread()
             self.statuses.append(json.loads(response.content)["status"])
+        if is_status and self.on_status is not None:
+            self.on_status()
         return response
 
     def of(self, method: str) -> list[httpx.Request]:
@@ -333,6 +337,49 @@ async def test_once_completion_times_are_learned_the_first_look_comes_near_the_e
     cold, *_, learned = (r.polls for r in rig.fake.requests())
     assert cold >= 6
     assert 1 <= learned <= 4
+
+
+class FakeClock:
+    """The adapter's time.monotonic and asyncio.sleep: a sleep moves the clock on by what it asks
+    (and is recorded), the rest of asyncio is the real one."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0)
+
+    def __getattr__(self, name: str) -> object:  # asyncio.timeout, shield, ... as they are
+        return getattr(asyncio, name)
+
+
+async def test_a_job_fal_finished_at_once_is_learned_as_done_when_the_look_was_sent(
+    rig_factory: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # fal finishes each job at once, and each status answer takes 50 ms to come back (on a fake
+    # clock). The time learned is when the look that found the job done was sent: counting its
+    # answer's round trip too, each first look (at 0.8x the estimate) added one to the next
+    # estimate, which climbed towards five round trips (0.25 s) that every request waited for.
+    clock = FakeClock()
+    monkeypatch.setattr(adapter_module, "time", clock)
+    monkeypatch.setattr(adapter_module, "asyncio", clock)
+    rig = rig_factory(inference_s=0.0, status_stream=0, poll_initial_s=0.01)
+
+    def answered() -> None:
+        clock.now += 0.05
+
+    rig.transport.on_status = answered
+    for _ in range(12):
+        await rig.provider.generate(TARGET, make_request())
+    cold, learned = clock.sleeps[:3], clock.sleeps[3:]
+    assert cold == [0.01] * 3 and len(learned) == 9  # one look each: every job was done at the first
+    assert max(learned) <= 0.01  # never later than a first look that knew nothing
 
 
 async def test_a_stream_that_gives_out_falls_back_to_polling(rig_factory: Factory) -> None:

@@ -3,12 +3,14 @@ JSON orjson makes of the same body with the base64 in it."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import random
 
 import orjson
 import pytest
 
+from gateway.api.images import JsonBytesResponse
 from gateway.images.encoded import PIECE, Base64Of, as_text, json_parts, parts_length
 
 
@@ -46,3 +48,32 @@ def test_a_body_without_images_is_one_part() -> None:
     assert json_parts({"a": [1, "b"]}) == [b'{"a":[1,"b"]}']
     with pytest.raises(TypeError):
         as_text(object())
+
+
+async def test_the_answer_lets_the_event_loop_turn_between_pieces() -> None:
+    """The server hands a turn's writes to the socket at the turn's end and holds send() back while
+    the socket is full: each piece must go out (a turn) before the next is encoded, or every piece
+    of the base64 is made and held at once."""
+    data = random.Random(5).randbytes(3 * PIECE + 7)
+    response = JsonBytesResponse({"data": [{"b64_json": Base64Of(data)}]})
+    loop = asyncio.get_running_loop()
+    turns: list[int] = []  # for each body message, the loop turns seen before it
+    seen = [0]
+    sent: list[bytes] = []
+
+    async def send(message: dict[str, object]) -> None:
+        if message["type"] == "http.response.body":
+            turns.append(seen[0])
+            sent.append(message["body"])  # type: ignore[arg-type]
+            loop.call_soon(seen.__setitem__, 0, seen[0] + 1)  # runs at the next turn
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.disconnect"}
+
+    await response({"type": "http"}, receive, send)  # type: ignore[arg-type]
+    body = b"".join(sent)
+    assert orjson.loads(body)["data"][0]["b64_json"] == base64.b64encode(data).decode()
+    pieces = [i for i, b in enumerate(sent) if len(b) == PIECE // 3 * 4]
+    assert len(pieces) == 3
+    # the loop turned after each piece before the next was sent
+    assert all(turns[i + 1] > turns[i] for i in pieces)

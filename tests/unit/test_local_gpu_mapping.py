@@ -176,7 +176,7 @@ def test_png_size_is_read_from_the_header_as_pil_reads_it() -> None:
 
     from PIL import Image as _Image
 
-    from providers.local_gpu.mapping import png_size
+    from providers.base import png_size
 
     for w, h in ((1024, 1024), (1360, 768), (1, 3)):
         buf = _io.BytesIO()

@@ -12,8 +12,10 @@ import pytest
 from PIL import Image
 
 from gateway.errors import InvalidRequestError
-from gateway.images.png import ADAM7, NotChecked, PngError, check_png
+from gateway.images.decoding import decode_bytes
+from gateway.images.png import ADAM7, CHECK_BYTES, FEED_PIECE, NotChecked, PngError, check_png, checked_without_pixels
 from gateway.images.validation import decode_fully, probe_upload
+from providers.base import InputImage
 
 
 def chunk(kind: bytes, data: bytes) -> bytes:
@@ -203,3 +205,36 @@ def test_decode_fully_names_the_parameter_of_a_damaged_png() -> None:
     with pytest.raises(InvalidRequestError) as info:
         decode_fully(damaged, "mask")
     assert (info.value.code, info.value.param) == ("invalid_image", "mask")
+
+
+def test_a_photo_sized_idat_chunk_is_inflated_a_slice_at_a_time() -> None:
+    """Incompressible pixels in one IDAT chunk several FEED_PIECEs long (as a photo's): it passes,
+    and its image data cut short past two slices (the CRC made right) is still refused."""
+    rng = random.Random(3)
+    width, height = 300, 300
+    raw = b"".join(b"\0" + rng.randbytes(3 * width) for _ in range(height))
+    data = raw_png(width, height, raw)
+    assert len(data) > 3 * FEED_PIECE
+    assert check_png(data) == (width, height)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    cut = zlib.compress(raw)[: 2 * FEED_PIECE + 5]
+    short = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", cut) + chunk(b"IEND", b"")
+    assert pillow_refuses(short)
+    with pytest.raises(PngError, match="truncated image data"):
+        check_png(short)
+
+
+def test_which_pngs_are_checked_without_their_pixels() -> None:
+    frames = [Image.new("RGB", (8, 8), c) for c in ("red", "blue")]
+    buf = io.BytesIO()
+    frames[0].save(buf, "PNG", save_all=True, append_images=frames[1:])
+    odd = struct.pack(">IIBBBBB", 8, 8, 4, 2, 0, 0, 0)  # RGB at 4 bits: left to the decoder
+    odd_png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", odd) + chunk(b"IDAT", zlib.compress(bytes(8 * 25)))
+    assert checked_without_pixels(pillow_png("RGB")) and checked_without_pixels(pillow_png("P"))
+    assert not checked_without_pixels(buf.getvalue())  # animated: acTL before the image data
+    assert not checked_without_pixels(odd_png)
+    assert checked_without_pixels(b"not a png at all")  # refused by the check, nothing decoded
+    # what the decode budget reserves: one inflated piece for a checked PNG, the pixels otherwise
+    big = InputImage(pillow_png("RGB", (16, 12)), "image/png", 4000, 4000)
+    animated = InputImage(buf.getvalue(), "image/png", 4000, 4000)
+    assert decode_bytes(big) == CHECK_BYTES and decode_bytes(animated) == 4000 * 4000 * 4

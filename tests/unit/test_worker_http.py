@@ -4,12 +4,13 @@ keep-alive reuse, chunked and fixed-length bodies, and each way an exchange can 
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import pytest
 
-from providers.local_gpu.http import ConnectFailed, ExchangeBroken, ExchangeTimeout, WorkerHttp
+from providers.local_gpu.http import PREALLOCATE_FROM, ConnectFailed, ExchangeBroken, ExchangeTimeout, WorkerHttp
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Coroutine[Any, Any, None]]
 
@@ -152,3 +153,45 @@ async def test_connections_idle_past_their_time_are_closed_while_traffic_goes_on
             assert open_now[0] <= 2, open_now[0]
         finally:
             await http.aclose()
+
+
+async def test_a_large_body_of_declared_length_is_read_whole_into_one_buffer() -> None:
+    """Past PREALLOCATE_FROM a body is copied into a buffer of its content-length as it arrives (no
+    list of pieces joined at the end): the bytes are the ones sent, in order, answer after answer on
+    one connection, however the server's writes split them."""
+    images = [random.Random(i).randbytes(PREALLOCATE_FROM * 5 + 17 * i) for i in range(3)]
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            for image in images:
+                await _read_request(reader)
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(image))
+                for at in range(0, len(image), 10_007):  # odd pieces, each drained: many reads
+                    writer.write(image[at : at + 10_007])
+                    await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    http = WorkerHttp(connect_timeout_s=1)
+    async for url in _serve(handle):
+        replies = [await http.request("GET", url + "/x", timeout_s=5) for _ in images]
+        assert [r.body for r in replies] == images
+        assert all(isinstance(r.body, bytearray) for r in replies)
+    await http.aclose()
+
+
+async def test_a_large_body_cut_short_is_a_broken_exchange_not_a_padded_body() -> None:
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % (PREALLOCATE_FROM * 4))
+        writer.write(b"x" * PREALLOCATE_FROM)
+        await writer.drain()
+        writer.close()
+
+    http = WorkerHttp(connect_timeout_s=1)
+    async for url in _serve(cut):
+        with pytest.raises(ExchangeBroken):
+            await http.request("GET", url + "/", timeout_s=2)
+    await http.aclose()

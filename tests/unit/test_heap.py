@@ -1,0 +1,39 @@
+"""gateway/heap.py: with freed memory kept, a second round of the same large buffers reuses the
+pages of the first instead of faulting fresh ones in (measured in a fresh process each)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+ROUNDS = """
+import resource, sys
+from gateway.heap import keep_freed_memory
+print(keep_freed_memory(int(sys.argv[1])))
+def round_():
+    held = [bytearray(1024 * 1024) for _ in range(24)]  # 24 MiB live, then all of it freed
+    del held
+round_()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+round_()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def _second_round_faults(keep_bytes: int) -> tuple[bool, int]:
+    out = subprocess.run([sys.executable, "-c", ROUNDS, str(keep_bytes)], capture_output=True, text=True, check=True)
+    took, faults = out.stdout.split()
+    return took == "True", int(faults)
+
+
+def test_a_second_round_of_large_buffers_reuses_the_first_rounds_pages() -> None:
+    took, kept = _second_round_faults(64 * 1024 * 1024)
+    left, default = _second_round_faults(0)
+    assert took and not left
+    pages = 24 * 1024 * 1024 // 4096
+    assert default > pages // 2  # glibc's defaults gave the 24 MiB back and faulted it in again
+    assert kept < pages // 10
+
+
+def test_zero_leaves_glibc_as_it_was() -> None:
+    assert _second_round_faults(0)[0] is False
