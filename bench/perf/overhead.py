@@ -57,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
     versions: dict[str, str] = {}
     failure: BenchFailure | None = None
     try:
-        with bench_session(plan, StackOptions(workdir=plan.workdir, delay_ms=args.delay_ms)) as session:
+        with bench_session(
+            plan, StackOptions(workdir=plan.workdir, delay_ms=args.delay_ms, gateway_env=dict(plan.gateway_env))
+        ) as session:
             targets, versions = session.targets, session.versions
             session.run_rounds(plan, CONCURRENCIES, records=records)
     except BenchFailure as exc:
