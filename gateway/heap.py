@@ -4,8 +4,9 @@ A gateway process under steady load does not grow in Python objects (tracemalloc
 stay flat over a soak), but its RSS crept up about 0.5 MiB a minute: glibc keeps the pages of
 freed memory inside its heaps (one per thread that allocated: the image writes and upload checks
 run on threads), and a heap gives back only what is free at its top. malloc_trim(0) returns every
-whole free page of every heap. It runs on a thread (ctypes lets go of the GIL), so the event loop
-does not wait for it. A no-op where the C library is not glibc.
+whole free page of every heap. It runs on a thread (ctypes lets go of the GIL); the event loop
+waits only if it allocates from the heap being trimmed at that moment (a trim measured 3 ms, the
+first of 500 MiB freed in pieces 39 ms). A no-op where the C library is not glibc.
 """
 
 from __future__ import annotations
