@@ -84,6 +84,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--json", type=Path, default=None, help="where the JSON goes (default bench/results/)")
+    p.add_argument("--memtrace", type=Path, default=None,
+                   help="trace the gateway's memory into this folder (bench/memtrace.py)")  # fmt: skip
+    p.add_argument("--memtrace-every-s", type=float, default=30.0, help="seconds between memtrace snapshots")
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                   help="a setting for the gateway (repeatable), e.g. GATEWAY_HEAP_TRIM_S=0")  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -93,8 +98,16 @@ def main(argv: list[str] | None = None) -> int:
     raise_open_files_limit()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="soak-"))
     env = {"GATEWAY_FAL_POLL_INITIAL_S": "0.05", "GATEWAY_FAL_POLL_MAX_S": "0.2"}
+    env |= dict(pair.split("=", 1) for pair in args.env)
+    module = "gateway.cli"
+    if args.memtrace is not None:
+        env |= {
+            "BENCH_MEMTRACE_DIR": str(args.memtrace.resolve()),
+            "BENCH_MEMTRACE_EVERY_S": str(args.memtrace_every_s),
+        }
+        module = "bench.memtrace"
     options = StackOptions(workdir=workdir, delay_ms=args.delay_ms, fal_delay_ms=args.fal_delay_ms,
-                           providers=("local_gpu", "fal"), gateway_env=env)  # fmt: skip
+                           providers=("local_gpu", "fal"), gateway_env=env, gateway_module=module)  # fmt: skip
     load_before = os.getloadavg()
     with perf_stack(options) as stack:
         gateway = stack.start_gateway(args.workers, name="soak")

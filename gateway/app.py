@@ -26,7 +26,7 @@ from gateway.api.shedding import AcceptQueue, LoadShedder
 from gateway.api.state import AppState
 from gateway.api.throttle import SecretThrottle
 from gateway.catalog import load_catalog
-from gateway.heap import keep_freed_memory
+from gateway.heap import HeapTrimmer, keep_freed_memory
 from gateway.images.copy import UpstreamImageCopier
 from gateway.images.decoding import UploadDecoder
 from gateway.images.store import ImageStorage, OnStoreError
@@ -181,6 +181,9 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
                 background.append(
                     asyncio.create_task(repeat(archiver.run_once, settings.ledger_archive_interval_s, "ledger archive"))
                 )
+            trimmer = HeapTrimmer()
+            if settings.heap_trim_s > 0 and trimmer.available:
+                background.append(asyncio.create_task(repeat(trimmer.trim, settings.heap_trim_s, "heap trim")))
             if settings.pricing_reload_s > 0:
                 background.append(
                     asyncio.create_task(repeat(catalogs.check, settings.pricing_reload_s, "pricing file check"))

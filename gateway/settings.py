@@ -110,6 +110,9 @@ class Settings(BaseSettings):
     # A key's `last_used` is written at most this often per process (gateway/accounting/last_used.py):
     # the request path writes nothing, so it may be late by about this much.
     key_last_used_s: float = Field(default=60.0, ge=0)
+    # How often each process hands the C heap's free pages back to the system (glibc malloc_trim,
+    # gateway/heap.py; 0: never): without it RSS crept up under steady load, with no object leaking.
+    heap_trim_s: float = Field(default=60.0, ge=0)
 
     # Load shedding per worker process (gateway/api/shedding.py): image requests in flight at most, and
     # the event-loop lag past which new image requests get 503 + retry-after (0 turns that off).

@@ -22,6 +22,7 @@ class Plan:
     workdir: Path  # logs, Redis dir, gateway data, LiteLLM configs
     out_dir: Path  # JSON results
     quick: bool
+    gateway_env: tuple[tuple[str, str], ...] = ()  # settings for every gateway (--env NAME=VALUE)
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +34,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="smoke test: 1 round of 3 s runs, 1 worker")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="where the JSON goes")
     parser.add_argument("--workdir", type=Path, default=None, help=f"default: a new folder under {WORKROOT}")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for our gateways (repeatable), e.g. GATEWAY_HEAP_TRIM_S=0")  # fmt: skip
 
 
 def plan_from(args: argparse.Namespace, scenario: str) -> Plan:
@@ -51,4 +54,5 @@ def plan_from(args: argparse.Namespace, scenario: str) -> Plan:
         workdir=workdir,
         out_dir=args.out,
         quick=quick,
+        gateway_env=tuple((k, v) for k, _, v in (pair.partition("=") for pair in args.env)),
     )

@@ -9,6 +9,7 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
+from bench.perf import memory
 from bench.perf.measure import BenchFailure, RunRecord, Target
 from bench.perf.options import add_common_arguments, plan_from
 from bench.perf.report import Runs, Stat, fmt, machine_meta, peer_for, per_worker, write_json
@@ -56,16 +57,20 @@ def run(args: argparse.Namespace) -> int:
     versions: dict[str, str] = {}
     failure: BenchFailure | None = None
     try:
-        with bench_session(plan, StackOptions(workdir=plan.workdir, delay_ms=args.delay_ms)) as session:
+        with bench_session(
+            plan, StackOptions(workdir=plan.workdir, delay_ms=args.delay_ms, gateway_env=dict(plan.gateway_env))
+        ) as session:
             targets, versions = session.targets, session.versions
             session.run_rounds(plan, CONCURRENCIES, records=records)
     except BenchFailure as exc:
         failure = exc
     rows = rows_for(records, targets)
+    rss = memory.rss_by_round(records, targets)
     payload = {
         "scenario": NAME, "meta": machine_meta() | {"versions": versions}, "plan": asdict(plan),
         "upstream_delay_ms": args.delay_ms, "targets": [asdict(t) for t in targets],
         "runs": [r.as_json() for r in records], "summary": [asdict(r) for r in rows],
+        "rss_by_round": [asdict(r) | {"ratio_last_first": r.ratio} for r in rss],
         "failure": str(failure) if failure else None,
     }  # fmt: skip
     path = write_json(plan.out_dir, NAME, payload)
@@ -73,6 +78,11 @@ def run(args: argparse.Namespace) -> int:
     print(table(rows))
     print()
     print("\n".join(verdicts(rows, records)))
+    if any(len(r.rss_mib) > 1 for r in rss):
+        print()
+        print(memory.table(rss))
+        print("Issue 16 target 2 (memory stays flat):")
+        print("\n".join(memory.verdicts(rss)))
     print(f"\nJSON: {path}\nlogs: {plan.workdir}/logs")
     if failure is not None:
         print(f"\nFAILED: {failure}")

@@ -40,6 +40,8 @@ class StackOptions:
     image_bytes: int = 0  # pad the upstream's PNGs to about this size
     providers: tuple[str, ...] = ("local_gpu",)  # routes kept in the bench catalog
     gateway_env: Mapping[str, str] = field(default_factory=dict)  # extra settings for every gateway
+    # The module run as `python -m <it> serve ...`: bench.memtrace traces the gateway's memory.
+    gateway_module: str = "gateway.cli"
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +159,7 @@ class PerfStack:
         (self.workdir / name).mkdir(parents=True, exist_ok=True)
         self._procs[name] = Process(
             name,
-            [*prefix, *python("gateway.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+            [*prefix, *python(self.options.gateway_module, "serve", "--host", "127.0.0.1", "--port", str(port),
                               "--workers", str(workers))],
             full_env, self.workdir / "logs" / f"{name}.log", cwd=checkout or ROOT,
         )  # fmt: skip

@@ -61,3 +61,27 @@ def test_overhead_and_ratios_are_taken_within_each_round() -> None:
     assert "[pass] ours-w1: c=1 p50 overhead 0.750 ms < 1 ms" in judged
     assert "[pass] ours-w1: 20.0x litellm-w1 per worker >= 10x" in judged
     assert "scaling: ours-w2 / ours-w1 c=32 req/s = 1.50" in judged
+
+
+def test_rss_is_read_round_by_round_and_judged_last_over_first() -> None:
+    from dataclasses import replace
+
+    from bench.perf import memory
+
+    targets = [Target("ours-w1", "ours", "u", "k", 2, 1), Target("litellm-w1", "peer", "u", "k", 4, 1)]
+    records = [replace(run("ours-w1", "ours", 1, 0, 8, 1.0, 1.0, 1.0), rss_mib=10.0)]  # warm-up: not a round
+    for n in range(1, 11):
+        records += [
+            replace(run("ours-w1", "ours", 1, n, 1, 1000, 0.5, 1.0), rss_mib=999.0),  # c=1: not read
+            replace(run("ours-w1", "ours", 1, n, 32, 1000, 0.5, 1.0), rss_mib=80.0 + n),
+            replace(run("litellm-w1", "peer", 1, n, 32, 100, 5.0, 9.0), rss_mib=300.0 + 10 * n),
+        ]
+    rows = {r.label: r for r in memory.rss_by_round(records, targets)}
+    assert rows["ours-w1"].rss_mib == tuple(80.0 + n for n in range(1, 11))
+    assert rows["ours-w1"].ratio == pytest.approx(90 / 81)
+    judged = memory.verdicts(list(rows.values()))
+    assert len(judged) == 1 and "[FAIL] ours-w1" in judged[0] and "1.111" in judged[0]  # the peer is not judged
+    flat = replace(rows["ours-w1"], rss_mib=(81.0, 95.0, 89.0))
+    assert "[pass]" in memory.verdicts([flat])[0] and "only 3 rounds" in memory.verdicts([flat])[0]
+    text = memory.table(list(rows.values()))
+    assert "| ours-w1 | 81.0 | 82.0 |" in text and "| 1.111 | 1.111 |" in text
