@@ -4,6 +4,7 @@ the budget gauges, and one request end to end through a `gateway serve` process.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -235,3 +236,27 @@ def test_a_request_through_a_gateway_process_on_the_cluster(cluster: RedisCluste
     assert [(e[b"status"], int(e[b"charged_micros"]), e[b"provider"]) for e in events] == [
         (b"succeeded", 2 * PRICE, b"local_gpu")
     ]
+
+
+async def test_a_burst_past_the_connection_pool_waits_for_connections_instead_of_failing(
+    cluster: RedisClusterServer,
+) -> None:
+    # 300 admissions at once for one team, whose keys are one node's: past that node's 16
+    # connections they wait (redis-py's own cluster pool refused them: MaxConnectionsError).
+    client = connect(cluster.url, max_connections=16)
+    try:
+        meter = Meter(client)
+        team = (await KeyStore(client).create_team("burst", 1e6, TeamLimits(100_000, 100_000, 10_000))).id
+        got = await asyncio.gather(
+            *(meter.admit(team, f"req_{i}", 1, PRICE, 360) for i in range(300)), return_exceptions=True
+        )
+        assert [g for g in got if not isinstance(g, Admission)] == []
+        async with client.pipeline(transaction=False) as pipe:  # a pipeline waits its turn too
+            for _ in range(3):
+                pipe.exists(team_prefix(team) + "team")
+            assert await pipe.execute() == [1, 1, 1]
+        assert isinstance(client, RedisCluster)
+        connections = sum(len(node._connections) for node in client.get_nodes())
+        assert connections <= 16 * len(client.get_nodes())
+    finally:
+        await client.aclose()
