@@ -69,8 +69,7 @@ class _Worker:
     def expected_wait_s(self) -> float:
         if self.report is None:
             return float("inf")
-        per_job = self.report.ewma_latency_s or 0.0
-        return self.report.expected_wait_s + self.sent_since_check * per_job
+        return self.report.expected_wait_s + self.sent_since_check * self.per_job_s()
 
     def wait_now(self, now: float) -> float:
         """expected_wait_s() brought up to `now`, without I/O."""
@@ -79,11 +78,12 @@ class _Worker:
         return max(0.0, self.backlog_s - (now - self.backlog_at))
 
     def per_job_s(self) -> float:
-        return (self.report.ewma_latency_s if self.report is not None else None) or 0.0
+        """One image's time (a job of n images takes about n times it)."""
+        return (self.report.per_image_s if self.report is not None else None) or 0.0
 
     def sent(self, now: float, images: int) -> None:
-        """One job of `images` images sent: each adds about one job's time (the worker's time scales
-        with the images of a job; its EWMA is mostly of one-image jobs)."""
+        """One job of `images` images sent: each adds one image's time (the worker's time scales
+        with the images of a job)."""
         self.sends += images
         self.sent_since_check += images
         self.backlog_s = self.wait_now(now) + images * self.per_job_s()
@@ -187,7 +187,7 @@ class LocalGpuProvider:
             queue_depth=sum(r.queue_depth for r in reports),
             expected_wait_s=best.expected_wait_s(),
             saturated=not open_,
-            service_s=best.report.ewma_latency_s if best.report is not None else None,
+            service_s=best.report.per_image_s if best.report is not None else None,
             extra={"workers": ",".join(w.url for w in ready)},
         )
 
