@@ -44,16 +44,12 @@ def _request(i: int) -> ImageRequest:
 
 async def one_death(interval_s: float, busy: int, workdir: Path, i: int) -> float:
     """Seconds from the SIGKILL to the route read as down."""
-    port = free_port()
-    args = python("bench.fake_worker", "--port", str(port), "--variant", "full", "--step-s", str(STEP_S))
-    worker = Process("worker", args, {}, workdir / f"worker-{i}.log")
-    url = f"http://127.0.0.1:{port}"
+    worker, url = await _start_worker(workdir, i)
     gpu = LocalGpuProvider([url])
     board = HealthBoard(load_catalog(ROOT / "pricing.yaml"), {"local_gpu": gpu}, interval_s=interval_s)
     probing: asyncio.Task[None] | None = None
     jobs: list[asyncio.Task[ImageResult]] = []
     try:
-        await asyncio.to_thread(worker.wait_http, url + "/ready", 120.0)
         probing = asyncio.create_task(board.run_forever())
         while not (ROUTE in board.current() and board.current()[ROUTE].healthy):
             await asyncio.sleep(0.01)
@@ -72,6 +68,22 @@ async def one_death(interval_s: float, busy: int, workdir: Path, i: int) -> floa
         await asyncio.gather(*jobs, *([probing] if probing else []), return_exceptions=True)
         await gpu.aclose()
         worker.stop()
+
+
+async def _start_worker(workdir: Path, i: int) -> tuple[Process, str]:
+    """A fake worker on a free port (another port if one was taken meanwhile by other work)."""
+    for attempt in range(3):
+        port = free_port()
+        args = python("bench.fake_worker", "--port", str(port), "--variant", "full", "--step-s", str(STEP_S))
+        worker = Process("worker", args, {}, workdir / f"worker-{i}-{attempt}.log")
+        url = f"http://127.0.0.1:{port}"
+        try:
+            await asyncio.to_thread(worker.wait_http, url + "/ready", 120.0)
+        except RuntimeError:
+            worker.stop()
+            continue
+        return worker, url
+    raise RuntimeError(f"no worker would start; see {workdir}")
 
 
 async def run(intervals: Sequence[float], rounds: int, busy: int) -> None:
