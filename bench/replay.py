@@ -26,9 +26,10 @@ class Outcome:
     sent_at_s: float  # since the start of the run, as actually sent
     latency_s: float  # time to result (or to the error)
     status: int  # HTTP status; 0 when no answer came at all
-    provider: str | None
+    provider: str | None  # several joined by "," for a request split over routes
     reason: str | None
     error: str | None
+    n: int = 1  # images asked
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,12 +77,14 @@ async def replay(
 
 
 async def _send(client: httpx.AsyncClient, arrival: Arrival, size: str, t0: float) -> Outcome:
-    body = {"model": arrival.model, "prompt": f"bench request {arrival.index}", "size": size, "n": 1}
+    body = {"model": arrival.model, "prompt": f"bench request {arrival.index}", "size": size, "n": arrival.n}
     started = time.monotonic()
     try:
         resp = await client.post("/v1/images/generations", json=body)
     except httpx.HTTPError as exc:
-        return Outcome(arrival.index, arrival.model, started - t0, time.monotonic() - started, 0, None, None, repr(exc))
+        return Outcome(
+            arrival.index, arrival.model, started - t0, time.monotonic() - started, 0, None, None, repr(exc), arrival.n
+        )
     latency = time.monotonic() - started
     error = None
     if resp.status_code != 200:
@@ -98,6 +101,7 @@ async def _send(client: httpx.AsyncClient, arrival: Arrival, size: str, t0: floa
         resp.headers.get("x-gateway-provider"),
         resp.headers.get("x-gateway-route-reason"),
         error,
+        arrival.n,
     )
 
 

@@ -55,9 +55,17 @@ def summarize(
     width, height = parse_size(size)
     ok = [o for o in outcomes if o.status == 200]
     cost_micros = 0
+    local_images = 0
     for o in ok:
+        if o.provider is not None and "," in o.provider:
+            continue  # split over routes (n > 1): counted from the ledger below
         route = next(r for r in catalog.models[o.model].routes if r.provider == o.provider)
-        cost_micros += route.cost_micros(width, height, 1)
+        cost_micros += route.cost_micros(width, height, o.n)
+        local_images += o.n if o.provider == LOCAL else 0
+    for e in ledger:
+        if e.status == "succeeded" and "," in e.provider:
+            cost_micros += e.provider_cost_micros
+            local_images += _local_images(e, catalog, width, height)
     latencies = [o.latency_s for o in ok]
     failures = Counter(f"{o.status}: {(o.error or '')[:80]}" for o in outcomes if o.status != 200)
     return RunSummary(
@@ -67,8 +75,8 @@ def summarize(
         succeeded=len(ok),
         failed=len(outcomes) - len(ok),
         failures=dict(failures),
-        images=len(ok),
-        local_images=sum(1 for o in ok if o.provider == LOCAL),
+        images=sum(o.n for o in ok),
+        local_images=local_images,
         cost_usd=cost_micros / MICROS,
         ledger_cost_usd=sum(e.provider_cost_micros for e in ledger if e.status == "succeeded") / MICROS,
         p50_s=percentile(latencies, 0.50) if latencies else None,
@@ -77,6 +85,15 @@ def summarize(
         reasons=dict(Counter(f"{o.provider}/{o.reason}" for o in ok)),
         wall_s=wall_s,
     )
+
+
+def _local_images(entry: LedgerEntry, catalog: Catalog, width: int, height: int) -> int:
+    """The owned GPUs' images of a request split between them and one other route, from what it
+    cost: each model here has exactly those two routes, so the cost says how many each made."""
+    routes = catalog.models[entry.model].routes
+    local = next(r.cost_micros(width, height, 1) for r in routes if r.provider == LOCAL)
+    other = next(r.cost_micros(width, height, 1) for r in routes if r.provider != LOCAL)
+    return round((entry.images * other - entry.provider_cost_micros) / (other - local))
 
 
 def _num(value: float | None, fmt: str) -> str:

@@ -1,6 +1,7 @@
 """The routing benchmark (issue 4): one workload replayed through the real gateway once per routing
-policy, in three scenarios (normal; one GPU worker killed halfway; fal failing for a stretch),
-against two GPU workers of fixed capacity and a fake fal, all real processes on loopback.
+policy, in four scenarios (normal; one GPU worker killed halfway; fal failing for a stretch; every
+request for 4-10 images), against two GPU workers of fixed capacity and a fake fal, all real
+processes on loopback.
 
     .venv/bin/python -m bench.routing [--quick] [--scenarios normal,...] [--policies priority,...]
                                       [--targets 60,120 | --frontier] [--match-p95] [--capacity-rps R]
@@ -53,7 +54,7 @@ from gateway.catalog import Catalog, load_catalog
 ROOT = Path(__file__).resolve().parent.parent
 OURS = "balanced"
 BASELINES = ("priority", "round_robin", "cheapest", "least_busy")
-SCENARIOS = ("normal", "worker_killed", "fal_errors")
+SCENARIOS = ("normal", "worker_killed", "fal_errors", "fan_out")
 
 # The real-world scenario, in real seconds; the scale turns it into benchmark seconds.
 SCALE = TimeScale(real_s_per_bench_s=100.0)
@@ -78,6 +79,11 @@ KILL_AT = 0.5  # of the run: in the middle of the peak
 # fal fails on the way down, from about the owned GPUs' capacity to below it: where they can carry
 # the whole load if nothing else fills their queues, so "zero failed requests" is possible at all.
 FAL_ERRORS = (0.75, 0.95)
+# fan_out: every request asks for 4-10 images (seeded), split over routes by ours and fanned out in
+# parts of max_n (4) by the baselines. The same profile in images (the request rate divided by the
+# mean n), over a run twice as long, so that a p95 is still of some 25 requests.
+FAN_OUT_N = (4, 10)
+FAN_OUT_LENGTH = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +112,10 @@ class Plan:
     workload: Workload
     capacity_rps: float
     worker_job_s: dict[str, float]
+    fan_out: Workload  # the fan_out scenario's
+
+    def workload_for(self, scenario: str) -> Workload:
+        return self.fan_out if scenario == "fan_out" else self.workload
 
 
 def stack_config(workdir: Path) -> StackConfig:
@@ -133,7 +143,12 @@ def make_plan(job_s: dict[str, float], quick: bool, capacity_rps: float | None, 
     capacity = capacity_rps or min((1.0 / job_s[model]) / share for model, share in MIX)
     duration = SCALE.seconds(REAL_QUICK_RUN_S if quick else REAL_RUN_S)
     workload = Workload(duration, tuple((x, m * capacity) for x, m in PROFILE), MIX, seed=seed)
-    return Plan(SCALE, workload, capacity, job_s)
+    mean_n = sum(FAN_OUT_N) / 2
+    fan_out = Workload(
+        duration * FAN_OUT_LENGTH, tuple((x, m * capacity / mean_n) for x, m in PROFILE), MIX, seed=seed,
+        n_range=FAN_OUT_N,
+    )  # fmt: skip
+    return Plan(SCALE, workload, capacity, job_s, fan_out)
 
 
 def events_for(scenario: str, duration_s: float) -> Events:
@@ -153,13 +168,14 @@ class Run:
 
 def run_one(stack: Stack, plan: Plan, scenario: str, policy: PolicyRun, catalog: Catalog) -> Run:
     name = f"{scenario}-{policy.label}"
+    workload = plan.workload_for(scenario)
     stack.start_run(name)
     try:
         team_id, key = stack.new_team_key(name)
         replayed = asyncio.run(
             replay(
-                stack.gateway_url, key, plan.workload.arrivals(), policy.headers(),
-                size=plan.workload.size, events=events_for(scenario, plan.workload.duration_s),
+                stack.gateway_url, key, workload.arrivals(), policy.headers(),
+                size=workload.size, events=events_for(scenario, workload.duration_s),
                 kill_worker=lambda: stack.kill_worker(KILLED_WORKER), fal_url=stack.fal_url, fal_key=FAL_KEY,
             )
         )  # fmt: skip
@@ -169,7 +185,7 @@ def run_one(stack: Stack, plan: Plan, scenario: str, policy: PolicyRun, catalog:
         stack.stop_run()
     if not stack.worker_alive(KILLED_WORKER):
         stack.start_worker(KILLED_WORKER, wait=False)  # the next run waits for it to be ready
-    summary = summarize(scenario, policy.label, replayed.outcomes, ledger, catalog, plan.workload.size, replayed.wall_s)
+    summary = summarize(scenario, policy.label, replayed.outcomes, ledger, catalog, workload.size, replayed.wall_s)
     return Run(summary, replayed, load)
 
 
@@ -268,6 +284,10 @@ def _print_plan(plan: Plan, workdir: Path) -> None:
           f"{plan.capacity_rps:.2f} req/s for this mix")  # fmt: skip
     print(f"workload: {w.duration_s:g} s, {len(arrivals)} requests {describe(arrivals)}, "
           f"peak {w.peak_rate():.1f} req/s; logs in {workdir}", flush=True)  # fmt: skip
+    f = plan.fan_out
+    many = f.arrivals()
+    print(f"fan_out: {f.duration_s:g} s, {len(many)} requests of {FAN_OUT_N[0]}-{FAN_OUT_N[1]} images "
+          f"{describe(many)}, peak {f.peak_rate():.2f} req/s", flush=True)  # fmt: skip
 
 
 def _write(

@@ -14,6 +14,7 @@ class Arrival:
     index: int
     at_s: float  # since the start of the run
     model: str
+    n: int = 1  # images asked
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +25,7 @@ class Workload:
     mix: tuple[tuple[str, float], ...]  # (public model id, share of requests)
     seed: int = 4
     size: str = "1024x1024"
+    n_range: tuple[int, int] | None = None  # images per request, drawn uniformly (None: one each)
 
     def rate_at(self, t_s: float) -> float:
         x = t_s / self.duration_s
@@ -52,12 +54,15 @@ class Workload:
                 return out
             keep = rng.random() < self.rate_at(t) / peak
             model = rng.choices(models, weights)[0]  # drawn either way, so the stream stays aligned
+            n = rng.randint(*self.n_range) if self.n_range is not None else 1
             if keep:
-                out.append(Arrival(len(out), t, model))
+                out.append(Arrival(len(out), t, model, n))
 
 
 def describe(arrivals: Sequence[Arrival]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for a in arrivals:
         counts[a.model] = counts.get(a.model, 0) + 1
+    if any(a.n > 1 for a in arrivals):
+        counts["images"] = sum(a.n for a in arrivals)
     return counts

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import signal
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
@@ -86,7 +87,14 @@ def _store_errors(metrics: Metrics, store: str) -> OnStoreError:
     return lambda operation, kind: metrics.store_errors.labels(store, operation, kind).inc()
 
 
-def create_app(settings: Settings | None = None, registry: Mapping[str, ProviderFactory] | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    registry: Mapping[str, ProviderFactory] | None = None,
+    *,
+    reload_on_sighup: bool = False,
+) -> FastAPI:
+    """`reload_on_sighup`: SIGHUP makes this process look at pricing.yaml now (`gateway serve`;
+    off for apps that share a process with others, as tests do)."""
     settings = settings or Settings()
     registry = registry or default_registry()
 
@@ -188,9 +196,14 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
                 background.append(
                     asyncio.create_task(repeat(catalogs.check, settings.pricing_reload_s, "pricing file check"))
                 )
+            loop = asyncio.get_running_loop()
+            if reload_on_sighup:
+                loop.add_signal_handler(signal.SIGHUP, partial(_reload_on_signal, catalogs, background))
             try:
                 yield
             finally:
+                if reload_on_sighup:
+                    loop.remove_signal_handler(signal.SIGHUP)
                 for task in background:
                     task.cancel()
                 # Let them finish (the last flush of route health, closing the revocation feed)
@@ -225,11 +238,25 @@ def create_app(settings: Settings | None = None, registry: Mapping[str, Provider
     return app
 
 
+def _reload_on_signal(catalogs: LiveCatalog, background: list[asyncio.Task[None]]) -> None:
+    """SIGHUP: pricing.yaml is looked at now, as the periodic check does (and with it in turn)."""
+    log.info("SIGHUP: checking the pricing file %s", catalogs.path)
+    task: asyncio.Task[None] = asyncio.ensure_future(_check(catalogs))
+    background.append(task)  # kept (a task only weakly held may vanish) and cancelled at shutdown
+
+
+async def _check(catalogs: LiveCatalog) -> None:
+    await catalogs.check()
+
+
 def app_from_env() -> FastAPI:
     """The uvicorn factory for `gateway serve` (every worker process builds its own app)."""
+    # Until the app's lifespan takes SIGHUP over (a pricing reload), one that comes while this
+    # process starts is ignored: by default it would end the process.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     settings = Settings()
     keep_freed_memory(settings.malloc_keep_free_bytes)  # before the app allocates anything large
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # httpx logs every upstream call (probes every few seconds) at INFO; keep that for debugging.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
-    return create_app(settings)
+    return create_app(settings, reload_on_sighup=True)

@@ -98,9 +98,8 @@ def _raise_open_files_limit() -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from gateway.api.server import HttpLimits, http_protocol
+    from gateway.api.supervisor import serve
 
     settings = Settings()
     try:
@@ -155,7 +154,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # kill this process before the finally below stops the tiny worker and the embedded Redis.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         http = http_protocol(HttpLimits.from_settings(settings))
-        uvicorn.run(
+        serve(
             "gateway.app:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
             log_level=settings.log_level, access_log=False, loop="uvloop", http=http,
             ws="none", backlog=args.backlog,

@@ -1,8 +1,8 @@
-"""pricing.yaml while the gateway runs: every process watches the file and, when it changes,
-validates it exactly as at boot and swaps the whole catalog in at once, so a request sees either the
-old prices or the new ones, never a mix. A file that does not validate changes nothing: the old
-catalog stays, the log says why (file, line, field) and `gateway_pricing_reloads{result="rejected"}`
-counts it.
+"""pricing.yaml while the gateway runs: every process watches the file (and looks at once on
+SIGHUP, see gateway/app.py) and, when it changes, validates it exactly as at boot and swaps the
+whole catalog in at once, so a request sees either the old prices or the new ones, never a mix.
+A file that does not validate changes nothing: the old catalog stays, the log says why (file,
+line, field) and `gateway_pricing_reloads{result="rejected"}` counts it.
 
 A reload may change prices, sizes, ranges, aliases, routing policies and routes between the
 providers the process started with. A route to a provider the process did not start with needs a
@@ -33,7 +33,8 @@ class LiveCatalog:
         on_change: Callable[[Catalog], None] | None = None,
     ) -> None:
         self.current = catalog
-        self._path = path
+        self.path = path
+        self._checking = asyncio.Lock()  # the periodic check and a SIGHUP's, one at a time
         self._known = frozenset(known_providers)
         self._started_with = frozenset(catalog.providers())
         self._metrics = metrics
@@ -45,10 +46,14 @@ class LiveCatalog:
 
         The file is read and hashed each time (a few KB): a stat's mtime can miss an edit made in
         the same clock tick as the last look, and then would miss it for good."""
+        async with self._checking:
+            return await self._check()
+
+    async def _check(self) -> bool:
         try:
-            data = await asyncio.to_thread(self._path.read_bytes)
+            data = await asyncio.to_thread(self.path.read_bytes)
         except OSError as exc:  # mid-replacement, or removed: keep serving, look again next time
-            log.warning("pricing file %s cannot be read (%s); keeping the catalog in use", self._path, exc)
+            log.warning("pricing file %s cannot be read (%s); keeping the catalog in use", self.path, exc)
             return False
         digest = hashlib.sha256(data).hexdigest()
         if digest == self._digest:  # touched, or rewritten with the same bytes
@@ -56,11 +61,11 @@ class LiveCatalog:
         self._digest = digest
         try:
             text = data.decode("utf-8", errors="replace")
-            catalog = await asyncio.to_thread(parse_catalog, text, self._path, self._known)
+            catalog = await asyncio.to_thread(parse_catalog, text, self.path, self._known)
             added = catalog.providers() - self._started_with
             if added:
                 raise CatalogError(
-                    f"{self._path}: routes to {', '.join(sorted(added))} need a restart "
+                    f"{self.path}: routes to {', '.join(sorted(added))} need a restart "
                     f"(this process started with {', '.join(sorted(self._started_with)) or 'none'})"
                 )
         except CatalogError as exc:
@@ -70,7 +75,7 @@ class LiveCatalog:
         self.current = catalog
         if self._on_change is not None:
             self._on_change(catalog)
-        log.info("pricing file %s reloaded (sha256 %s)", self._path, digest[:12])
+        log.info("pricing file %s reloaded (sha256 %s)", self.path, digest[:12])
         self._count("loaded")
         return True
 

@@ -25,16 +25,19 @@ async def dry_run(
     total = spec.price_micros(valid.size, valid.n)
     preview = await meter.preview(principal.team_id, valid.n, total)
     try:
-        # a request past one call's images is fanned out: its first part is planned like this one
-        first_part = replace(valid, n=min(valid.n, dispatcher.part_size(valid, routing)))
-        plan = await dispatcher.plan(first_part, routing, claim=False)
+        calls = await dispatcher.planned_calls(valid, routing, claim=False)
+        images, planned = calls[0]
+        # parts planned as they start (a baseline policy): the first is planned like this one
+        plan = planned if planned is not None else await dispatcher.plan(replace(valid, n=images), routing, claim=False)
         route: dict[str, Any] = {
             "provider": plan[0].route.provider,
             "reason": plan[0].reason,
             "expected_seconds": round(plan[0].expected_s, 3),
             "fallbacks": [p.route.provider for p in plan[1:]],
-            "parts": -(-valid.n // first_part.n),
+            "parts": len(calls),
         }
+        if all(p is not None for _, p in calls):  # split at once: where each part would go
+            route["split"] = [{"provider": p[0].route.provider, "images": k} for k, p in calls if p is not None]
     except GatewayError as exc:  # no route now: the quote still stands, the route says why
         route = {"provider": None, "reason": exc.message}
     admission = {

@@ -295,8 +295,10 @@ class Reattachable(Protocol):
 class QueueEstimator(Protocol):
     """Optional, for providers fronted by queues of their own (the owned GPU workers): how long a
     job sent to the route now would wait before it starts, from what the adapter already knows
-    (the last load report plus the jobs it sent since). Synchronous and without I/O: the router
-    asks on every request, between the background probes. None when it cannot tell."""
+    (the last load report, the jobs it sent since, and those `generate` has begun and not yet
+    sent). Synchronous and without I/O: the router asks on every request, between the background
+    probes. None when it cannot tell; math.inf when the route has gone down since the last probe
+    (no worker reachable), which the router then treats as unhealthy until the next probe."""
 
     def expected_wait_now(self, target: RouteTarget) -> float | None: ...
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Protocol
 
-from gateway.catalog import Route, RoutingPolicy
+from gateway.catalog import BASELINE_POLICIES, Route, RoutingPolicy
 from gateway.errors import (
     InvalidRequestError,
     ServiceUnavailableError,
@@ -22,6 +22,7 @@ from gateway.errors import (
 from gateway.images.validation import MAX_SEED, ValidRequest
 from gateway.metrics import Metrics
 from gateway.routing.breaker import RouteHealth
+from gateway.routing.fan_out import plan_calls
 from gateway.routing.health import HealthBoard
 from gateway.routing.router import Planned, Router
 from providers.base import (
@@ -154,16 +155,33 @@ class Dispatcher:
         on_submitted: OnSubmitted | None = None,
         listener: Listener | None = None,
     ) -> Attempted:
-        """One upstream call with fallbacks, or, for more images than any route makes at once, a
-        fan-out over several (see _fan_out). `on_submitted`: told the upstream's handle on a
-        single call (an async job keeps it to re-attach; a fan-out's parts are not re-attached).
-        With a `listener` (a stream), each image is a call of its own, so that each is sent to the
-        caller as soon as it is made."""
-        part = 1 if listener is not None else self.part_size(valid, routing)
+        """One upstream call with fallbacks, or a fan-out over several (see _fan_out): n > 1 is
+        split over the routes where its images are done soonest within the latency target at the
+        least cost (fan_out.py; a baseline policy or a pinned route fans out only past the routes'
+        max_n). `on_submitted`: told the upstream's handle on a single call (an async job keeps it
+        to re-attach; a fan-out's parts are not re-attached). With a `listener` (a stream), each
+        image is a call of its own, so that each is sent to the caller as soon as it is made."""
+        calls = await self.planned_calls(valid, routing, most_per_call=1 if listener is not None else None)
+        if len(calls) == 1 and calls[0][1] is not None:
+            return await self._attempt(calls[0][1], valid, request_id, deadline, team_id, on_submitted, listener)
+        return await self._fan_out(valid, request_id, deadline, routing, team_id, calls, listener)
+
+    async def planned_calls(
+        self, valid: ValidRequest, routing: RoutingRequest, *, claim: bool = True, most_per_call: int | None = None
+    ) -> list[tuple[int, list[Planned] | None]]:
+        """The upstream calls this request would make now: (images, routes to try in order) each.
+        n > 1 is split at once over the routes (fan_out.py); under a baseline policy or a pinned
+        route, only past the routes' max_n, in parts whose routes are None: each is planned as it
+        starts, and so sees the queue the earlier parts made. `most_per_call`: a cap on a call's
+        images (1 for a stream). `claim=False` (a dry run) claims no breaker trial."""
+        if valid.n > 1 and routing.pinned is None and routing.policy.kind not in BASELINE_POLICIES:
+            one = await self.plan(replace(valid, n=1), routing, claim=claim)
+            return list(plan_calls(valid.n, one, routing.policy, most_per_call=most_per_call))
+        part = most_per_call or self.part_size(valid, routing)
         if valid.n > part:
-            return await self._fan_out(valid, request_id, deadline, routing, team_id, part, listener)
-        plan = await self.plan(valid, routing)
-        return await self._attempt(plan, valid, request_id, deadline, team_id, on_submitted, listener)
+            counts = [part] * (valid.n // part) + ([valid.n % part] if valid.n % part else [])
+            return [(k, None) for k in counts]
+        return [(valid.n, await self.plan(valid, routing, claim=claim))]
 
     async def reattach(
         self, valid: ValidRequest, request_id: str, deadline: float, provider_name: str, handle: str
@@ -192,21 +210,21 @@ class Dispatcher:
         deadline: float,
         routing: RoutingRequest,
         team_id: str,
-        size: int,
+        parts: Sequence[tuple[int, list[Planned] | None]],
         listener: Listener | None = None,
     ) -> Attempted:
-        """n past every route's max_n: parts of at most `size` images, each planned as it starts
-        (so the router sees the queue the earlier parts made and may place a part elsewhere) and
-        run in parallel, each with its own fallbacks. All n or nothing: the first part that fails
-        for good cancels the others, and what finished parts cost is counted as waste."""
-        counts = [size] * (valid.n // size) + ([valid.n % size] if valid.n % size else [])
+        """The request as several upstream calls run in parallel, each with its own fallbacks:
+        (images, routes) per call, as split at once (fan_out.py), or with routes None, each part
+        planned as it starts (a baseline policy or a pinned route: the router then sees the queue
+        the earlier parts made). All n or nothing: the first part that fails for good cancels the
+        others, and what finished parts cost is counted as waste."""
         tasks: list[asyncio.Task[Attempted]] = []
         first = 0
         try:
-            for i, k in enumerate(counts):
+            for i, (k, planned) in enumerate(parts):
                 seed = None if valid.seed is None else (valid.seed + first) % (MAX_SEED + 1)
                 part = replace(valid, n=k, seed=seed)
-                plan = await self.plan(part, routing)
+                plan = planned if planned is not None else await self.plan(part, routing)
                 attempt = self._attempt(
                     plan, part, f"{request_id}-{i}", deadline, team_id, listener=listener, first=first
                 )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 
@@ -151,6 +152,8 @@ class _LiveProbes(Mapping[RouteId, ProviderHealth]):
         wait = estimator[0].expected_wait_now(estimator[1])
         if wait is None or wait == health.expected_wait_s:
             return health
+        if math.isinf(wait):  # down since the probe (a job could not reach it): not until the next one
+            return replace(health, healthy=False, detail="no worker reachable since the last probe")
         return replace(health, expected_wait_s=wait)
 
     def __iter__(self) -> Iterator[RouteId]:

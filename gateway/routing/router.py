@@ -30,6 +30,12 @@ class Planned:
     cost_micros: int
     expected_s: float
     score: float
+    # What the split of n > 1 images over routes needs (gateway/routing/fan_out.py): the route's
+    # expected queue wait, whether it has a queue of its own (its calls run one after another,
+    # each image adding about expected_s - wait_s), and whether it is only a last resort (full).
+    wait_s: float = 0.0
+    queued: bool = False
+    saturated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +48,8 @@ class _Scored:
     trial: bool = False
     claimable: bool = False  # dropped only for its open breaker: it may take this request's trial
     late: bool = False  # expected past the latency target (balanced): after every route within it
+    wait_s: float = 0.0
+    queued: bool = False  # its probe measures a queue of its own (service_s)
 
     def order(self) -> tuple[bool, bool, float]:
         return (not self.trial, self.late, self.score)
@@ -96,7 +104,12 @@ class Router:
         out: list[Planned] = []
         for i, s in enumerate(plan):
             reason = _reason(i, s, cheapest, policy, kept_count=len(kept))
-            out.append(Planned(s.route, reason, s.cost_micros, s.expected_s, s.score))
+            out.append(
+                Planned(
+                    s.route, reason, s.cost_micros, s.expected_s, s.score,
+                    wait_s=s.wait_s, queued=s.queued, saturated=s.excluded == "saturated",
+                )
+            )  # fmt: skip
         if log.isEnabledFor(logging.DEBUG):  # the candidate list is built only when it is logged
             log.debug(
                 "routing %s: %s",
@@ -203,7 +216,11 @@ def _score(
             # term breaks ties in cost toward the shorter expected time.
             score = cost / MICROS + late * policy.usd_per_late_second + expected * 1e-6
     balanced = policy.kind not in ("cheapest", "fastest")
-    return _Scored(route, cost, expected, score, excluded, claimable=claimable, late=balanced and late > 0)
+    queued = probe is not None and probe.service_s is not None
+    late_here = balanced and late > 0
+    return _Scored(
+        route, cost, expected, score, excluded, claimable=claimable, late=late_here, wait_s=wait, queued=queued
+    )
 
 
 def _reason(index: int, s: _Scored, cheapest: _Scored | None, policy: RoutingPolicy, kept_count: int) -> str:

@@ -14,6 +14,7 @@ one exchange through it, at about a third of aiohttp's CPU and a twelfth of http
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
@@ -52,7 +53,8 @@ class _Worker:
         self.model: str | None = None  # kept while unreachable: a worker's variant does not change
         self.reachable = False
         self.checked_at = float("-inf")
-        self.sent_since_check = 0  # jobs we sent that its last report could not count
+        self.sent_since_check = 0  # images we sent that its last report could not count
+        self.sends = 0  # images ever sent to it (those sent while a /ready read is out are not in its answer)
         # The wait a new job would have had at `backlog_at`: the last report's, plus one job's
         # time for each job sent since. The worker works it off at one second a second.
         self.backlog_s = 0.0
@@ -68,8 +70,7 @@ class _Worker:
     def expected_wait_s(self) -> float:
         if self.report is None:
             return float("inf")
-        per_job = self.report.ewma_latency_s or 0.0
-        return self.report.expected_wait_s + self.sent_since_check * per_job
+        return self.report.expected_wait_s + self.sent_since_check * self.per_job_s()
 
     def wait_now(self, now: float) -> float:
         """expected_wait_s() brought up to `now`, without I/O."""
@@ -77,10 +78,16 @@ class _Worker:
             return float("inf")
         return max(0.0, self.backlog_s - (now - self.backlog_at))
 
-    def sent(self, now: float) -> None:
-        per_job = self.report.ewma_latency_s if self.report is not None else None
-        self.sent_since_check += 1
-        self.backlog_s = self.wait_now(now) + (per_job or 0.0)
+    def per_job_s(self) -> float:
+        """One image's time (a job of n images takes about n times it)."""
+        return (self.report.per_image_s if self.report is not None else None) or 0.0
+
+    def sent(self, now: float, images: int) -> None:
+        """One job of `images` images sent: each adds one image's time (the worker's time scales
+        with the images of a job)."""
+        self.sends += images
+        self.sent_since_check += images
+        self.backlog_s = self.wait_now(now) + images * self.per_job_s()
         self.backlog_at = now
 
     def preference(self) -> tuple[float, int]:
@@ -93,6 +100,14 @@ class _Worker:
 
     def invalidate(self) -> None:
         self.checked_at = float("-inf")
+
+    def lost(self, now: float) -> None:
+        """A job could not reach it: down until a /ready read says otherwise, as a failed read."""
+        self.reachable = False
+        self.report = None
+        self.checked_at = float("-inf")
+        self.backlog_s = 0.0
+        self.backlog_at = now
 
 
 class LocalGpuProvider:
@@ -119,6 +134,10 @@ class LocalGpuProvider:
         # limit, is what bounds them.
         self._http = WorkerHttp(connect_timeout_s=connect_timeout_s)
         self._abandoned: set[asyncio.Task[object]] = set()  # jobs cancelled because their worker hung
+        # Per upstream model: images of jobs generate() has begun and not yet sent to a worker (it
+        # may wait for a /ready read first). The router counts them, so that requests planned
+        # meanwhile do not all see the same wait and pile onto the same queue.
+        self._held: dict[str, int] = {}
 
     async def aclose(self) -> None:
         for worker in self._workers:
@@ -169,7 +188,7 @@ class LocalGpuProvider:
             queue_depth=sum(r.queue_depth for r in reports),
             expected_wait_s=best.expected_wait_s(),
             saturated=not open_,
-            service_s=best.report.ewma_latency_s if best.report is not None else None,
+            service_s=best.report.per_image_s if best.report is not None else None,
             extra={"workers": ",".join(w.url for w in ready)},
         )
 
@@ -187,28 +206,56 @@ class LocalGpuProvider:
 
     def expected_wait_now(self, target: RouteTarget) -> float | None:
         """QueueEstimator: the live wait of the worker this route's next job would go to, chosen
-        as probe() chooses (a ready worker with room first); None when none is ready."""
+        as probe() chooses (a ready worker with room first), after the jobs begun and not yet sent
+        (each to the worker then soonest free). None when no worker has said what it runs; inf
+        when the workers that run it are known and none is ready now (one went away since the
+        last probe: a job could not reach it)."""
         now = self._clock()
-        ready = [w for w in self._workers if w.model == target.upstream_model and w.ready]
+        model = target.upstream_model
+        serving = [w for w in self._workers if w.model == model]
+        ready = [w for w in serving if w.ready]
         open_ = [w for w in ready if w.report is not None and not w.report.saturated]
-        return min((w.wait_now(now) for w in open_ or ready), default=None)
+        if not ready:
+            return math.inf if serving and not any(w.reachable for w in serving) else None
+        waits = [(w.wait_now(now), w.per_job_s()) for w in open_ or ready]
+        for _ in range(self._held.get(model, 0)):
+            i = min(range(len(waits)), key=lambda j: waits[j][0])
+            waits[i] = (waits[i][0] + waits[i][1], waits[i][1])
+        return min(wait for wait, _ in waits)
 
     # --- choosing and calling workers ---------------------------------------------------------
 
     async def _generate(
         self, model: str, request: ImageRequest, body: mapping.WorkerGenerationBody, report: ProgressSink | None
     ) -> ImageResult:
-        candidates = await self._candidates(model)
-        errors: list[ProviderError] = []
-        for worker in candidates:
-            try:
-                return await self._post(worker, request, body, report)
-            except ProviderError as err:
-                if not _try_next_worker(err):
-                    raise
-                worker.invalidate()  # re-read its /ready before choosing it again
-                errors.append(err)
-        raise _most_useful(errors)
+        # Held from here until the job is sent: _candidates may wait for a /ready read first.
+        held = True
+        self._held[model] = self._held.get(model, 0) + request.n
+        try:
+            candidates = await self._candidates(model)
+            errors: list[ProviderError] = []
+            for worker in candidates:
+                if held:  # _post counts it on the worker before its first await
+                    held = self._unhold(model, request.n)
+                try:
+                    return await self._post(worker, request, body, report)
+                except ProviderError as err:
+                    if not _try_next_worker(err):
+                        raise
+                    worker.invalidate()  # re-read its /ready before choosing it again
+                    errors.append(err)
+            raise _most_useful(errors)
+        finally:
+            if held:  # never sent: no worker ready, timed out or cancelled while waiting
+                self._unhold(model, request.n)
+
+    def _unhold(self, model: str, images: int) -> bool:
+        left = self._held[model] - images
+        if left:
+            self._held[model] = left
+        else:
+            del self._held[model]
+        return False
 
     async def _candidates(self, model: str) -> list[_Worker]:
         await self._refresh([w for w in self._workers if w.model in (None, model)], force=False)
@@ -231,7 +278,7 @@ class LocalGpuProvider:
     async def _post(
         self, worker: _Worker, request: ImageRequest, body: mapping.WorkerGenerationBody, report: ProgressSink | None
     ) -> ImageResult:
-        worker.sent(self._clock())
+        worker.sent(self._clock(), request.n)
         job_s = worker.report.ewma_latency_s if worker.report is not None else None
         lines = LineReader(report, job_s) if report is not None else None
         # The read timeout is the attempt's whole budget; the caller's asyncio.timeout is the real
@@ -257,6 +304,7 @@ class LocalGpuProvider:
                 f"{worker.url} stopped answering /ready mid-job; the job was abandoned", provider=PROVIDER
             ) from None
         except ConnectFailed as exc:
+            worker.lost(self._clock())
             raise WorkerUnreachableError(str(exc), provider=PROVIDER) from None
         except ExchangeTimeout:
             raise ProviderTimeoutError(f"{worker.url} did not answer in time", provider=PROVIDER) from None
@@ -265,7 +313,10 @@ class LocalGpuProvider:
             # went away and the job never ran (it had closed the idle connection): another worker
             # may take it. Otherwise it dropped the request and may have run it: not retried.
             if exc.reused and not await self._can_connect(worker):
+                worker.lost(self._clock())
                 raise WorkerUnreachableError(f"{worker.url} went away: {exc}", provider=PROVIDER) from None
+            # Perhaps gone (killed mid-job): its /ready is read now rather than at the next probe.
+            self._refresh_task(worker)
             raise ProviderUnavailableError(f"{worker.url} failed mid-request: {exc}", provider=PROVIDER) from None
         finally:
             if task is not None:
@@ -301,6 +352,7 @@ class LocalGpuProvider:
         return worker.refreshing
 
     async def _read_ready(self, worker: _Worker) -> None:
+        sends = worker.sends
         try:
             reply = await self._http.request("GET", f"{worker.url}/ready", timeout_s=self._status_timeout_s)
             report = mapping.parse_ready(reply.status, reply.headers, reply.body)
@@ -316,8 +368,12 @@ class LocalGpuProvider:
             worker.report = report
             worker.model = report.model
         worker.checked_at = self._clock()
-        worker.sent_since_check = 0
-        worker.backlog_s = 0.0 if worker.report is None else worker.report.expected_wait_s
+        # Jobs sent while the read was out may have reached the worker after it answered: counted
+        # on top of its answer (one job too many at worst, until the next read).
+        worker.sent_since_check = worker.sends - sends
+        worker.backlog_s = 0.0
+        if worker.report is not None:
+            worker.backlog_s = worker.report.expected_wait_s + worker.sent_since_check * worker.per_job_s()
         worker.backlog_at = worker.checked_at
 
     def _abandon(self, worker: _Worker) -> None:

@@ -101,6 +101,9 @@ class _Ready(BaseModel):
     in_flight: int = 0
     max_queue: int | None = None
     ewma_latency_s: float | None = None
+    seconds_per_step_image: float | None = None  # its EWMA of seconds per work unit (worker/jobs.py)
+    default_steps: int | None = None
+    default_guidance_scale: float | None = None
 
 
 class _ErrorDetail(BaseModel):
@@ -126,6 +129,13 @@ class ReadyReport:
     max_queue: int | None
     ewma_latency_s: float | None
     retry_after_s: float | None
+    # One image's time at the variant's defaults, from the worker's time per unit of work: unlike
+    # its EWMA of whole jobs, not inflated by jobs of several images. None from older workers.
+    image_s: float | None = None
+
+    @property
+    def per_image_s(self) -> float | None:
+        return self.image_s if self.image_s is not None else self.ewma_latency_s
 
     @property
     def saturated(self) -> bool:
@@ -151,7 +161,17 @@ def parse_ready(status: int, headers: Mapping[str, str], content: bytes | bytear
         max_queue=parsed.max_queue,
         ewma_latency_s=parsed.ewma_latency_s,
         retry_after_s=retry_after_s(headers) if status == 503 else None,
+        image_s=_image_s(parsed),
     )
+
+
+def _image_s(parsed: _Ready) -> float | None:
+    """Seconds per unit times one image's units at the defaults (steps, doubled under guidance, as
+    the worker counts them: worker/jobs.py JobSpec.work_units)."""
+    if parsed.seconds_per_step_image is None or not parsed.default_steps:
+        return None
+    cfg = 2 if (parsed.default_guidance_scale or 0.0) > 1.0 else 1
+    return parsed.seconds_per_step_image * parsed.default_steps * cfg
 
 
 def parse_generation(headers: Mapping[str, str], content: ImageBytes, request: ImageRequest) -> ImageResult:

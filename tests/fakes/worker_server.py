@@ -52,8 +52,15 @@ class FaultInjector:
         # header that asks for them, and answers JSON. Each generation's Accept is kept here.
         self.before_raw_images = False
         self.accepts: list[str | None] = []
+        # Set to an unset Event: each /ready answer is made as usual, then held back until it is
+        # set (a report on the wire while jobs are sent); `ready_held` says one is being held.
+        self.ready_gate: threading.Event | None = None
+        self.ready_held = threading.Event()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/ready" and self.ready_gate is not None:
+            await self.app(scope, receive, self._held_back(send, self.ready_gate))
+            return
         if scope["type"] == "http" and scope["path"] == GENERATIONS:
             accept = [v.decode("latin-1") for k, v in scope["headers"] if k == b"accept"]
             self.accepts.append(accept[0] if accept else None)
@@ -76,6 +83,16 @@ class FaultInjector:
                 state.draining = False
         else:
             await self.app(scope, receive, self._release_queue_after_429(send))
+
+    def _held_back(self, send: Send, gate: threading.Event) -> Send:
+        async def wrapped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.ready_held.set()
+                while not gate.is_set():  # polled: the worker's loop keeps taking jobs meanwhile
+                    await asyncio.sleep(0.002)
+            await send(message)
+
+        return wrapped
 
     def _release_queue_after_429(self, send: Send) -> Send:
         async def wrapped(message: Message) -> None:

@@ -273,8 +273,7 @@ async def test_jobs_sent_since_the_last_probe_round_count_at_once_and_drain_with
     pipeline = StandInPipeline()
     jobs: list[asyncio.Task[ImageResult]] = []
     with running_worker("full", max_queue=4, pipeline=pipeline) as worker:
-        request = make_request()
-        units = JobSpec("p", None, request.n, 1024, 1024, request.num_inference_steps, 5.0, 0)
+        units = JobSpec("p", None, 1, 1024, 1024, 50, 5.0, 0)  # one image at the variant's defaults
         worker.state.queue.seed_estimate(units, 10.0)  # the worker says: one job takes 10 s
         gpu = LocalGpuProvider([worker.url], connect_timeout_s=2.0, status_ttl_s=3600, clock=lambda: now[0])
         board = HealthBoard(catalog, {"local_gpu": gpu, "fal": _IdleFal()}, interval_s=3600)

@@ -183,3 +183,12 @@ def test_png_size_is_read_from_the_header_as_pil_reads_it() -> None:
         _Image.new("RGB", (w, h)).save(buf, "PNG")
         assert png_size(buf.getvalue()) == (w, h)
     assert png_size(b"\x89PNG\r\n\x1a\n" + b"\x00" * 8) is None  # too short to hold an IHDR
+
+
+def test_one_images_time_comes_from_the_workers_time_per_unit_not_its_ewma_of_whole_jobs() -> None:
+    body = {"model": "hidream-i1-full", "ready": True, "ewma_latency_s": 25.0, "seconds_per_step_image": 0.1,
+            "default_steps": 50, "default_guidance_scale": 5.0}  # fmt: skip
+    # 50 steps, doubled under guidance: 10 s an image, though recent jobs of several images took 25 s
+    assert parse_ready(200, {}, json.dumps(body).encode()).per_image_s == 10.0
+    older = {k: v for k, v in body.items() if k in ("model", "ready", "ewma_latency_s")}
+    assert parse_ready(200, {}, json.dumps(older).encode()).per_image_s == 25.0
