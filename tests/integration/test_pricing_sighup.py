@@ -85,6 +85,12 @@ def served(request: pytest.FixtureRequest, redis_url: str, tmp_path: Path, prici
     base = f"http://127.0.0.1:{port}"
     try:
         proc.wait_http(f"{base}/health", timeout_s=120)
+        # /health answers from the first process up; a worker still starting would read the file
+        # the test is about to change, and so show the new price without any reload.
+        _eventually(
+            lambda: proc.tail(400).count("Application startup complete") >= request.param,
+            "not every worker process started",
+        )
         admin = {"Authorization": f"Bearer {ADMIN}"}
         team = httpx.post(f"{base}/admin/teams", headers=admin, json={"name": "sighup", "monthly_budget_usd": 10})
         assert team.status_code in (200, 201), team.text
