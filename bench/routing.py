@@ -16,7 +16,8 @@ each baseline's time to result, when ours is asked for it.
 --frontier runs ours at 0.5x, 0.75x, 1x, 1.5x, 2x, 3x, 4x and 8x the default latency target and
 prints, per scenario and baseline, the cheapest target where ours costs at most 1.02x the baseline
 at a p95 no worse (the routing issue's bar); --check exits 1 when that bar, or the default target's (never dearer
-nor slower at p95 than round robin and least busy), or zero failures for ours, is not met.
+nor slower at p95 than round robin and least busy), is not met in the issue's three scenarios (fan_out's
+verdict is printed beside it), or when ours failed any request in any scenario.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OURS = "balanced"
 BASELINES = ("priority", "round_robin", "cheapest", "least_busy")
 SCENARIOS = ("normal", "worker_killed", "fal_errors", "fan_out")
+BAR_SCENARIOS = ("normal", "worker_killed", "fal_errors")  # what --check judges (issue 17's bar)
 
 # The real-world scenario, in real seconds; the scale turns it into benchmark seconds.
 SCALE = TimeScale(real_s_per_bench_s=100.0)
@@ -259,8 +261,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"default target: {c.scenario} vs {c.baseline}: cost {c.cost_ratio}, p95 {c.p95_ratio} (want both <= 1)")
     for scenario in failed:
         print(f"ours failed requests in {scenario}")
-    met = all(r.met for r in rows) and not misses and not failed
-    print(f"routing bar {'met' if met else 'NOT met'}")
+    # The bar is issue 17's, over its three scenarios; fan_out (n of 4-10) is reported beside it.
+    beyond = [r for r in rows if r.scenario not in BAR_SCENARIOS]
+    beyond_misses = [c for c in misses if c.scenario not in BAR_SCENARIOS]
+    if beyond:
+        verdict = "met" if all(r.met for r in beyond) and not beyond_misses else "NOT met"
+        print(f"beyond the bar ({', '.join(sorted({r.scenario for r in beyond}))}): {verdict}")
+    met = (
+        all(r.met for r in rows if r.scenario in BAR_SCENARIOS)
+        and not [c for c in misses if c.scenario in BAR_SCENARIOS]
+        and not failed
+    )
+    print(f"routing bar ({', '.join(BAR_SCENARIOS)}; no failed request anywhere): {'met' if met else 'NOT met'}")
     elapsed = time.monotonic() - began
     path = _write(args.out, plan, runs, [*comparisons, *matched], elapsed, workdir)
     path.with_suffix(".md").write_text(table(summaries) + "\n\n" + front + "\n", encoding="utf-8")
