@@ -29,14 +29,17 @@ async def dry_run(
         images, planned = calls[0]
         # parts planned as they start (a baseline policy): the first is planned like this one
         plan = planned if planned is not None else await dispatcher.plan(replace(valid, n=images), routing, claim=False)
+        # Split at once: when the last call is done; parts planned as they start: the first part.
+        at_once = all(p is not None for _, p in calls)
+        expected = max(p[0].expected_s for _, p in calls if p is not None) if at_once else plan[0].expected_s
         route: dict[str, Any] = {
             "provider": plan[0].route.provider,
             "reason": plan[0].reason,
-            "expected_seconds": round(plan[0].expected_s, 3),
+            "expected_seconds": round(expected, 3),
             "fallbacks": [p.route.provider for p in plan[1:]],
             "parts": len(calls),
         }
-        if all(p is not None for _, p in calls):  # split at once: where each part would go
+        if at_once:  # where each part would go
             route["split"] = [{"provider": p[0].route.provider, "images": k} for k, p in calls if p is not None]
     except GatewayError as exc:  # no route now: the quote still stands, the route says why
         route = {"provider": None, "reason": exc.message}

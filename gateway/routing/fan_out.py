@@ -65,26 +65,27 @@ def plan_calls(
     n: int, plan: Sequence[Planned], policy: RoutingPolicy, *, most_per_call: int | None = None
 ) -> list[tuple[int, list[Planned]]]:
     """The upstream calls for n images from the router's plan for one image: (images, routes to
-    try in order) each, the route of its share first and the plan's others that can make as many
-    as fallbacks. `most_per_call`: a cap under every route's max_n (a stream makes each image a
-    call of its own). A breaker's trial, first in the plan, is one call of its own (what it was
-    claimed for); full routes share only when every route is full."""
+    try in order) each, the route of its share first (its expected_s: when the call's images are
+    expected done) and the plan's others that can make as many as fallbacks. `most_per_call`: a
+    cap under every route's max_n (a stream makes each image a call of its own). A breaker's trial,
+    first in the plan, is one call of its own (what it was claimed for); full routes share only
+    when every route is full."""
     if not plan:
         return []
 
     def most(p: Planned) -> int:
         return min(p.route.max_n, most_per_call or p.route.max_n)
 
-    def with_fallbacks(first: Planned, images: int, reason: str) -> list[Planned]:
+    def with_fallbacks(first: Planned, images: int, reason: str, expected_s: float) -> list[Planned]:
         rest = [replace(p, reason="fallback_after_error") for p in plan if p is not first and p.route.max_n >= images]
-        return [replace(first, reason=reason), *rest]
+        return [replace(first, reason=reason, expected_s=expected_s), *rest]
 
     out: list[tuple[int, list[Planned]]] = []
     candidates = list(plan)
     if plan[0].reason == "half_open_trial":
         trial = plan[0]
         images = min(n, most(trial))
-        out.append((images, with_fallbacks(trial, images, trial.reason)))
+        out.append((images, with_fallbacks(trial, images, trial.reason, lane_of(trial, images).finish_s(images))))
         n -= images
         candidates = candidates[1:] or [trial]
     if n == 0:
@@ -92,9 +93,13 @@ def plan_calls(
     usable = ([p for p in candidates if not p.saturated] or candidates)[:MAX_LANES]
     lanes = [lane_of(p, most(p)) for p in usable]
     moved = "fastest_healthy" if policy.kind == "fastest" else "latency_over_target"
+    done = [0] * len(lanes)  # images of each lane's share in the calls so far
     for i, images in calls(split(n, lanes, policy), lanes):
         first = usable[i]
-        out.append((images, with_fallbacks(first, images, first.reason if first is plan[0] else moved)))
+        done[i] += images
+        # A call's expected time is when its last image is: after the share's earlier calls' on a queue.
+        expected = lanes[i].finish_s(done[i])
+        out.append((images, with_fallbacks(first, images, first.reason if first is plan[0] else moved, expected)))
     return out
 
 

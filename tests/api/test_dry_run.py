@@ -106,3 +106,11 @@ def test_a_dry_run_with_stream_is_refused_not_answered_as_json(routed: Routed) -
         headers={"Authorization": f"Bearer {routed.key}"},
     )  # fmt: skip
     assert r.status_code == 400 and r.json()["error"]["param"] == "stream"
+
+
+def test_a_split_requests_expected_time_is_its_last_share_not_one_image(routed: Routed) -> None:
+    one, four = _dry(routed, n=1)["route"], _dry(routed, n=4)["route"]
+    assert isinstance(one, dict) and isinstance(four, dict)
+    # The idle GPU takes all four (cheapest, within the target) and works them one after another.
+    assert four["split"] == [{"provider": "local_gpu", "images": 4}]
+    assert abs(float(four["expected_seconds"]) - 4 * float(one["expected_seconds"])) < 0.01

@@ -112,3 +112,17 @@ def test_split_weighs_every_share_and_calls_cut_shares_at_max_n() -> None:
     assert split(7, lanes, TARGET_60) == (2, 0, 5)  # the cheaper of the side-by-side routes
     assert calls((2, 0, 5), lanes) == [(0, 2), (2, 2), (2, 2), (2, 1)]
     assert sum(split(10, lanes, RoutingPolicy(kind="fastest", latency_target_s=60.0))) == 10
+
+
+def test_each_call_expects_its_last_image_after_the_shares_earlier_calls_on_a_queue() -> None:
+    # Idle GPU, 30 s an image: its two images are done at 60 s; fal's two, side by side, at 15 s.
+    got = plan_calls(4, [gpu(0.0), fal()], TARGET_60)
+    assert [(routes[0].route.provider, images, routes[0].expected_s) for images, routes in got] == [
+        ("local_gpu", 2, 60.0), ("fal", 2, 15.0),
+    ]  # fmt: skip
+    # A share past the route's max_n is several calls: each later one waits for the one before.
+    many = plan_calls(10, [gpu(0.0, 5.0), fal()], TARGET_60)
+    gpu_calls = [(images, routes[0].expected_s) for images, routes in many if routes[0].route.provider == "local_gpu"]
+    most = ROUTES["local_gpu"].max_n
+    assert len(gpu_calls) > 1 and gpu_calls[0] == (most, most * 5.0)
+    assert gpu_calls[-1][1] == sum(images for images, _ in gpu_calls) * 5.0
