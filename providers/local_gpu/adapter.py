@@ -140,9 +140,12 @@ class LocalGpuProvider:
         self._held: dict[str, int] = {}
 
     async def aclose(self) -> None:
-        for worker in self._workers:
-            if worker.refreshing is not None:
-                worker.refreshing.cancel()
+        # A /ready read still out is cancelled and awaited: its connection is closed when this
+        # returns, not when the cancellation next runs (which a loop ending now would never do).
+        reads = [w.refreshing for w in self._workers if w.refreshing is not None and not w.refreshing.done()]
+        for read in reads:
+            read.cancel()
+        await asyncio.gather(*reads, return_exceptions=True)
         await self._http.aclose()
 
     # --- ImageProvider ----------------------------------------------------------------------

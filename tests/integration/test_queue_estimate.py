@@ -6,6 +6,8 @@ its route down at once rather than at the next probe."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -262,3 +264,32 @@ async def test_a_worker_a_job_cannot_reach_takes_its_route_down_before_the_next_
         assert board.current()[LOCAL_FULL].healthy is False
     finally:
         await gpu.aclose()
+
+
+def _connections_to(url: str) -> int:
+    """This process's open TCP connections to the URL's port (Linux: /proc)."""
+    port = int(url.rsplit(":", 1)[1])
+    ours = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(FileNotFoundError):  # the listing's own descriptor, gone by now
+            ours.add(os.readlink(f"/proc/self/fd/{fd}"))
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    fields = [row.split() for row in rows]  # remote address at 2 ("0100007F:8D99"), state at 3, inode at 9
+    return sum(1 for f in fields if int(f[2].split(":")[1], 16) == port and f"socket:[{f[9]}]" in ours)
+
+
+async def test_closing_the_provider_closes_a_ready_read_still_out(worker: RunningWorker, catalog: Catalog) -> None:
+    """A /ready read held by the worker when the gateway shuts down: aclose() returns once its
+    connection is closed, not with the read's cancellation still to run (a socket left open)."""
+    gpu = _gpu(worker, status_ttl_s=3600)
+    board = HealthBoard(catalog, {"local_gpu": gpu, "fal": _Fal()}, interval_s=3600)
+    worker.injector.ready_gate = gate = threading.Event()
+    probing = asyncio.create_task(board.refresh())
+    try:
+        await asyncio.to_thread(wait_until, worker.injector.ready_held.is_set, "the answer held")
+        assert _connections_to(worker.url) == 1
+        await gpu.aclose()
+        assert _connections_to(worker.url) == 0
+    finally:
+        gate.set()
+        await asyncio.gather(probing, return_exceptions=True)
