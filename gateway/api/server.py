@@ -43,7 +43,7 @@ class _CoalescingTransport:
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
-        self._pending: list[bytes] = []
+        self._pending: list[bytes | bytearray | memoryview] = []
         self._size = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -51,7 +51,12 @@ class _CoalescingTransport:
             return
         if not self._pending:
             self._loop.call_soon(self._flush)
-        self._pending.append(bytes(data) if not isinstance(data, bytes) else data)
+        # A large buffer is kept as given, not copied (an image read for its URL is 2 MiB): whoever
+        # writes one hands it over and leaves it unchanged, as a transport that cannot send it at once
+        # may keep it unsent. A small one is copied: it is joined with the turn's other writes anyway.
+        if not isinstance(data, bytes) and len(data) <= JOIN_UP_TO:
+            data = bytes(data)
+        self._pending.append(data)
         self._size += len(data)
 
     def _flush(self) -> None:

@@ -48,3 +48,18 @@ async def test_writes_of_one_loop_turn_leave_together_and_large_bodies_are_not_j
     t.write_eof()  # a half-close follows what is pending
     assert raw.writes == [b"an error answer", b"<eof>"]
     assert t.get_extra_info("peername") == "info:peername"  # everything else is the transport's
+
+
+async def test_a_large_buffer_is_sent_as_given_and_a_small_one_is_copied() -> None:
+    raw = RecordingTransport()
+    t = _CoalescingTransport(raw, asyncio.get_running_loop())  # type: ignore[arg-type]
+    image = memoryview(bytearray(b"p" * (JOIN_UP_TO + 1)))  # an image read for its URL
+    t.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    t.write(image)
+    await asyncio.sleep(0)
+    assert raw.writes[1] is image  # not copied
+    small = bytearray(b"small")
+    t.write(small)
+    small[:] = b"XXXXX"  # a writer reusing a small buffer at once does not change what is sent
+    await asyncio.sleep(0)
+    assert raw.writes[2] == b"small"
