@@ -17,29 +17,29 @@ from starlette.types import Receive, Scope
 
 
 class HotHeaders(Headers):
-    """Case-insensitive and immutable as Headers is; a name sent more than once gives its first
-    value, as Headers does (and every value through getlist)."""
+    """Immutable, and matched as Headers matches them: a name asked for in any case against the
+    names as the server gives them (lower case, as ASGI has it). A name sent more than once gives
+    its first value, as Headers does (and every value through getlist)."""
 
     def __init__(self, scope: Scope) -> None:
         super().__init__(scope=scope)
-        first: dict[str, str] = {}
-        for name, value in self._list:
-            key = name.decode("latin-1").lower()
-            if key not in first:
-                first[key] = value.decode("latin-1")
-        self._first = first
+        self._first = dict(reversed(self._list))  # the first of a repeated name is set last
 
     def get(self, key: str, default: Any = None) -> Any:
-        return self._first.get(key.lower(), default)
+        value = self._first.get(key.lower().encode("latin-1"))
+        return default if value is None else value.decode("latin-1")
 
     def __getitem__(self, key: str) -> str:
-        return self._first[key.lower()]
+        value = self._first.get(key.lower().encode("latin-1"))
+        if value is None:
+            raise KeyError(key)
+        return value.decode("latin-1")
 
     def __contains__(self, key: Any) -> bool:
-        return isinstance(key, str) and key.lower() in self._first
+        return key.lower().encode("latin-1") in self._first
 
     def getlist(self, key: str) -> list[str]:
-        if key.lower() not in self._first:
+        if key.lower().encode("latin-1") not in self._first:
             return []
         return super().getlist(key)
 
