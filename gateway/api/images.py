@@ -15,7 +15,7 @@ from gateway.accounting.keys import Principal
 from gateway.api import jobs
 from gateway.api.deps import State, Team
 from gateway.api.disconnect import until_disconnect
-from gateway.api.json_body import parse_object
+from gateway.api.json_body import parse_object, plain_text
 from gateway.api.json_response import JsonBytesResponse
 from gateway.api.server import CONNECTION_OPEN
 from gateway.api.state import AppState
@@ -45,7 +45,8 @@ async def generations(request: Request, state: AppState, principal: Principal) -
     _require_content_type(request, "application/json")
     raw = await _read_limited(request, 1024 * 1024)
     with state.shedder.slot():  # once the body is in: a caller trickling it holds no slot meanwhile
-        valid = validate_generation(state.catalog, Params(parse_object(raw), form=False), owned=state.owned_params)
+        params = Params(parse_object(raw), form=False, text_checked=plain_text(raw))
+        valid = validate_generation(state.catalog, params, owned=state.owned_params)
         return await _serve(request, state, principal, valid)
 
 
