@@ -28,7 +28,7 @@ async def until_disconnect(receive: Receive, work: Awaitable[T]) -> T:
         gone = True
         this.cancel()
 
-    watcher = asyncio.ensure_future(watch())
+    watcher = asyncio.get_running_loop().create_task(watch())
     try:
         return await work
     except asyncio.CancelledError:
