@@ -14,10 +14,10 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from gateway.accounting.keys import Principal
 from gateway.api import jobs
 from gateway.api.deps import State, Team
-from gateway.api.disconnect import until_disconnect
+from gateway.api.disconnect import Watch, until_disconnect
 from gateway.api.json_body import parse_object, plain_text
 from gateway.api.json_response import JsonBytesResponse
-from gateway.api.server import CONNECTION_OPEN
+from gateway.api.server import CONNECTION_OPEN, ON_DISCONNECT
 from gateway.api.state import AppState
 from gateway.api.streaming import EventStream
 from gateway.catalog import POLICIES
@@ -154,10 +154,10 @@ async def _serve(request: Request, state: AppState, principal: Principal, valid:
         progress = _progress_opt_in(request)
         admitted = state.service.admit(principal, valid, request.state.request_id, routing, _idempotency_key(request))
         # Admitted (or refused, with an ordinary HTTP error) before the stream is answered.
-        answer = await until_disconnect(request.receive, admitted)
+        answer = await until_disconnect(request.receive, admitted, _watch(request))
         return EventStream(state, answer, edit=bool(valid.images), progress=progress)
     work = state.service.generate(principal, valid, request.state.request_id, routing, _idempotency_key(request))
-    result = await until_disconnect(request.receive, work)
+    result = await until_disconnect(request.receive, work, _watch(request))
     delivery = result.delivery
     if delivery is None:
         return JsonBytesResponse(result.body, headers=result.headers)
@@ -210,6 +210,11 @@ async def _routing(request: Request, state: AppState, principal: Principal, vali
             param="model" if valid.pinned is not None else "x-gateway-provider",
         )
     return RoutingRequest(policy, pinned)
+
+
+def _watch(request: Request) -> Watch | None:
+    watch: Watch | None = request.scope.get("extensions", {}).get(ON_DISCONNECT)
+    return watch
 
 
 def _progress_opt_in(request: Request) -> bool:
