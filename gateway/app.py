@@ -118,8 +118,10 @@ def create_app(
         try:
             metrics = Metrics(settings.prometheus_multiproc_dir)
             store = open_image_store(settings, await _signing_key(redis, settings), _store_errors(metrics, "images"))
-            copier = None if settings.upstream_image_urls == "pass" else UpstreamImageCopier(
-                downloads, store, max_bytes=settings.upstream_image_max_bytes
+            copier = (
+                None
+                if settings.upstream_image_urls == "pass"
+                else UpstreamImageCopier(downloads, store, max_bytes=settings.upstream_image_max_bytes)
             )
             archive = LedgerArchive(open_archive_blobs(settings, _store_errors(metrics, "ledger_archive")))
             spool = SettlementSpool(settings.data_dir / "spool")
@@ -127,7 +129,7 @@ def create_app(
                 redis, spool=spool, scripts=scripts,
                 on_redis_error=lambda op: metrics.redis_errors.labels(op).inc(),
             )  # fmt: skip
-            route_health = RouteHealth(redis, BreakerConfig(cooldown_s=settings.breaker_cooldown_s))
+            route_health = RouteHealth(redis, BreakerConfig(cooldown_s=settings.breaker_cooldown_s), scripts=scripts)
             board = HealthBoard(
                 catalog, providers, metrics=metrics, route_health=route_health, interval_s=settings.probe_interval_s
             )

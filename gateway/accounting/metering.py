@@ -171,7 +171,7 @@ class Meter:
         code = out[0].decode()
         if code == "no_team":
             raise ServiceUnavailableError("The team for this key no longer exists.")
-        limits = RateLimitState(*(int(v) for v in out[1:7]))
+        limits = RateLimitState(*map(int, out[1:7]))
         return AdmissionPreview(code, limits, *(int(v) for v in out[8:13]))
 
     async def admit(
@@ -220,7 +220,7 @@ class Meter:
             )
         if code == "duplicate":
             raise InvalidRequestError("A request with this id is already in flight.", param="request_id")
-        state = RateLimitState(*(int(v) for v in out[1:7]))
+        state = RateLimitState(*map(int, out[1:7]))
         headers = state.headers()
         if code == "ok":
             return Admission(request_id, team_id, quote_micros, state, idempotency)

@@ -15,13 +15,15 @@ from typing import Any
 
 from fastapi import FastAPI
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway.accounting.keys import Principal
 from gateway.api import images
 from gateway.api.deps import team_principal
 from gateway.api.errors import error_response
+from gateway.api.hot_request import HotRequest
+from gateway.api.json_response import JsonBytesResponse
 from gateway.api.openapi import complete, is_complete
 from gateway.api.state import AppState
 from gateway.errors import ClientGone, MethodNotAllowedError
@@ -64,26 +66,22 @@ class GatewayApp(FastAPI):
         rid = request_id(self._ids)
         scope.setdefault("state", {})["request_id"] = rid
         header = (b"x-request-id", rid.encode())
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), header, NOSNIFF]
-            await send(message)
-
         handler = self._hot.get((scope["method"], scope["path"]))
         if handler is None:
             allow = self._allow.get(scope["path"])
             if allow is None:
-                await super().__call__(scope, receive, send_with_id)
+                await super().__call__(scope, receive, _with_headers(send, header))
             else:
                 wrong = MethodNotAllowedError("Method Not Allowed", headers={"allow": allow})
-                await error_response(wrong, None)(scope, receive, send_with_id)
+                await error_response(wrong, None)(scope, receive, _with_headers(send, header))
             return
         scope["app"] = self
-        await self._serve(handler, scope, receive, send_with_id)
+        await self._serve(handler, scope, receive, send, header)
 
-    async def _serve(self, handler: Handler, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
+    async def _serve(
+        self, handler: Handler, scope: Scope, receive: Receive, send: Send, header: tuple[bytes, bytes]
+    ) -> None:
+        request = HotRequest(scope, receive)
         state: AppState | None = getattr(self.state, "gateway", None)
         try:
             if state is None:
@@ -96,9 +94,24 @@ class GatewayApp(FastAPI):
         except Exception as exc:  # every failure leaves in OpenAI's shape, as on FastAPI's routes
             response = error_response(exc, state)
         try:
-            await response(scope, receive, send)
+            if isinstance(response, JsonBytesResponse | JSONResponse):  # they send their raw_headers
+                response.raw_headers += [header, NOSNIFF]
+                await response(scope, receive, send)
+            else:
+                await response(scope, receive, _with_headers(send, header))
         finally:
             # If sending failed before the settlement ran, the request is settled as not delivered.
             delivery = getattr(response, "delivery", None)
             if delivery is not None:
                 await delivery(False)
+
+
+def _with_headers(send: Send, header: tuple[bytes, bytes]) -> Send:
+    """`send`, adding x-request-id and nosniff to the answer's headers."""
+
+    async def send_with_id(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", []), header, NOSNIFF]
+        await send(message)
+
+    return send_with_id

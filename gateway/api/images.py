@@ -5,21 +5,19 @@ from __future__ import annotations
 import asyncio
 from contextlib import ExitStack
 from dataclasses import replace
-from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from starlette.background import BackgroundTask
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.types import Receive, Scope, Send
 
 from gateway.accounting.keys import Principal
 from gateway.api import jobs
 from gateway.api.deps import State, Team
-from gateway.api.disconnect import until_disconnect
-from gateway.api.json_body import parse_object
-from gateway.api.server import CONNECTION_OPEN
+from gateway.api.disconnect import Watch, until_disconnect
+from gateway.api.json_body import parse_object, plain_text
+from gateway.api.json_response import JsonBytesResponse
+from gateway.api.server import CONNECTION_OPEN, ON_DISCONNECT
 from gateway.api.state import AppState
 from gateway.api.streaming import EventStream
 from gateway.catalog import POLICIES
@@ -31,56 +29,13 @@ from gateway.errors import (
     PermissionDeniedError,
     UnsupportedMediaError,
 )
-from gateway.images.encoded import json_parts, parts_length
 from gateway.images.validation import Params, ValidRequest, check_edit_inputs, probe_upload, validate_generation
 from gateway.routing.dispatch import RoutingRequest
-from gateway.service import Delivery
 from providers.base import InputImage
 
 router = APIRouter()
 
 IMAGE_FIELDS = ("image", "image[]")
-
-
-class JsonBytesResponse(Response):
-    """JSON by orjson: a b64_json answer holds megabytes of text, which json.dumps took ~14 ms to
-    escape for a 2 MiB image (orjson ~0.5 ms). An image's base64 (Base64Of) is encoded a piece at
-    a time as it is sent, each piece after the connection took the one before: the answer never
-    holds it whole. `delivery` settles a served request (see _serve)."""
-
-    media_type = "application/json"
-
-    def __init__(self, content: Any, *, delivery: Delivery | None = None, **kwargs: Any) -> None:
-        self._parts = json_parts(content)
-        super().__init__(content, **kwargs)
-        self.delivery = delivery
-        if len(self._parts) > 1:
-            length = str(parts_length(self._parts)).encode("latin-1")
-            self.raw_headers = [(k, length if k == b"content-length" else v) for k, v in self.raw_headers]
-
-    def render(self, content: Any) -> bytes:
-        first = self._parts[0]
-        return first if len(self._parts) == 1 and isinstance(first, bytes) else b""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if len(self._parts) == 1:
-            await super().__call__(scope, receive, send)
-            return
-        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        for part in self._parts:
-            if isinstance(part, bytes):
-                await send({"type": "http.response.body", "body": part, "more_body": True})
-                continue
-            for piece in part.pieces():
-                await send({"type": "http.response.body", "body": piece, "more_body": True})
-                # A turn of the event loop: the server hands a turn's writes to the socket at its
-                # end (api/server.py), so without one every piece was encoded and buffered before
-                # the first was sent, and the connection's flow control (send() waits while the
-                # socket's buffer is full) never held a piece back: the whole base64 was held.
-                await asyncio.sleep(0)
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-        if self.background is not None:
-            await self.background()
 
 
 async def generations(request: Request, state: AppState, principal: Principal) -> Response:
@@ -90,7 +45,8 @@ async def generations(request: Request, state: AppState, principal: Principal) -
     _require_content_type(request, "application/json")
     raw = await _read_limited(request, 1024 * 1024)
     with state.shedder.slot():  # once the body is in: a caller trickling it holds no slot meanwhile
-        valid = validate_generation(state.catalog, Params(parse_object(raw), form=False), owned=state.owned_params)
+        params = Params(parse_object(raw), form=False, text_checked=plain_text(raw))
+        valid = validate_generation(state.catalog, params, owned=state.owned_params)
         return await _serve(request, state, principal, valid)
 
 
@@ -198,25 +154,23 @@ async def _serve(request: Request, state: AppState, principal: Principal, valid:
         progress = _progress_opt_in(request)
         admitted = state.service.admit(principal, valid, request.state.request_id, routing, _idempotency_key(request))
         # Admitted (or refused, with an ordinary HTTP error) before the stream is answered.
-        answer = await until_disconnect(request.receive, admitted)
+        answer = await until_disconnect(request.receive, admitted, _watch(request))
         return EventStream(state, answer, edit=bool(valid.images), progress=progress)
     work = state.service.generate(principal, valid, request.state.request_id, routing, _idempotency_key(request))
-    result = await until_disconnect(request.receive, work)
+    result = await until_disconnect(request.receive, work, _watch(request))
     delivery = result.delivery
     if delivery is None:
         return JsonBytesResponse(result.body, headers=result.headers)
-    # Settled once the answer is handed to the connection (Starlette runs `background` right after
-    # sending): the caller gets it without waiting for the settlement's round trip, and a caller
-    # that left before it is charged nothing.
+    # Settled once the answer is handed to the connection (right after sending): the caller gets
+    # it without waiting for the settlement's round trip, and a caller that left before it is
+    # charged nothing.
     is_open = request.scope.get("extensions", {}).get(CONNECTION_OPEN)
 
     async def settle_after_send() -> None:
         await delivery(is_open() if is_open is not None else True)
 
     try:
-        return JsonBytesResponse(
-            result.body, headers=result.headers, background=BackgroundTask(settle_after_send), delivery=delivery
-        )
+        return JsonBytesResponse(result.body, headers=result.headers, after_send=settle_after_send, delivery=delivery)
     except BaseException:
         await delivery(False)
         raise
@@ -256,6 +210,11 @@ async def _routing(request: Request, state: AppState, principal: Principal, vali
             param="model" if valid.pinned is not None else "x-gateway-provider",
         )
     return RoutingRequest(policy, pinned)
+
+
+def _watch(request: Request) -> Watch | None:
+    watch: Watch | None = request.scope.get("extensions", {}).get(ON_DISCONNECT)
+    return watch
 
 
 def _progress_opt_in(request: Request) -> bool:

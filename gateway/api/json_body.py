@@ -26,6 +26,16 @@ def parse_object(raw: bytes) -> dict[str, object]:
     return body
 
 
+def plain_text(raw: bytes) -> bool:
+    """Whether no string parsed from this body can hold a NUL or a lone UTF-16 surrogate (what
+    validation's Params refuses), so that its strings need no walk. JSON writes a NUL only as the
+    escape \\u0000 (a raw control character is refused); a lone surrogate comes as an escape too, or
+    as the bytes ED A0-BF xx, which json.loads (the fallback for what orjson refuses) reads with
+    surrogatepass. UTF-16 and UTF-32 JSON always hold NUL bytes. A body with none of these bytes is
+    plain; one with them (any backslash-u, even a harmless \\u00e9, or Hangul's ED bytes) is walked."""
+    return b"\\u" not in raw and b"\x00" not in raw and b"\xed" not in raw
+
+
 def _refused_by_orjson(raw: bytes) -> object:
     """Only on the error path. Some bodies orjson refuses are JSON that json.loads reads: a lone
     surrogate escape (the validation then refuses it naming its field) and 1e999 or NaN (named as

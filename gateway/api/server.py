@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import asyncio
 from asyncio import TimerHandle
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, cast
 
 import httptools
 import orjson
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
+from gateway.api.response_head import lean_send
 from gateway.errors import GatewayError, HeaderFieldsTooLargeError, InvalidRequestError, RequestTimeoutError
 from gateway.ids import RandomIds, request_id
 from gateway.settings import Settings
@@ -113,6 +115,13 @@ def http_protocol(limits: HttpLimits) -> type[asyncio.Protocol]:
 CONNECTION_OPEN = "gateway.connection_open"
 
 
+# A scope extension: `watch(callback)` runs `callback` once if the caller's connection is lost (or
+# the request refused) before its answer is complete, and returns a function that ends the watch.
+# It tells until_disconnect (api/disconnect.py) what a task waiting on receive() told it otherwise:
+# a task, a future and a cancellation a request.
+ON_DISCONNECT = "gateway.on_disconnect"
+
+
 class _RefusedError(Exception):
     """Raised in a parser callback to stop parsing; the protocol's `_refusal` says why."""
 
@@ -140,6 +149,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._timer_when = 0.0
         self._refusal: GatewayError | None = None
         self._lingering = -1  # bytes dropped since an error answer; -1: not lingering
+        self._watched: dict[RequestResponseCycle, Callable[[], None]] = {}  # see ON_DISCONNECT
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(_CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
@@ -153,6 +163,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self._timer.cancel()
             self._timer = None
         super().connection_lost(exc)
+        self._tell_gone()
 
     def data_received(self, data: bytes) -> None:
         if self._lingering >= 0:
@@ -223,12 +234,35 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if cycle is not None:
             extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
             extensions[CONNECTION_OPEN] = lambda: not cycle.disconnected
+            # Before the app's task first runs (it was only scheduled): it is handed this send.
+            cycle.send = lean_send(cycle)  # type: ignore[method-assign,assignment]
+            extensions[ON_DISCONNECT] = partial(self._watch, cycle)
 
     def on_message_complete(self) -> None:
         self._reading_head, self._head_bytes = True, 0
         self._in_body, self._body_started = False, None
         self._completed += 1
         super().on_message_complete()
+
+    # --- callers gone ---------------------------------------------------------------------
+
+    def _watch(self, cycle: RequestResponseCycle, callback: Callable[[], None]) -> Callable[[], None]:
+        if cycle.disconnected:
+            self.loop.call_soon(callback)
+            return _not_watching
+        self._watched[cycle] = callback
+        # As receive() does: a connection paused for flow control would not notice its close.
+        self.flow.resume_reading()
+        return partial(self._unwatch, cycle)
+
+    def _unwatch(self, cycle: RequestResponseCycle) -> None:
+        self._watched.pop(cycle, None)
+
+    def _tell_gone(self) -> None:
+        for cycle, callback in list(self._watched.items()):
+            if cycle.disconnected:
+                del self._watched[cycle]
+                callback()
 
     # --- deadlines -------------------------------------------------------------------------
 
@@ -298,6 +332,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if cycle is not None and not cycle.response_complete:
             cycle.disconnected = True  # the app's receive() now says http.disconnect; its sends are dropped
             cycle.message_event.set()
+            self._tell_gone()
         if answered or self.transport.is_closing():
             self.transport.close()
             return
@@ -311,6 +346,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._lingering = 0
         self.flow.resume_reading()
         self._timer = self.loop.call_later(LINGER_S, self.transport.close)
+
+
+def _not_watching() -> None:
+    pass
 
 
 def _error_response(error: GatewayError, default_headers: list[tuple[bytes, bytes]]) -> bytes:

@@ -25,8 +25,7 @@ import socket
 import stat
 import struct
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 from gateway.errors import ServiceUnavailableError
 
@@ -58,6 +57,7 @@ class LoadShedder:
         self._tick_s = tick_s
         self._on_shed = on_shed or (lambda reason: None)
         self.in_flight = 0
+        self._counted = _InFlight(self)
         self.lag_s = 0.0
         self.queued = 0  # connections waiting in the listening socket's accept queue
 
@@ -79,29 +79,20 @@ class LoadShedder:
             self._on_shed("accept_queue")
             raise OverloadedError("The gateway is over capacity right now; retry shortly.", reason="accept_queue")
 
-    @contextmanager
-    def slot(self) -> Iterator[None]:
-        """Hold one of this process's request slots, or raise OverloadedError at once.
+    def slot(self) -> _InFlight:
+        """Hold one of this process's request slots (`with shedder.slot():`), or raise
+        OverloadedError at once.
 
         Taken once a request's body has arrived: a caller that sends its headers and then trickles
         (or never sends) its body holds no slot, so such callers cannot starve every other team
         (the connection itself is bounded by the server's body timeout)."""
         self.check()
-        self.in_flight += 1
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
+        return self._counted
 
-    @contextmanager
-    def held(self) -> Iterator[None]:
+    def held(self) -> _InFlight:
         """Count a request that took its slot already (through `slot`) for as long as its answer
         outlives its handler (a stream), without checking again: it is admitted and must go on."""
-        self.in_flight += 1
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
+        return self._counted
 
     async def watch_loop(self) -> None:
         """Run for the life of the process: how late each tick runs is the loop's lag."""
@@ -168,3 +159,20 @@ def listening_sockets() -> list[socket.socket]:
         else:
             sock.close()
     return found
+
+
+class _InFlight:
+    """A request counted in its shedder's in_flight for the length of a `with` block (a class,
+    not a generator: one is entered by every request, and a generator's context manager costs
+    about four times as much). Holds nothing of its own, so one serves every request."""
+
+    __slots__ = ("_shedder",)
+
+    def __init__(self, shedder: LoadShedder) -> None:
+        self._shedder = shedder
+
+    def __enter__(self) -> None:
+        self._shedder.in_flight += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self._shedder.in_flight -= 1

@@ -73,10 +73,11 @@ class ValidRequest:
 class Params:
     """Read typed values from a body; `form` bodies carry every scalar as a string."""
 
-    def __init__(self, raw: Mapping[str, object], *, form: bool) -> None:
+    def __init__(self, raw: Mapping[str, object], *, form: bool, text_checked: bool = False) -> None:
         # Every string of the body, read or not, names and values alike: what we do not read today
         # may be passed upstream tomorrow, and an error message that quotes it must still encode.
-        for name, value in raw.items():
+        # `text_checked`: the caller knows no string in it can be unsendable (json_body.plain_text).
+        for name, value in () if text_checked else raw.items():
             if _unsendable(name):
                 raise _unsendable_error(name.encode("unicode_escape").decode("ascii"))
             if _unsendable(value):

@@ -39,7 +39,7 @@ def _encode(value: Arg) -> bytes:
     return repr(value).encode()
 
 
-def pack(*parts: Arg) -> bytes:
+def _pack_slowly(parts: tuple[Arg, ...]) -> bytes:
     out = [b"*%d\r\n" % len(parts)]
     for part in parts:
         data = _encode(part)
@@ -47,6 +47,17 @@ def pack(*parts: Arg) -> bytes:
         out.append(data)
         out.append(b"\r\n")
     return b"".join(out)
+
+
+def pack(*parts: Arg) -> bytes:
+    """One command in RESP. hiredis's encoder (C) gives the same bytes for str, int, float and
+    bytes: the settlement's two dozen arguments took about 2,400 bytecodes a request in Python, an
+    eighth of the gateway's. Anything else it refuses (a bool, a bytearray) is encoded as before."""
+    try:
+        packed: bytes = hiredis.pack_command(cast(Any, parts))  # its stub types a 1-tuple
+    except TypeError:
+        return _pack_slowly(parts)
+    return packed
 
 
 class _Connection(asyncio.Protocol):

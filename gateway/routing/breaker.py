@@ -17,9 +17,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Literal
+from typing import Any, Literal
 
 from gateway.redis.client import REDIS_ERRORS, RedisClient, as_str
+from gateway.redis.scripts import ScriptClient, register
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,18 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 class RouteHealth:
-    def __init__(self, redis: RedisClient, config: BreakerConfig | None = None, cache_s: float = 0.5) -> None:
+    """`scripts`: the lean pipelined client (gateway/redis/scripts.py) where the URL allows it. The
+    background flush and the refresh after it run a few times a second whatever the load, and
+    through redis-py each cost about as much CPU as a whole request's admission and settlement."""
+
+    def __init__(
+        self,
+        redis: RedisClient,
+        config: BreakerConfig | None = None,
+        cache_s: float = 0.5,
+        *,
+        scripts: ScriptClient | None = None,
+    ) -> None:
         self._r = redis
         self.config = config or BreakerConfig()
         self._cache_s = cache_s
@@ -79,8 +91,15 @@ class RouteHealth:
         self._pending: dict[RouteKey, list[int]] = {}  # batched successes: latency ms per outcome
         self._pending_at: dict[RouteKey, int] = {}  # when the latest batched success happened (ms)
         text = resources.files("gateway.routing").joinpath("scripts")
-        self._record = redis.register_script(text.joinpath("route_record.lua").read_text(encoding="utf-8"))
-        self._trial = redis.register_script(text.joinpath("route_trial.lua").read_text(encoding="utf-8"))
+        self._record = register(redis, scripts, text.joinpath("route_record.lua").read_text(encoding="utf-8"))
+        self._trial = register(redis, scripts, text.joinpath("route_trial.lua").read_text(encoding="utf-8"))
+        # One script a route on the lean client; a pipeline of two reads on redis-py (a cluster's
+        # pipeline sends each route's to its own node).
+        self._read = (
+            None
+            if scripts is None
+            else register(redis, scripts, text.joinpath("route_read.lua").read_text(encoding="utf-8"))
+        )
 
     async def stats(self, routes: Sequence[RouteKey], *, fresh: bool = False) -> dict[RouteKey, RouteStats]:
         """Each route's shared state. A route this process has never read (or whose cache an outcome
@@ -113,12 +132,7 @@ class RouteHealth:
         out: dict[RouteKey, RouteStats] = {}
         if stale:
             try:
-                async with self._r.pipeline(transaction=False) as pipe:
-                    for provider, model in stale:
-                        k = route_key(provider, model)
-                        pipe.hmget(k + "state", ["state", "opened_ms", "ewma_ms"])
-                        pipe.lrange(k + "latency", 0, -1)
-                    replies = await pipe.execute()
+                replies = await self._read_routes(stale)
             except REDIS_ERRORS:
                 log.warning("route health unavailable; treating routes as closed")
                 return {**out, **{r: CLOSED for r in stale}}
@@ -134,6 +148,25 @@ class RouteHealth:
                 )
                 self._cache[route] = (now, stats)
                 out[route] = stats
+        return out
+
+    async def _read_routes(self, routes: Sequence[RouteKey]) -> list[Any]:
+        """For each route, its [state, opened_ms, ewma_ms] and its latency list, one after the other."""
+        if self._read is None:
+            async with self._r.pipeline(transaction=False) as pipe:
+                for provider, model in routes:
+                    k = route_key(provider, model)
+                    pipe.hmget(k + "state", ["state", "opened_ms", "ewma_ms"])
+                    pipe.lrange(k + "latency", 0, -1)
+                return list(await pipe.execute())
+        keys = [(route_key(*r) + "state", route_key(*r) + "latency") for r in routes]
+        if len(keys) == 1:
+            read = [await self._read(keys=keys[0])]
+        else:  # sent in one event-loop turn, they leave in one write
+            read = await asyncio.gather(*(self._read(keys=k) for k in keys))
+        out: list[Any] = []
+        for reply in read:
+            out += [reply[:3], reply[3]]
         return out
 
     async def record(

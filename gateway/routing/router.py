@@ -12,8 +12,7 @@ will be tried, since one claimed and unused shuts the route for everyone until i
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from gateway.catalog import BASELINE_POLICIES, MICROS, Route, RoutingPolicy
@@ -36,6 +35,23 @@ class Planned:
     wait_s: float = 0.0
     queued: bool = False
     saturated: bool = False
+
+
+class _Attempt:
+    """One call to a route, counted while it runs (a class, not a generator: every request makes
+    one, and a generator's context manager costs about four times as much)."""
+
+    __slots__ = ("_counts", "_key")
+
+    def __init__(self, counts: dict[tuple[str, str], int], key: tuple[str, str]) -> None:
+        self._counts = counts
+        self._key = key
+
+    def __enter__(self) -> None:
+        self._counts[self._key] = self._counts.get(self._key, 0) + 1
+
+    def __exit__(self, *exc: object) -> None:
+        self._counts[self._key] -= 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,14 +77,9 @@ class Router:
         self._in_flight: dict[tuple[str, str], int] = {}  # this process's attempts, for least_busy
         self._turn = 0  # for round_robin
 
-    @contextmanager
-    def attempt(self, route: Route) -> Iterator[None]:
-        key = (route.provider, route.model)
-        self._in_flight[key] = self._in_flight.get(key, 0) + 1
-        try:
-            yield
-        finally:
-            self._in_flight[key] -= 1
+    def attempt(self, route: Route) -> _Attempt:
+        """`with router.attempt(route):` counts the call to it as in flight (least_busy)."""
+        return _Attempt(self._in_flight, (route.provider, route.model))
 
     async def plan(
         self,

@@ -35,6 +35,7 @@ from providers.base import (
     RouteTarget,
 )
 from providers.local_gpu import mapping
+from providers.local_gpu.deadline import within
 from providers.local_gpu.http import ConnectFailed, ExchangeBroken, ExchangeTimeout, WorkerHttp
 from providers.local_gpu.mapping import PROVIDER, ReadyReport
 from providers.local_gpu.stream import LineReader
@@ -166,8 +167,7 @@ class LocalGpuProvider:
             if request.partial_images:
                 body["partial_images"] = request.partial_images
         try:
-            async with asyncio.timeout(request.timeout_s):
-                return await self._generate(target.upstream_model, request, body, report)
+            return await within(request.timeout_s, self._generate(target.upstream_model, request, body, report))
         except TimeoutError:
             raise ProviderTimeoutError(
                 f"no result from the local GPU workers within {request.timeout_s:.1f} s", provider=PROVIDER

@@ -147,6 +147,9 @@ class WorkerHttp:
         # close it under a request.
         self._idle_s = idle_s
         self._idle: dict[tuple[str, int], collections.deque[tuple[float, _Conn]]] = {}
+        # Each URL's (host, port, path and query), parsed once: the workers' few URLs come back on
+        # every request, and urlsplit's host and port are parsed anew on each access.
+        self._targets: dict[str, tuple[str, int, str]] = {}
 
     async def request(
         self,
@@ -161,10 +164,11 @@ class WorkerHttp:
         """One exchange. timeout_s=None: no timer of its own (the caller bounds it, and cancelling
         the call closes the connection). `on_chunk`: a 200's body goes there as it arrives (the
         Reply's body is then empty); any other status's body is kept as usual."""
-        parts = urlsplit(url)
-        host, port = parts.hostname or "127.0.0.1", parts.port or 80
-        head = [f"{method} {parts.path or '/'}{'?' + parts.query if parts.query else ''} HTTP/1.1",
-                f"host: {host}:{port}", f"content-length: {len(body)}"]  # fmt: skip
+        target = self._targets.get(url)
+        if target is None:
+            target = self._targets[url] = _target(url)
+        host, port, path = target
+        head = [f"{method} {path} HTTP/1.1", f"host: {host}:{port}", f"content-length: {len(body)}"]
         head += [f"{k}: {v}" for k, v in (headers or {}).items()]
         request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
         conn, reused = await self._take(host, port)
@@ -226,3 +230,9 @@ class WorkerHttp:
             conn.close()
         else:
             pool.append((now, conn))
+
+
+def _target(url: str) -> tuple[str, int, str]:
+    parts = urlsplit(url)
+    path = f"{parts.path or '/'}{'?' + parts.query if parts.query else ''}"
+    return parts.hostname or "127.0.0.1", parts.port or 80, path

@@ -8,15 +8,21 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from gateway.routing.breaker import BreakerConfig, RouteHealth
+from gateway.redis.scripts import script_client_for
+from gateway.routing.breaker import BreakerConfig, RouteHealth, RouteStats
 
 FAST = BreakerConfig(window=10, min_samples=6, failure_ratio=0.5, consecutive_failures=3, cooldown_s=0.2, trial_s=5)
 
 
-@pytest.fixture
-async def two(redis_url: str) -> AsyncIterator[tuple[RouteHealth, RouteHealth]]:
+@pytest.fixture(params=["redis-py", "lean"])
+async def two(redis_url: str, request: pytest.FixtureRequest) -> AsyncIterator[tuple[RouteHealth, RouteHealth]]:
+    """Two processes' views, each through redis-py or each through the lean script client."""
     a, b = Redis.from_url(redis_url), Redis.from_url(redis_url)
-    yield RouteHealth(a, FAST, cache_s=0), RouteHealth(b, FAST, cache_s=0)
+    lean = [script_client_for(redis_url), script_client_for(redis_url)] if request.param == "lean" else [None, None]
+    yield RouteHealth(a, FAST, cache_s=0, scripts=lean[0]), RouteHealth(b, FAST, cache_s=0, scripts=lean[1])
+    for client in lean:
+        if client is not None:
+            await client.aclose()
     await a.aclose()
     await b.aclose()
 
@@ -140,3 +146,14 @@ async def test_a_trial_failed_by_one_team_alone_is_handed_back(two: tuple[RouteH
     assert await a.record("fal", "m", False, None, suspect_team="team-a") == "open"
     assert await b.try_trial("fal", "m") == "trial"
     assert await b.record("fal", "m", True, 0.5) == "closed"
+
+
+async def test_several_routes_are_read_in_one_call_written_or_not(two: tuple[RouteHealth, RouteHealth]) -> None:
+    a, b = two
+    await a.record("fal", "x", True, 0.5)
+    for _ in range(3):
+        await a.record("w", "x", False, None)
+    got = await b.stats([("fal", "x"), ("w", "x"), ("never", "x")])
+    assert (got[("fal", "x")].state, got[("fal", "x")].ewma_s, got[("fal", "x")].samples) == ("closed", 0.5, 1)
+    assert got[("w", "x")].state == "open" and got[("w", "x")].opened_ms is not None
+    assert got[("never", "x")] == RouteStats("closed", None, None, None, 0)

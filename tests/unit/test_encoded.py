@@ -10,7 +10,7 @@ import random
 import orjson
 import pytest
 
-from gateway.api.images import JsonBytesResponse
+from gateway.api.json_response import JsonBytesResponse
 from gateway.images.encoded import PIECE, Base64Of, as_text, json_parts, parts_length
 
 

@@ -34,3 +34,41 @@ def test_labels_by_name_still_work() -> None:
     m = Metrics()
     m.duration.labels(model="hidream-i1-full", status="succeeded").observe(0.2)
     assert m.duration.labels("hidream-i1-full", "succeeded") is m.duration.labels("hidream-i1-full", "succeeded")
+
+
+def test_the_fast_paths_count_as_prometheus_client_does() -> None:
+    import prometheus_client
+    import pytest
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from gateway.metrics import Counter, Gauge, Histogram
+
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    pairs = [
+        (cls("m_" + kind, "doc", ["a"], registry=ours), base("m_" + kind, "doc", ["a"], registry=theirs))
+        for kind, cls, base in (
+            ("c", Counter, prometheus_client.Counter),
+            ("g", Gauge, prometheus_client.Gauge),
+            ("h", Histogram, prometheus_client.Histogram),
+        )
+    ]
+    (c, c0), (g, g0), (h, h0) = pairs
+    for metric in (c, c0):
+        metric.labels("x").inc()
+        metric.labels("x").inc(2.5)
+    for metric in (g, g0):
+        metric.labels("x").inc(3)
+        metric.labels("x").dec()
+    for metric in (h, h0):  # on a bound, between bounds, past the last, below the first, NaN
+        for amount in (0.005, 0.3, 99.0, -1.0, 7.5, float("nan")):
+            metric.labels("y").observe(amount)
+
+    def exposed(registry: CollectorRegistry) -> list[bytes]:  # less the times each was created
+        return [line for line in generate_latest(registry).splitlines() if b"_created" not in line]
+
+    assert exposed(ours) == exposed(theirs)
+    with pytest.raises(ValueError):
+        c.labels("x").inc(-1)
+    for parent_call in (c.inc, g.inc, g.dec, lambda: h.observe(1.0)):
+        with pytest.raises(ValueError):
+            parent_call()  # a labelled metric's parent takes no value
