@@ -27,7 +27,6 @@ import httptools
 import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
-from gateway.api.response_head import lean_send
 from gateway.errors import GatewayError, HeaderFieldsTooLargeError, InvalidRequestError, RequestTimeoutError
 from gateway.ids import RandomIds, request_id
 from gateway.settings import Settings
@@ -234,8 +233,6 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if cycle is not None:
             extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
             extensions[CONNECTION_OPEN] = lambda: not cycle.disconnected
-            # Before the app's task first runs (it was only scheduled): it is handed this send.
-            cycle.send = lean_send(cycle)  # type: ignore[method-assign,assignment]
             extensions[ON_DISCONNECT] = partial(self._watch, cycle)
 
     def on_message_complete(self) -> None:
