@@ -121,6 +121,12 @@ class Metrics:
             ["model", "from_provider"],
             registry=r,
         )
+        self.busy_waits = Counter(
+            "gateway_busy_waits",
+            "Waits for room, within the request's deadline, after every route tried said it was full",
+            ["model"],
+            registry=r,
+        )
         self.routed = Counter(
             "gateway_route_decisions", "Routing decisions by reason", ["model", "provider", "reason"], registry=r
         )

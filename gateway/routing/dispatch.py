@@ -38,6 +38,21 @@ from providers.base import (
     ReportsProgress,
 )
 
+# Failures that say a route is full, not broken: room comes back as its queue drains.
+BUSY = frozenset({ErrorKind.RATE_LIMITED, ErrorKind.NOT_READY})
+DEFAULT_BUSY_WAIT_S = 1.0  # when a full route did not say how long
+
+
+class _Exhausted(Exception):
+    """Every route of a plan failed, each retryably; `busy_wait_s`: the soonest one that was only
+    full said it may have room (None: none was full)."""
+
+    def __init__(self, last: ProviderError, busy_wait_s: float | None) -> None:
+        super().__init__(last.message)
+        self.last = last
+        self.busy_wait_s = busy_wait_s
+
+
 # Told (route's provider, the upstream's handle) once a route's upstream has taken the request.
 OnSubmitted = Callable[[str, str], Awaitable[None]]
 
@@ -163,7 +178,9 @@ class Dispatcher:
         image is a call of its own, so that each is sent to the caller as soon as it is made."""
         calls = await self.planned_calls(valid, routing, most_per_call=1 if listener is not None else None)
         if len(calls) == 1 and calls[0][1] is not None:
-            return await self._attempt(calls[0][1], valid, request_id, deadline, team_id, on_submitted, listener)
+            return await self._attempt(
+                calls[0][1], valid, request_id, deadline, team_id, on_submitted, listener, routing=routing
+            )
         return await self._fan_out(valid, request_id, deadline, routing, team_id, calls, listener)
 
     async def planned_calls(
@@ -226,7 +243,7 @@ class Dispatcher:
                 part = replace(valid, n=k, seed=seed)
                 plan = planned if planned is not None else await self.plan(part, routing)
                 attempt = self._attempt(
-                    plan, part, f"{request_id}-{i}", deadline, team_id, listener=listener, first=first
+                    plan, part, f"{request_id}-{i}", deadline, team_id, listener=listener, first=first, routing=routing
                 )
                 tasks.append(asyncio.create_task(attempt))
                 await asyncio.sleep(0)  # let the part reach its upstream before the next is planned
@@ -262,9 +279,41 @@ class Dispatcher:
         on_submitted: OnSubmitted | None = None,
         listener: Listener | None = None,
         first: int = 0,
+        routing: RoutingRequest | None = None,
     ) -> Attempted:
-        """The plan's routes in order until one answers, within the deadline."""
+        """The plan's routes in order until one answers, within the deadline. With `routing`: when
+        every route failed and one of them was only full (an owned GPU's queue, a rate limit), wait
+        as long as it said it needs and try a fresh plan, as long as the deadline leaves time: a
+        request the team accepts to wait for is not failed because every route was busy at once
+        (a full GPU queue while fal fails, say)."""
+        while True:
+            try:
+                return await self._attempt_plan(
+                    plan, valid, request_id, deadline, team_id, on_submitted, listener, first
+                )
+            except _Exhausted as exhausted:
+                wait = exhausted.busy_wait_s
+                if routing is None or wait is None or wait >= deadline - time.monotonic():
+                    raise from_provider_error(exhausted.last) from exhausted.last
+            self._metrics.busy_waits.labels(valid.model.id).inc()
+            log.info("every route for %s is full; trying again in %.1f s", valid.model.id, wait)
+            await asyncio.sleep(wait)
+            plan = await self.plan(valid, routing)
+
+    async def _attempt_plan(
+        self,
+        plan: list[Planned],
+        valid: ValidRequest,
+        request_id: str,
+        deadline: float,
+        team_id: str,
+        on_submitted: OnSubmitted | None,
+        listener: Listener | None,
+        first: int,
+    ) -> Attempted:
+        """One pass over the plan; _Exhausted when every route failed and could be tried again."""
         last: ProviderError | None = None
+        busy_wait: float | None = None  # the soonest a full route said it may have room
         for i, planned in enumerate(plan):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -292,6 +341,9 @@ class Dispatcher:
                 if not err.retryable:
                     raise from_provider_error(err) from err
                 last = err
+                if err.kind in BUSY:
+                    said = err.retry_after_s if err.retry_after_s else DEFAULT_BUSY_WAIT_S
+                    busy_wait = said if busy_wait is None else min(busy_wait, said)
                 if i + 1 < len(plan):
                     self._metrics.fallbacks.labels(route.model, route.provider).inc()
                 continue
@@ -314,7 +366,7 @@ class Dispatcher:
             return attempted
         if last is None:
             raise UpstreamTimeoutError("The request ran out of time before any provider answered.")
-        raise from_provider_error(last) from last
+        raise _Exhausted(last, busy_wait)
 
     async def _failed(self, route: Route, err: ProviderError, elapsed: float, team_id: str) -> None:
         self._metrics.upstream_errors.labels(route.provider, route.model, err.kind.value).inc()

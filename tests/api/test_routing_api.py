@@ -3,6 +3,7 @@ the fake fal server as the near-unlimited provider; the headers name the route a
 
 from __future__ import annotations
 
+import pytest
 from fastapi.testclient import TestClient
 
 from tests.api.conftest import Routed, admin_headers, metrics_headers, wait_for
@@ -81,3 +82,36 @@ def test_policy_and_latency_target_headers_are_validated(routed: Routed) -> None
     assert r.status_code == 400 and r.json()["error"]["param"] == "x-gateway-latency-target-s"
     r = routed.generate(headers={"x-gateway-routing-policy": "fastest"})
     assert r.status_code == 200 and r.headers["x-gateway-route-reason"] in ("fastest_healthy", "cheapest_healthy")
+
+
+def _busy_waits(routed: Routed) -> float:
+    metrics = routed.client.get("/metrics", headers=metrics_headers()).text
+    line = 'gateway_busy_waits_total{model="hidream-i1-full"} '
+    return sum(float(m.split()[-1]) for m in metrics.splitlines() if m.startswith(line))
+
+
+def test_when_every_route_is_full_at_once_the_request_waits_for_room_and_is_charged_once(routed: Routed) -> None:
+    routed.worker.fill_queue()  # the owned GPU's queue is full (429)...
+    wait_for(lambda: _probed_saturated(routed.client), "the probe to see the full queue")
+    routed.fal.fail_next("rate_limited")  # ...and fal refuses its next submit (429): both full at once
+    r = routed.generate()
+    assert r.status_code == 200, r.text
+    assert r.headers["x-gateway-charged-usd"] == "0.050000"
+    assert _busy_waits(routed) == 1
+    usage = routed.client.get("/v1/usage", headers={"Authorization": f"Bearer {routed.key}"}).json()
+    assert usage["spent_usd"] == 0.05 and usage["requests"] == 1
+    routed.worker.pipeline.release.set()
+    routed.worker.join_fillers()
+
+
+@pytest.mark.parametrize("routed", [{"request_deadline_s": 0.5}], indirect=True)
+def test_a_full_route_that_needs_longer_than_the_deadline_leaves_is_not_waited_for(routed: Routed) -> None:
+    routed.worker.fill_queue()
+    wait_for(lambda: _probed_saturated(routed.client), "the probe to see the full queue")
+    routed.fal.fail_next("rate_limited")
+    r = routed.generate()  # the worker asks for at least a second: more than the request has
+    assert r.status_code == 503 and "busy" in r.json()["error"]["message"]
+    assert r.headers["retry-after"]
+    assert _busy_waits(routed) == 0
+    routed.worker.pipeline.release.set()
+    routed.worker.join_fillers()
