@@ -293,12 +293,9 @@ class LocalGpuProvider:
         if task is not None:
             worker.jobs.add(task)
         try:
-            reply = await self._http.request(
-                "POST", f"{worker.url}/v1/images/generations", body=orjson.dumps(body), headers=headers,
-                timeout_s=None,  # generate()'s asyncio.timeout bounds the whole attempt
-                on_chunk=lines.feed if lines is not None else None,
-            )  # fmt: skip
+            return await self._exchange(worker, request, body, headers, lines)
         except asyncio.CancelledError:
+            # Abandoned (_abandon) at any point of the exchange, its reachability check included.
             if task is None or task not in self._abandoned:
                 raise
             self._abandoned.discard(task)
@@ -306,6 +303,24 @@ class LocalGpuProvider:
             raise ProviderUnavailableError(
                 f"{worker.url} stopped answering /ready mid-job; the job was abandoned", provider=PROVIDER
             ) from None
+        finally:
+            if task is not None:
+                worker.jobs.discard(task)
+
+    async def _exchange(
+        self,
+        worker: _Worker,
+        request: ImageRequest,
+        body: mapping.WorkerGenerationBody,
+        headers: dict[str, str],
+        lines: LineReader | None,
+    ) -> ImageResult:
+        try:
+            reply = await self._http.request(
+                "POST", f"{worker.url}/v1/images/generations", body=orjson.dumps(body), headers=headers,
+                timeout_s=None,  # generate()'s asyncio.timeout bounds the whole attempt
+                on_chunk=lines.feed if lines is not None else None,
+            )  # fmt: skip
         except ConnectFailed as exc:
             worker.lost(self._clock())
             raise WorkerUnreachableError(str(exc), provider=PROVIDER) from None
@@ -321,9 +336,6 @@ class LocalGpuProvider:
             # Perhaps gone (killed mid-job): its /ready is read now rather than at the next probe.
             self._refresh_task(worker)
             raise ProviderUnavailableError(f"{worker.url} failed mid-request: {exc}", provider=PROVIDER) from None
-        finally:
-            if task is not None:
-                worker.jobs.discard(task)
         if reply.status != 200:
             raise mapping.error_from_response(reply.status, reply.headers, reply.body)
         if lines is not None:
