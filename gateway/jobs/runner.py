@@ -96,6 +96,11 @@ class JobRunner:
                     log.warning("job runner: Redis unavailable (%s)", type(exc).__name__)
                 except Exception:
                     log.exception("job runner: leasing failed")
+                this = asyncio.current_task()
+                if this is not None and this.cancelling():
+                    # Stopped while leasing, and the Redis client answered the cancellation with an
+                    # error of its own: the stop still stands (else shutdown waits on this forever).
+                    raise asyncio.CancelledError
                 await asyncio.sleep(self._c.poll_s)
         finally:
             await self._stop()
