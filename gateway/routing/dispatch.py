@@ -179,7 +179,7 @@ class Dispatcher:
         calls = await self.planned_calls(valid, routing, most_per_call=1 if listener is not None else None)
         if len(calls) == 1 and calls[0][1] is not None:
             return await self._attempt(
-                calls[0][1], valid, request_id, deadline, team_id, on_submitted, listener, routing=routing
+                calls[0][1], valid, request_id, deadline, team_id, routing, on_submitted, listener
             )
         return await self._fan_out(valid, request_id, deadline, routing, team_id, calls, listener)
 
@@ -243,7 +243,7 @@ class Dispatcher:
                 part = replace(valid, n=k, seed=seed)
                 plan = planned if planned is not None else await self.plan(part, routing)
                 attempt = self._attempt(
-                    plan, part, f"{request_id}-{i}", deadline, team_id, listener=listener, first=first, routing=routing
+                    plan, part, f"{request_id}-{i}", deadline, team_id, routing, listener=listener, first=first
                 )
                 tasks.append(asyncio.create_task(attempt))
                 await asyncio.sleep(0)  # let the part reach its upstream before the next is planned
@@ -276,16 +276,16 @@ class Dispatcher:
         request_id: str,
         deadline: float,
         team_id: str,
+        routing: RoutingRequest,
         on_submitted: OnSubmitted | None = None,
         listener: Listener | None = None,
         first: int = 0,
-        routing: RoutingRequest | None = None,
     ) -> Attempted:
-        """The plan's routes in order until one answers, within the deadline. With `routing`: when
-        every route failed and one of them was only full (an owned GPU's queue, a rate limit), wait
-        as long as it said it needs and try a fresh plan, as long as the deadline leaves time: a
-        request the team accepts to wait for is not failed because every route was busy at once
-        (a full GPU queue while fal fails, say)."""
+        """The plan's routes in order until one answers, within the deadline. When every route
+        failed and one of them was only full (an owned GPU's queue, a rate limit), wait as long as
+        it said it needs and try a fresh plan, as long as the deadline leaves time: a request the
+        team accepts to wait for is not failed because every route was busy at once (a full GPU
+        queue while fal fails, say)."""
         while True:
             try:
                 return await self._attempt_plan(
@@ -293,7 +293,7 @@ class Dispatcher:
                 )
             except _Exhausted as exhausted:
                 wait = exhausted.busy_wait_s
-                if routing is None or wait is None or wait >= deadline - time.monotonic():
+                if wait is None or wait >= deadline - time.monotonic():
                     raise from_provider_error(exhausted.last) from exhausted.last
             self._metrics.busy_waits.labels(valid.model.id).inc()
             log.info("every route for %s is full; trying again in %.1f s", valid.model.id, wait)
