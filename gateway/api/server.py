@@ -143,6 +143,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._body_started: float | None = None  # when the body's clock started; None: not running
         self._body_last = 0.0  # when body bytes last came
         self._body_bytes = 0  # since the body's clock started
+        self._awaiting_continue = False  # when the body's clock last started, the caller awaited "100 Continue"
         self._completed = 0  # requests whose last byte has been parsed
         self._timer: TimerHandle | None = None
         self._timer_when = 0.0
@@ -275,6 +276,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def _start_body_clock(self) -> None:
         self._body_started = self._body_last = self.loop.time()
         self._body_bytes = 0
+        cycle = self.cycle
+        self._awaiting_continue = cycle is not None and cycle.waiting_for_100_continue
         self._wake_at(self._body_started + self._limits.body_timeout_s)
 
     def _body_due(self, started: float) -> float:
@@ -295,7 +298,11 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             and (self._reading_head or cycle.waiting_for_100_continue)
         )
         if self._in_body and self._body_started is not None:
-            if waiting_on_us:
+            # A "100 Continue" sent since the clock last started: the caller starts sending only now
+            # (the app asked for the body just before this timer fired, or the clock would have
+            # run from a moment when the caller could not send yet).
+            continue_sent = self._awaiting_continue and not (cycle is not None and cycle.waiting_for_100_continue)
+            if waiting_on_us or continue_sent:
                 self._start_body_clock()
                 return
             due = self._body_due(self._body_started)

@@ -208,6 +208,33 @@ def test_a_body_the_app_has_not_read_yet_is_not_timed_out(slow_reader_url: str) 
         assert r.status == 200 and r.json() == {"bytes": len(body)}
 
 
+@pytest.fixture
+def just_in_time_reader_url() -> Iterator[str]:
+    """An app that asks for the body just before the body timer's third firing (0.5 s apart)."""
+
+    async def late(request: Request) -> JSONResponse:
+        await asyncio.sleep(1.4)
+        return JSONResponse({"bytes": len(await request.body())})
+
+    limits = HttpLimits(
+        max_header_bytes=64 * 1024, max_header_fields=100, header_timeout_s=0.5, body_timeout_s=0.5, body_min_rate=200
+    )
+    with serve_in_thread(Starlette(routes=[Route("/late", late, methods=["POST"])]), http=http_protocol(limits)) as url:
+        yield url
+
+
+def test_the_body_clock_starts_when_100_continue_is_sent(just_in_time_reader_url: str) -> None:
+    """The clock last restarted at 1.0 s (the caller awaited the 100 then) would run out at 1.5 s,
+    0.1 s after the 100 goes out: a caller sending its body 0.3 s after the 100 must still be read."""
+    with connect(just_in_time_reader_url) as sock:
+        sock.sendall(request_head("POST", "/late", {"content-length": "10", "expect": "100-continue"}))
+        assert read_response(sock).status == 100
+        time.sleep(0.3)  # well within the 0.5 s body timeout, counted from the 100
+        sock.sendall(b"0123456789")
+        r = read_response(sock)
+        assert r.status == 200 and r.json() == {"bytes": 10}
+
+
 def test_a_caller_awaiting_100_continue_is_not_timed_out(slow_reader_url: str) -> None:
     with connect(slow_reader_url) as sock:
         sock.sendall(request_head("POST", "/slow", {"content-length": "10", "expect": "100-continue"}))
