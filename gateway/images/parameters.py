@@ -70,6 +70,22 @@ def classify(raw: Mapping[str, object], *, owned: frozenset[str]) -> tuple[tuple
                 f"'{name}' is set by the gateway for the provider and cannot be passed through.", param=name
             )
         else:
+            _check_name(name)
             # As the caller sent it: JSON from a JSON body, a string from a form field.
             passed[name] = cast(JsonValue, value)
     return tuple(sorted(ignored)), passed
+
+
+# A parameter passed through is named in x-gateway-ignored-params where its route takes none, so
+# its name must fit in a header's list: printable ASCII, no comma, not longer than any provider's.
+MAX_NAME_CHARS = 100
+
+
+def _check_name(name: str) -> None:
+    if not (0 < len(name) <= MAX_NAME_CHARS and name.isascii() and name.isprintable() and "," not in name):
+        raise InvalidRequestError(
+            f"Unrecognized request argument {name[:MAX_NAME_CHARS]!r}: a parameter's name is 1 to "
+            f"{MAX_NAME_CHARS} printable ASCII characters without a comma.",
+            param=name[:MAX_NAME_CHARS],
+            code="invalid_parameter_name",
+        )

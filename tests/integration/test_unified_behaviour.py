@@ -149,6 +149,10 @@ def test_openai_parameters_hidream_cannot_honour_are_named_in_a_header(stack: St
         ({"extra_body": {"partial_images": 4}}, "partial_images"),
         ({"extra_body": {"sync_mode": True}}, "sync_mode"),
         ({"extra_body": {"num_images": 3}}, "num_images"),
+        # a name a header could not carry (x-gateway-ignored-params): refused before any work
+        ({"extra_body": {"a\r\nx-injected: 1": 1}}, "a\r\nx-injected: 1"),
+        ({"extra_body": {"\u53c3\u6578": 1}}, "\u53c3\u6578"),
+        ({"extra_body": {"a,b": 1}}, "a,b"),
     ],
 )
 def test_bad_parameters_are_named_and_cost_nothing(stack: Stack, kwargs: dict[str, object], param: str) -> None:
