@@ -94,7 +94,10 @@ class GatewayApp(FastAPI):
         except Exception as exc:  # every failure leaves in OpenAI's shape, as on FastAPI's routes
             response = error_response(exc, state)
         try:
-            if isinstance(response, JsonBytesResponse | JSONResponse):  # they send their raw_headers
+            if isinstance(response, JsonBytesResponse):
+                response.add_headers(header, NOSNIFF)
+                await response(scope, receive, send)
+            elif isinstance(response, JSONResponse):  # it sends its raw_headers
                 response.raw_headers += [header, NOSNIFF]
                 await response(scope, receive, send)
             else:

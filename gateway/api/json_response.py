@@ -10,16 +10,25 @@ own work.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from gateway.api.server import SEND_HEAD
 from gateway.images.encoded import json_parts, parts_length
 from gateway.service import Delivery
 
 CONTENT_TYPE = (b"content-type", b"application/json")
+
+# What the server's SEND_HEAD writes as it is given, checked here for all the headers at once: a
+# name is a lower-case token (RFC 9110), a value has no control character but tab (what uvicorn
+# refuses). Headers that fail it take the ordinary path, which lower-cases names and refuses bad
+# values as before.
+_NAMES = re.compile(r"[a-z0-9!#$%&'*+\-.^_`|~]*")
+_UNSAFE_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class JsonBytesResponse(Response):
@@ -49,17 +58,58 @@ class JsonBytesResponse(Response):
         first = parts[0]
         single = len(parts) == 1 and isinstance(first, bytes)  # no image's base64 in it
         self.body = first if isinstance(first, bytes) and single else b""
-        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()] if headers else []
-        names = {name for name, _ in raw}
-        if b"content-length" not in names:
-            length = len(self.body) if single else parts_length(parts)
-            raw.append((b"content-length", str(length).encode("latin-1")))
-        if b"content-type" not in names:
-            raw.append(CONTENT_TYPE)
-        self.raw_headers = raw
+        self._length = len(self.body) if single else parts_length(parts)
+        self._fields: Mapping[str, str] = headers or {}
+        self._added: list[tuple[bytes, bytes]] = []
+        self._raw: list[tuple[bytes, bytes]] | None = None
+
+    @property
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """The headers as ASGI has them; made when first asked for, and then what is sent."""
+        if self._raw is None:
+            raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self._fields.items()]
+            names = {name for name, _ in raw}
+            if b"content-length" not in names:
+                raw.append((b"content-length", str(self._length).encode("latin-1")))
+            if b"content-type" not in names:
+                raw.append(CONTENT_TYPE)
+            raw += self._added
+            self._raw = raw
+        return self._raw
+
+    @raw_headers.setter
+    def raw_headers(self, value: list[tuple[bytes, bytes]]) -> None:
+        self._raw = value
+
+    def add_headers(self, *headers: tuple[bytes, bytes]) -> None:
+        """Headers added to the answer's own (x-request-id, nosniff), sent after them."""
+        if self._raw is not None:
+            self._raw += headers
+        else:
+            self._added += headers
+
+    def _head(self) -> bytes | None:
+        """The header lines for SEND_HEAD, or None when a header needs the ordinary path."""
+        fields = self._fields
+        if not _NAMES.fullmatch("".join(fields)) or _UNSAFE_VALUE.search("".join(fields.values())):
+            return None
+        lines = "".join([f"{name}: {value}\r\n" for name, value in fields.items()])
+        if "content-length" not in fields:
+            lines += f"content-length: {self._length}\r\n"
+        if "content-type" not in fields:
+            lines += "content-type: application/json\r\n"
+        head = lines.encode("latin-1")
+        if self._added:
+            head += b"".join([name + b": " + value + b"\r\n" for name, value in self._added])
+        return head
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        send_head = scope.get("extensions", {}).get(SEND_HEAD) if self._raw is None else None
+        head = self._head() if send_head is not None else None
+        if send_head is not None and head is not None:
+            send_head(self.status_code, head, self._length)
+        else:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         if len(self._parts) == 1:  # as a body without an image's base64 is (json_parts)
             await send({"type": "http.response.body", "body": self.body})
         else:

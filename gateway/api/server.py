@@ -26,6 +26,7 @@ from typing import Any, cast
 import httptools
 import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 from gateway.errors import GatewayError, HeaderFieldsTooLargeError, InvalidRequestError, RequestTimeoutError
 from gateway.ids import RandomIds, request_id
@@ -121,6 +122,15 @@ CONNECTION_OPEN = "gateway.connection_open"
 ON_DISCONNECT = "gateway.on_disconnect"
 
 
+# A scope extension: `send_head(status, head, length)` writes a response's status line and headers
+# in one go, where `head` is its header lines ("name: value\r\n" each, lower-case names) checked
+# already by whoever made them, and `length` the body's length; the body then goes through send()
+# as usual. uvicorn's send() runs two regular expressions, a lower() and a join per header: a
+# served image's answer has 16 of them (limits, cost, route). It logs the request as send() does
+# where uvicorn's access log is on.
+SEND_HEAD = "gateway.send_head"
+
+
 class _RefusedError(Exception):
     """Raised in a parser callback to stop parsing; the protocol's `_refusal` says why."""
 
@@ -150,6 +160,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._refusal: GatewayError | None = None
         self._lingering = -1  # bytes dropped since an error answer; -1: not lingering
         self._watched: dict[RequestResponseCycle, Callable[[], None]] = {}  # see ON_DISCONNECT
+        # uvicorn's default headers (date, server: a new list each second) and their lines, for SEND_HEAD
+        self._defaults: tuple[list[tuple[bytes, bytes]], bytes] = ([], b"")
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(_CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
@@ -235,12 +247,35 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
             extensions[CONNECTION_OPEN] = lambda: not cycle.disconnected
             extensions[ON_DISCONNECT] = partial(self._watch, cycle)
+            extensions[SEND_HEAD] = partial(self._send_head, cycle)
 
     def on_message_complete(self) -> None:
         self._reading_head, self._head_bytes = True, 0
         self._in_body, self._body_started = False, None
         self._completed += 1
         super().on_message_complete()
+
+    def _send_head(self, cycle: RequestResponseCycle, status: int, head: bytes, length: int) -> None:
+        """What uvicorn's send() does with a response's start for a body of known length."""
+        if cycle.disconnected:  # as send() drops an answer to a caller gone
+            return
+        if cycle.response_started:
+            raise RuntimeError("The response has started already.")
+        cycle.response_started = True
+        cycle.waiting_for_100_continue = False
+        if cycle.access_log:
+            scope = cycle.scope
+            cycle.access_logger.info(
+                '%s - "%s %s HTTP/%s" %d', get_client_addr(scope), scope["method"],
+                get_path_with_query_string(scope), scope["http_version"], status,
+            )  # fmt: skip
+        cycle.expected_content_length = length
+        cycle.chunked_encoding = False
+        defaults = cycle.default_headers
+        if self._defaults[0] is not defaults:
+            self._defaults = (defaults, b"".join([name.lower() + b": " + value + b"\r\n" for name, value in defaults]))
+        close = b"" if cycle.keep_alive else b"connection: close\r\n"
+        self.transport.write(b"".join((STATUS_LINE[status], self._defaults[1], head, close, b"\r\n")))
 
     # --- callers gone ---------------------------------------------------------------------
 
