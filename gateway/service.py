@@ -304,7 +304,7 @@ class ImageService:
         upstream_s = 0.0
         in_flight = self._metrics.in_flight.labels(spec.id)
         in_flight.inc()
-        outcome = Settlement("failed", 0, 0, 0, spec.id, _fields(principal, valid, None, 0.0, "internal"))
+        outcome: Settlement | None = None  # None until known: an unexpected error's, made if it comes
         status = "failed"
         handed_over = False
         try:
@@ -390,6 +390,9 @@ class ImageService:
         finally:
             if not handed_over:  # a served request is settled by its Delivery, once answered
                 in_flight.dec()
+                if outcome is None:
+                    took = time.monotonic() - started
+                    outcome = Settlement("failed", 0, 0, 0, spec.id, _fields(principal, valid, None, took, "internal"))
                 if job is None or job.still_ours is None or await job.still_ours():
                     await self._settle(admission, outcome, principal, status, time.monotonic() - started)
 

@@ -221,9 +221,9 @@ class Meter:
         if code == "duplicate":
             raise InvalidRequestError("A request with this id is already in flight.", param="request_id")
         state = RateLimitState(*map(int, out[1:7]))
-        headers = state.headers()
         if code == "ok":
             return Admission(request_id, team_id, quote_micros, state, idempotency)
+        headers = state.headers()  # a refusal's (an admitted request's answer makes its own)
         if code == "images_over_limit":
             raise InvalidRequestError(
                 f"n={images} is more than this team's images-per-minute limit ({state.images_limit}).",

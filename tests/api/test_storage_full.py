@@ -57,3 +57,22 @@ def test_trailing_slash_is_not_redirected_to_the_callers_host(routed: Routed) ->
         follow_redirects=False,
     )  # fmt: skip
     assert r.status_code == 404 and "location" not in r.headers
+
+
+def test_an_unexpected_error_after_the_upstream_answered_fails_the_request_uncharged(
+    routed: Routed, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fault of the gateway's own (a bug) once the image is made: a 500 in OpenAI's shape, the
+    reservation settled as failed with error_kind internal, charged nothing, and freed."""
+
+    def broken(path: str, data: bytes) -> None:
+        raise RuntimeError("a bug in the store")
+
+    monkeypatch.setattr(storage, "_write_new", broken)
+    r = routed.generate(response_format="url")
+    assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
+    (event,) = _ledger(redis_url, routed.team_id)
+    assert (event[b"status"], event[b"charged_micros"], event[b"error_kind"]) == (b"failed", b"0", b"internal")
+    assert int(event[b"latency_ms"]) >= 0
+    monkeypatch.undo()
+    assert routed.generate(response_format="url").status_code == 200  # the reservation was released
