@@ -5,6 +5,7 @@ body (408), and bytes that are not HTTP (400), each answered in OpenAI's shape a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import tracemalloc
@@ -117,6 +118,28 @@ def test_bytes_that_are_not_http_get_an_openai_shaped_400(url: str) -> None:
         r = read_response(sock)
         _assert_openai_error(r, 400, "malformed_http_request")
         assert closed_by_server(sock)
+
+
+def test_an_image_request_body_in_pieces_is_read_whole(url: str) -> None:
+    body = b'{"model": "hidream-i1-full", "prompt": "a fox", "size": "7x7"}'
+    with connect(url) as sock:
+        sock.sendall(_generation_head(url, len(body)))
+        for i in range(0, len(body), 20):  # three reads apart
+            sock.sendall(body[i : i + 20])
+            time.sleep(0.05)
+        r = read_response(sock)
+    # the whole body was parsed: its size is what is refused (a cut body would be a JSON error)
+    assert r.status == 400 and r.json()["error"]["param"] == "size", r
+
+
+def test_an_image_request_body_past_1_mib_is_413(url: str) -> None:
+    body = b'{"prompt": "' + b"a" * (1024 * 1024) + b'"}'
+    with connect(url) as sock:
+        sock.sendall(_generation_head(url, len(body)))
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # it may stop reading at the limit
+            sock.sendall(body)
+        r = read_response(sock)
+    assert r.status == 413 and r.json()["error"]["type"] == "invalid_request_error", r
 
 
 # --- timeouts ------------------------------------------------------------------------------
