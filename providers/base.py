@@ -215,6 +215,14 @@ class ProviderHealth:
     # fault either, and said so rather than as a failure.
     configured: bool = True
 
+    def with_wait(self, expected_wait_s: float) -> ProviderHealth:
+        """This health with another expected wait (a route's live one): what dataclasses.replace
+        makes, at a third of its cost; the router asks for one per route on every request."""
+        return ProviderHealth(
+            self.healthy, self.detail, self.queue_depth, expected_wait_s, self.saturated, self.service_s,
+            self.extra, self.configured,
+        )  # fmt: skip
+
 
 @runtime_checkable
 class ImageProvider(Protocol):

@@ -154,7 +154,7 @@ class _LiveProbes(Mapping[RouteId, ProviderHealth]):
             return health
         if math.isinf(wait):  # down since the probe (a job could not reach it): not until the next one
             return replace(health, healthy=False, detail="no worker reachable since the last probe")
-        return replace(health, expected_wait_s=wait)
+        return health.with_wait(wait)
 
     def __iter__(self) -> Iterator[RouteId]:
         return iter(self._probes)
