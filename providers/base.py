@@ -25,7 +25,7 @@ JsonValue = None | bool | int | float | str | list["JsonValue"] | dict[str, "Jso
 class InputImage:
     """An uploaded image, already sniffed and decoded once by the gateway."""
 
-    data: bytes
+    data: ImageBytes  # a bytearray as an upload is read (gateway/api/edit_form.py): never changed after
     content_type: str  # image/png, image/jpeg or image/webp (from the magic bytes)
     width: int
     height: int

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from contextlib import ExitStack
 from dataclasses import replace
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from starlette.datastructures import FormData, UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from gateway.accounting.keys import Principal
 from gateway.api import jobs
 from gateway.api.deps import State, Team
 from gateway.api.disconnect import Watch, until_disconnect
+from gateway.api.edit_form import IMAGE_FIELDS, EditForm, FormLimits, file_param, read_edit_form
 from gateway.api.json_body import parse_object, plain_text
 from gateway.api.json_response import JsonBytesResponse
 from gateway.api.server import CONNECTION_OPEN, ON_DISCONNECT
@@ -32,11 +30,9 @@ from gateway.errors import (
 )
 from gateway.images.validation import Params, ValidRequest, check_edit_inputs, probe_upload, validate_generation
 from gateway.routing.dispatch import RoutingRequest
-from providers.base import InputImage
+from providers.base import ImageBytes, InputImage
 
 router = APIRouter()
-
-IMAGE_FIELDS = ("image", "image[]")
 
 
 async def generations(request: Request, state: AppState, principal: Principal) -> Response:
@@ -63,76 +59,59 @@ async def variations(_: Team) -> Response:
 @router.post("/v1/images/edits")
 async def edits(request: Request, state: State, principal: Team) -> Response:
     state.shedder.check()
-    with ExitStack() as slot:
-        form = await _read_form(request, state.settings.max_upload_bytes)
-        try:
-            slot.enter_context(state.shedder.slot())  # once the body is in: a slow upload holds none
-            valid = await _valid_edit(form, state)
-        finally:
-            await form.close()  # the uploads are read (headers probed) or refused: free their files
+    form = await _read_form(request, state.settings.max_upload_bytes)
+    with state.shedder.slot():  # once the body is in: a slow upload holds none
+        valid = await _valid_edit(form, state)
         return await _serve(request, state, principal, valid)
 
 
-async def _read_form(request: Request, limit: int) -> FormData:
+async def _read_form(request: Request, limit: int) -> EditForm:
     _require_content_type(request, "multipart/form-data")
     declared = request.headers.get("content-length")
     # Everything but a few fields is images; refuse an oversized body before reading it.
     if declared and declared.isdigit() and int(declared) > limit * 2 + 1024 * 1024:
         raise PayloadTooLargeError(f"The request body is larger than {limit * 2} bytes.", param="image")
-    parser = MultiPartParser(request.headers, request.stream(), max_files=8, max_fields=64, max_part_size=1024 * 1024)
-    if declared and declared.isdigit():
-        # An upload held in memory up to the limit, its size bounded by the length checked above:
-        # spooled past 1 MiB (Starlette's default) it went to a temporary file, written and read
-        # back through a hop to a thread per piece, which cost more than the rest of the edit.
-        parser.spool_max_size = limit + 1
-    try:
-        return await parser.parse()
-    except MultiPartException as exc:
-        raise InvalidRequestError(f"Malformed multipart body: {exc.message}", code="invalid_multipart") from None
+    limits = FormLimits(max_files=8, max_fields=64, max_field_bytes=1024 * 1024, max_file_bytes=limit)
+    length = int(declared) if declared and declared.isdigit() else None
+    return await read_edit_form(request.headers["content-type"], request.receive, limits, length)
 
 
-async def _valid_edit(form: FormData, state: AppState) -> ValidRequest:
+async def _valid_edit(form: EditForm, state: AppState) -> ValidRequest:
     settings = state.settings
-    limit = settings.max_upload_bytes
     fields: dict[str, object] = {}
-    uploads: list[UploadFile] = []
-    mask_upload: UploadFile | None = None
-    for name, value in form.multi_items():
-        if isinstance(value, UploadFile):
-            if name in IMAGE_FIELDS:
-                uploads.append(value)
-            elif name == "mask":
-                mask_upload = value
-            else:
-                raise InvalidRequestError(f"Unexpected file part '{name}'.", param=name)
-        elif name in IMAGE_FIELDS or name == "mask":
-            raise InvalidRequestError(f"'{name}' must be sent as a file.", param="image" if name != "mask" else name)
+    image_data: list[ImageBytes] = []
+    mask_data: ImageBytes | None = None
+    for name, data in form.files:
+        if name in IMAGE_FIELDS:
+            image_data.append(data)
+        elif name == "mask":
+            mask_data = data
         else:
-            fields[name] = value
-    if not uploads:
+            raise InvalidRequestError(f"Unexpected file part '{name}'.", param=name)
+    for name, value in form.fields:
+        if name in IMAGE_FIELDS or name == "mask":
+            raise InvalidRequestError(f"'{name}' must be sent as a file.", param=file_param(name))
+        fields[name] = value
+    if not image_data:
         raise MissingParameterError("Missing required parameter: 'image'.", param="image")
     params = Params(fields, form=True)
-    check_edit_inputs(state.catalog, params, len(uploads), has_mask=mask_upload is not None)
-    # Read, then the form's copies let go before anything else is done with them.
-    image_data = [await _read(u, "image", limit) for u in uploads]
-    mask_data = await _read(mask_upload, "mask", limit) if mask_upload else None
-    await form.close()
+    check_edit_inputs(state.catalog, params, len(image_data), has_mask=mask_data is not None)
+    for upload in image_data:
+        _not_empty(upload, "image")
+    if mask_data is not None:
+        _not_empty(mask_data, "mask")
     # Headers only: the pixels are checked once the edit is admitted (ImageService._serve).
     images = tuple([await _probe(d, "image", settings.max_upload_pixels) for d in image_data])
     mask = await _probe(mask_data, "mask", settings.max_upload_pixels) if mask_data is not None else None
     return validate_generation(state.catalog, params, images=images, mask=mask, owned=state.owned_params)
 
 
-async def _read(upload: UploadFile, param: str, limit: int) -> bytes:
-    data = await upload.read(limit + 1)
-    if len(data) > limit:
-        raise PayloadTooLargeError(f"'{param}' is larger than {limit} bytes.", param=param)
+def _not_empty(data: ImageBytes, param: str) -> None:
     if not data:
         raise InvalidRequestError(f"'{param}' is empty.", param=param, code="invalid_image")
-    return data
 
 
-async def _probe(data: bytes, param: str, max_pixels: int) -> InputImage:
+async def _probe(data: ImageBytes, param: str, max_pixels: int) -> InputImage:
     # A thread even for a header: opening a 40 MP WebP takes ~2.5 ms (libwebp sets up its canvases).
     return await asyncio.to_thread(probe_upload, data, param=param, max_pixels=max_pixels)
 

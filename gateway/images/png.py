@@ -43,7 +43,7 @@ class NotChecked(Exception):
     """A PNG this module does not check (an animated one); decode it instead."""
 
 
-def check_png(data: bytes | memoryview) -> tuple[int, int]:
+def check_png(data: bytes | bytearray | memoryview) -> tuple[int, int]:
     """Width and height of a whole, well-formed PNG; PngError if it is not one, NotChecked if it
     is one this module does not check."""
     view = memoryview(data)
@@ -89,7 +89,7 @@ def check_png(data: bytes | memoryview) -> tuple[int, int]:
         at = body_end + 4
 
 
-def checked_without_pixels(data: bytes | memoryview) -> bool:
+def checked_without_pixels(data: bytes | bytearray | memoryview) -> bool:
     """Whether check_png checks this file itself, holding about CHECK_BYTES beside it, rather than
     leaving it to a decoder (NotChecked): an IHDR it knows and no acTL before the image data. Reads
     chunk headers only; a file too broken to tell is one check_png refuses without decoding."""

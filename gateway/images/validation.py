@@ -4,7 +4,6 @@ parameter. Values outside the model's ranges are rejected, never clamped."""
 
 from __future__ import annotations
 
-import io
 import math
 import warnings
 from collections.abc import Mapping
@@ -14,10 +13,11 @@ from PIL import Image, UnidentifiedImageError
 
 from gateway.catalog import Catalog, EditSpec, FloatRange, IntRange, ModelRef, ModelSpec, parse_size
 from gateway.errors import InvalidRequestError, MissingParameterError, ModelNotFoundError
+from gateway.images.buffer_file import image_file
 from gateway.images.parameters import OUTPUT_FORMATS, classify
 from gateway.images.png import NotChecked, PngError, check_png
 from gateway.images.sizing import SizeError, SizePlan, from_size, native_area, plan_size, size_for_aspect
-from providers.base import InputImage, JsonValue, OutputFormat, ResponseFormat, sniff_content_type
+from providers.base import ImageBytes, InputImage, JsonValue, OutputFormat, ResponseFormat, sniff_content_type
 
 MAX_SEED = 2**63 - 1
 
@@ -391,7 +391,7 @@ def _size(spec: ModelSpec, asked: str | None, images: tuple[InputImage, ...]) ->
         ) from None
 
 
-def probe_upload(data: bytes, *, param: str, max_pixels: int) -> InputImage:
+def probe_upload(data: ImageBytes, *, param: str, max_pixels: int) -> InputImage:
     """Sniff an uploaded image and read its header only (format and size, no pixels): cheap
     enough to run before admission, and enough to refuse what is not an image or is too large."""
     content_type = sniff_content_type(data)
@@ -403,7 +403,7 @@ def probe_upload(data: bytes, *, param: str, max_pixels: int) -> InputImage:
         with warnings.catch_warnings():
             # Our own pixel limit (below Pillow's warning threshold) decides; see just below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            opened = Image.open(io.BytesIO(data))
+            opened = Image.open(image_file(data))
         with opened as img:
             width, height = img.size
     except Image.DecompressionBombError as exc:
@@ -439,7 +439,7 @@ def decode_fully(image: InputImage, param: str) -> None:
                 raise _undecodable(param)
             return
     try:
-        with Image.open(io.BytesIO(image.data)) as img:
+        with Image.open(image_file(image.data)) as img:
             img.load()
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise _undecodable(param) from exc

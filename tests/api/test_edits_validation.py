@@ -102,3 +102,26 @@ def test_edits_need_multipart(bare_client: TestClient, key: str) -> None:
         "/v1/images/edits", json={"prompt": "x", "image": "aGVsbG8="}, headers={"Authorization": f"Bearer {key}"}
     )
     assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type"
+
+
+def test_a_form_cut_before_its_closing_boundary_is_refused_not_read_without_its_last_part(
+    bare_client: TestClient, key: str
+) -> None:
+    """Starlette's form parser dropped an unterminated last part without a word: here the mask,
+    and the edit would have run without it."""
+    boundary = "cut-form"
+    body = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"{extra}\r\n\r\n'.encode() + data + b"\r\n"
+        for name, extra, data in [
+            ("model", "", b"hidream-i1-full"), ("prompt", "", b"edit"),
+            ("image", '; filename="a.png"', png()), ("mask", '; filename="m.png"', png()),
+        ]
+    )  # no closing --cut-form--  # fmt: skip
+    r = bare_client.post(
+        "/v1/images/edits",
+        content=body,
+        headers={"Authorization": f"Bearer {key}", "content-type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_multipart"
+    usage = bare_client.get("/v1/usage", headers={"Authorization": f"Bearer {key}"}).json()
+    assert usage["spent_usd"] == 0 and usage["failed_requests"] == 0  # refused before admission
