@@ -96,6 +96,7 @@ class GatewayApp(FastAPI):
         try:
             if isinstance(response, JsonBytesResponse):
                 response.add_headers(header, NOSNIFF)
+                response.may_send_head = True  # `send` is the server's own here
                 await response(scope, receive, send)
             elif isinstance(response, JSONResponse):  # it sends its raw_headers
                 response.raw_headers += [header, NOSNIFF]

@@ -62,6 +62,9 @@ class JsonBytesResponse(Response):
         self._fields: Mapping[str, str] = headers or {}
         self._added: list[tuple[bytes, bytes]] = []
         self._raw: list[tuple[bytes, bytes]] | None = None
+        # Set by the hot path (api/hot.py), whose `send` is the server's own: elsewhere middleware
+        # may watch or change the start message, which the server's SEND_HEAD would not pass them.
+        self.may_send_head = False
 
     @property
     def raw_headers(self) -> list[tuple[bytes, bytes]]:
@@ -104,7 +107,7 @@ class JsonBytesResponse(Response):
         return head
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        send_head = scope.get("extensions", {}).get(SEND_HEAD) if self._raw is None else None
+        send_head = scope.get("extensions", {}).get(SEND_HEAD) if self.may_send_head and self._raw is None else None
         head = self._head() if send_head is not None else None
         if send_head is not None and head is not None:
             send_head(self.status_code, head, self._length)
