@@ -9,7 +9,7 @@ import signal
 import sys
 from typing import Protocol, cast
 
-SCENARIOS = ("overhead", "held", "bytes", "saturation", "instructions")
+SCENARIOS = ("overhead", "held", "bytes", "saturation", "instructions", "forms")
 
 
 class Scenario(Protocol):
