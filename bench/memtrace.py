@@ -17,6 +17,11 @@ worker too (multiprocessing's spawn imports this module again in each child). `b
 last: the allocation sites whose live bytes grew most, the object types whose counts grew, and RSS
 beside the traced bytes (RSS rising with the traced bytes flat is the allocator or native code,
 not Python objects). tracemalloc slows the process severalfold: drive it at a rate it can carry.
+
+The light mode (BENCH_MEMTRACE_FRAMES=0; `bench.soak --memtrace-light`) runs no tracemalloc: every
+BENCH_MEMTRACE_EVERY_S each process writes RSS by kind of mapping (smaps_kib: glibc's main heap,
+threads' arenas, stacks, other anonymous memory, files) and glibc's arenas (malloc_arenas) to
+`<dir>/<pid>.jsonl`, cheaply enough for the full rate; `diff` then prints each figure first -> last.
 """
 
 from __future__ import annotations
