@@ -87,6 +87,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--memtrace", type=Path, default=None,
                    help="trace the gateway's memory into this folder (bench/memtrace.py)")  # fmt: skip
     p.add_argument("--memtrace-every-s", type=float, default=30.0, help="seconds between memtrace snapshots")
+    p.add_argument("--memtrace-light", action="store_true",
+                   help="with --memtrace: no tracemalloc, only RSS by kind of mapping and glibc's arenas "
+                        "(cheap: the gateway runs at full speed)")  # fmt: skip
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="a setting for the gateway (repeatable), e.g. GATEWAY_HEAP_TRIM_S=0")  # fmt: skip
     return p.parse_args(argv)
@@ -105,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             "BENCH_MEMTRACE_DIR": str(args.memtrace.resolve()),
             "BENCH_MEMTRACE_EVERY_S": str(args.memtrace_every_s),
         }
+        if args.memtrace_light:
+            env["BENCH_MEMTRACE_FRAMES"] = "0"
         module = "bench.memtrace"
     options = StackOptions(workdir=workdir, delay_ms=args.delay_ms, fal_delay_ms=args.fal_delay_ms,
                            providers=("local_gpu", "fal"), gateway_env=env, gateway_module=module)  # fmt: skip

@@ -257,7 +257,8 @@ def app_from_env() -> FastAPI:
     # process starts is ignored: by default it would end the process.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     settings = Settings()
-    keep_freed_memory(settings.malloc_keep_free_bytes)  # before the app allocates anything large
+    # Before the app allocates anything large, and before it starts a thread.
+    keep_freed_memory(settings.malloc_keep_free_bytes, settings.malloc_arena_max)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # httpx logs every upstream call (probes every few seconds) at INFO; keep that for debugging.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))

@@ -17,14 +17,23 @@ reuse it.
 
 Handed back (HeapTrimmer). A gateway process under steady load does not grow in Python objects
 (tracemalloc and gc counts stay flat over a soak), but its RSS crept up about 0.5 MiB a minute:
-glibc keeps the pages of freed memory inside its heaps (one per thread that allocated: the image
-writes and upload checks run on threads), and a heap gives back only what is free at its top.
-malloc_trim(0) returns every whole free page of every heap. It runs on a thread (ctypes lets go of
-the GIL); the event loop waits only if it allocates from the heap being trimmed at that moment (a
-trim measured 3 ms, the first of 500 MiB freed in pieces 39 ms). A no-op where the C library is not
-glibc.
+glibc keeps the pages of freed memory inside its heap, and gives back only what is free at its
+top. malloc_trim(0) returns every whole free page in the main arena, its top included. It runs on
+a thread (ctypes lets go of the GIL); the event loop waits only if it allocates from the heap at
+that moment (a trim measured 3 ms, the first of 500 MiB freed in pieces 39 ms). A no-op where the
+C library is not glibc.
 
-The two work together: between trims (a minute by default) the freed memory of large answers is
+One arena (limit_arenas). By default glibc gives threads arenas of their own (up to 8 per core):
+the image writes, upload checks and decodes, the image sweep and the trim itself run on threads.
+A thread's arena trims its top only when more than keep_bytes is free there, which its 64 MiB
+heaps never reach, and malloc_trim(0) gives back the free pages inside it but not its top: so each
+thread's high-water mark stayed in RSS for good (30 MiB freed on a thread: all of it still
+resident after the trim; tests/unit/test_heap.py). With one arena the threads allocate from the
+main one, whose top the trim does hand back; they take its lock, uncontended nearly always, since
+they hold the GIL to allocate Python objects. `gateway serve` sets MALLOC_ARENA_MAX for its worker
+processes too, so uvicorn's thread in each, which allocates before the app is built, takes no arena.
+
+The three work together: between trims (a minute by default) the freed memory of large answers is
 reused; the trim returns what stayed free, so a burst's high-water mark does not stay in RSS.
 """
 
@@ -39,15 +48,28 @@ from collections.abc import Callable
 # mallopt's parameters (malloc.h); 32 MiB is the most glibc's own dynamic threshold would reach.
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
 MMAP_THRESHOLD = 32 * 1024 * 1024
 
 
-def keep_freed_memory(keep_bytes: int) -> bool:
-    """Whether glibc took the settings (False: another C library, or keep_bytes 0: left as it was)."""
+def keep_freed_memory(keep_bytes: int, arena_max: int = 0) -> bool:
+    """Whether glibc took the settings (False: another C library, or keep_bytes 0: left as it was).
+    arena_max > 0: see limit_arenas."""
     if keep_bytes <= 0 or platform.libc_ver()[0] != "glibc":
+        return False
+    if arena_max > 0 and not limit_arenas(arena_max):
         return False
     libc = ctypes.CDLL(None)  # the process's own C library
     return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(M_TRIM_THRESHOLD, keep_bytes))
+
+
+def limit_arenas(arena_max: int) -> bool:
+    """At most arena_max glibc arenas in this process (1: every thread allocates from the main
+    one). It binds threads that allocate for the first time after it: call it before any other
+    thread has (an arena made before stays, and is shared with later threads)."""
+    if arena_max <= 0 or platform.libc_ver()[0] != "glibc":
+        return False
+    return bool(ctypes.CDLL(None).mallopt(M_ARENA_MAX, arena_max))
 
 
 def _glibc_trim() -> Callable[[int], int] | None:

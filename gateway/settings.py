@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     # Freed memory each worker process's heap keeps for reuse rather than handing back to the
     # kernel, which the next answer then faults in afresh (gateway/heap.py); 0: glibc's defaults.
     malloc_keep_free_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    # glibc arenas per worker process while freed memory is kept (1: the threads allocate from the
+    # main arena too, the only one whose kept top the periodic trim can hand back; 0: glibc's
+    # default of 8 per core, each thread's arena keeping up to MALLOC_KEEP_FREE_BYTES for good).
+    malloc_arena_max: int = Field(default=1, ge=0)
 
     # Time a request may take end to end, across fallbacks, and per-upstream connect timeout.
     request_deadline_s: float = 300.0
