@@ -153,7 +153,11 @@ def smaps_kib(pid: int | str = "self") -> dict[str, int]:
                 out["file_prom"] += rss
         elif path == "" and perms.startswith("rw"):
             reserve = after is not None and after[0] == end and after[2].startswith("---") and after[3] == ""
-            if (reserve and after is not None and after[1] % HEAP_MAX == 0) or (
+            # glibc maps a thread's heap at a HEAP_MAX boundary, HEAP_MAX long (rw, then its reserve;
+            # the kernel may merge the rw part with an rw mapping just below): the rw mapping holds
+            # that boundary. One that merely ends against another PROT_NONE mapping on a boundary
+            # (a thread stack's guard page) is not a heap.
+            if (reserve and after is not None and after[1] % HEAP_MAX == 0 and start <= after[1] - HEAP_MAX < end) or (
                 start % HEAP_MAX == 0 and end - start == HEAP_MAX
             ):
                 out["thread_arenas"] += rss

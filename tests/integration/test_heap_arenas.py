@@ -73,6 +73,8 @@ def test_no_thread_of_a_serving_process_gets_a_heap_of_its_own(
     for proc in _start(tmp_path, redis_url, pricing_file, workers, arena_max="1"):
         pids = _serving(proc, workers)
         assert len(pids) == workers
+        if workers > 1:  # what glibc reads as each worker starts, before any thread of it allocates
+            assert all(b"MALLOC_ARENA_MAX=1\0" in Path(f"/proc/{pid}/environ").read_bytes() for pid in pids)
         assert [smaps_kib(pid)["n_thread_arenas"] for pid in pids] == [0] * workers
 
 
