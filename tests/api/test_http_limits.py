@@ -208,19 +208,26 @@ def test_requests_that_arrive_in_pieces_within_the_timeouts_are_served(tight_url
 # --- waits that are the server's own do not count against the caller ---------------------
 
 
-@pytest.fixture
-def slow_reader_url() -> Iterator[str]:
-    """An app that reads a body only after three body timeouts (as one waiting on Redis might)."""
+def _reader_url(path: str, wait_s: float) -> Iterator[str]:
+    """An app that reads a request's body only after `wait_s` (as one waiting on Redis might), its
+    body timeout 0.5 s."""
 
-    async def slow(request: Request) -> JSONResponse:
-        await asyncio.sleep(1.5)
+    async def read_late(request: Request) -> JSONResponse:
+        await asyncio.sleep(wait_s)
         return JSONResponse({"bytes": len(await request.body())})
 
     limits = HttpLimits(
         max_header_bytes=64 * 1024, max_header_fields=100, header_timeout_s=0.5, body_timeout_s=0.5, body_min_rate=200
     )
-    with serve_in_thread(Starlette(routes=[Route("/slow", slow, methods=["POST"])]), http=http_protocol(limits)) as url:
+    app = Starlette(routes=[Route(path, read_late, methods=["POST"])])
+    with serve_in_thread(app, http=http_protocol(limits)) as url:
         yield url
+
+
+@pytest.fixture
+def slow_reader_url() -> Iterator[str]:
+    """An app that reads a body only after three body timeouts."""
+    yield from _reader_url("/slow", 1.5)
 
 
 def test_a_body_the_app_has_not_read_yet_is_not_timed_out(slow_reader_url: str) -> None:
@@ -234,16 +241,7 @@ def test_a_body_the_app_has_not_read_yet_is_not_timed_out(slow_reader_url: str) 
 @pytest.fixture
 def just_in_time_reader_url() -> Iterator[str]:
     """An app that asks for the body just before the body timer's third firing (0.5 s apart)."""
-
-    async def late(request: Request) -> JSONResponse:
-        await asyncio.sleep(1.4)
-        return JSONResponse({"bytes": len(await request.body())})
-
-    limits = HttpLimits(
-        max_header_bytes=64 * 1024, max_header_fields=100, header_timeout_s=0.5, body_timeout_s=0.5, body_min_rate=200
-    )
-    with serve_in_thread(Starlette(routes=[Route("/late", late, methods=["POST"])]), http=http_protocol(limits)) as url:
-        yield url
+    yield from _reader_url("/late", 1.4)
 
 
 def test_the_body_clock_starts_when_100_continue_is_sent(just_in_time_reader_url: str) -> None:
