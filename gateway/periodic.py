@@ -16,11 +16,16 @@ async def repeat(step: Callable[[], Awaitable[object]], every_s: float, what: st
         try:
             await step()
         except Exception:  # one bad round (a bad record, a probe that raised) must not stop the loop
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                # The loop was cancelled and the step turned that into an error of its own (a Redis
-                # client can, while it waits on a reply): ending here is what the cancel asked for.
-                # Logged and looped on, the loop never ended, and neither did a shutdown waiting on it.
-                raise asyncio.CancelledError() from None
+            raise_if_cancelling()
             log.exception("%s failed", what)
         await asyncio.sleep(every_s)
+
+
+def raise_if_cancelling() -> None:
+    """Raises CancelledError when this task has a cancel pending: for a loop that catches errors
+    and goes on, after its step failed. A Redis client can turn the cancel it got while waiting on
+    a reply into an error of its own; logged and looped on, the loop never ended, and neither did a
+    shutdown waiting on it (the job runner's, session 7; repeat's, session 8)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError() from None

@@ -34,6 +34,7 @@ from gateway.jobs import requests
 from gateway.jobs.store import Job, JobStore
 from gateway.jobs.views import job_json
 from gateway.jobs.webhooks import TeamWebhooks, WebhookSender
+from gateway.periodic import raise_if_cancelling
 from gateway.redis.client import REDIS_ERRORS
 from gateway.service import Admitted, ImageService, ImagesResponse
 
@@ -96,11 +97,7 @@ class JobRunner:
                     log.warning("job runner: Redis unavailable (%s)", type(exc).__name__)
                 except Exception:
                     log.exception("job runner: leasing failed")
-                this = asyncio.current_task()
-                if this is not None and this.cancelling():
-                    # Stopped while leasing, and the Redis client answered the cancellation with an
-                    # error of its own: the stop still stands (else shutdown waits on this forever).
-                    raise asyncio.CancelledError
+                raise_if_cancelling()  # stopped while leasing: the stop stands
                 await asyncio.sleep(self._c.poll_s)
         finally:
             await self._stop()
