@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
-from starlette.requests import ClientDisconnect
 from starlette.types import Receive
 
+from gateway.api.request_body import read_body
 from gateway.errors import InvalidRequestError, PayloadTooLargeError
 from providers.base import ImageBytes
 
@@ -168,17 +168,14 @@ async def read_edit_form(
         charset = "latin-1"
     reader = _Reader(limits, charset, declared)
     parser = MultipartParser(boundary, reader.callbacks())  # type: ignore[arg-type]
-    more = True
+
+    def take(piece: bytes) -> None:
+        reader.chunk = piece
+        parser.write(piece)
+        reader.fed += len(piece)
+
     try:
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":  # http.disconnect: gone while its body was read
-                raise ClientDisconnect()
-            more = message.get("more_body", False)
-            chunk = reader.chunk = message.get("body", b"")
-            if chunk:
-                parser.write(chunk)
-                reader.fed += len(chunk)
+        await read_body(receive, take)
     except FormParserError as exc:
         raise malformed(f"{exc}.") from None
     finally:

@@ -7,7 +7,6 @@ from dataclasses import replace
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from starlette.requests import ClientDisconnect
 
 from gateway.accounting.keys import Principal
 from gateway.api import jobs
@@ -16,6 +15,7 @@ from gateway.api.disconnect import Watch, until_disconnect
 from gateway.api.edit_form import IMAGE_FIELDS, EditForm, FormLimits, file_param, read_edit_form
 from gateway.api.json_body import parse_object, plain_text
 from gateway.api.json_response import JsonBytesResponse
+from gateway.api.request_body import read_body
 from gateway.api.server import CONNECTION_OPEN, ON_DISCONNECT
 from gateway.api.state import AppState
 from gateway.api.streaming import EventStream
@@ -67,12 +67,12 @@ async def edits(request: Request, state: State, principal: Team) -> Response:
 
 async def _read_form(request: Request, limit: int) -> EditForm:
     _require_content_type(request, "multipart/form-data")
-    declared = request.headers.get("content-length")
+    declared = request.headers.get("content-length", "")
+    length = int(declared) if declared.isdigit() else None
     # Everything but a few fields is images; refuse an oversized body before reading it.
-    if declared and declared.isdigit() and int(declared) > limit * 2 + 1024 * 1024:
+    if length is not None and length > limit * 2 + 1024 * 1024:
         raise PayloadTooLargeError(f"The request body is larger than {limit * 2} bytes.", param="image")
     limits = FormLimits(max_files=8, max_fields=64, max_field_bytes=1024 * 1024, max_file_bytes=limit)
-    length = int(declared) if declared and declared.isdigit() else None
     return await read_edit_form(request.headers["content-type"], request.receive, limits, length)
 
 
@@ -223,21 +223,16 @@ def _require_content_type(request: Request, expected: str) -> None:
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:
-    """The body, refused past `limit` bytes. Read from receive() as Request.stream() reads it, but
-    not through an async generator: the event loop registers each one it sees in a WeakSet (to
-    close it at shutdown), a cost on every request for nothing here."""
-    receive = request.receive
+    """The body, refused past `limit` bytes."""
     chunks: list[bytes] = []
     size = 0
-    more = True
-    while more:
-        message = await receive()
-        if message["type"] != "http.request":  # http.disconnect: gone while its body was read
-            raise ClientDisconnect()
-        chunk: bytes = message.get("body", b"")
-        more = message.get("more_body", False)
-        size += len(chunk)
+
+    def take(piece: bytes) -> None:
+        nonlocal size
+        size += len(piece)
         if size > limit:
             raise PayloadTooLargeError(f"The JSON body is larger than {limit} bytes.")
-        chunks.append(chunk)
+        chunks.append(piece)
+
+    await read_body(request.receive, take)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
