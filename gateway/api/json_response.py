@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Container, Mapping
 from typing import Any
 
 from starlette.responses import Response
@@ -20,8 +20,6 @@ from starlette.types import Receive, Scope, Send
 from gateway.api.server import SEND_HEAD
 from gateway.images.encoded import json_parts, parts_length
 from gateway.service import Delivery
-
-CONTENT_TYPE = (b"content-type", b"application/json")
 
 # What the server's SEND_HEAD writes as it is given, checked here for all the headers at once: a
 # name is a lower-case token (RFC 9110), a value has no control character but tab (what uvicorn
@@ -70,12 +68,9 @@ class JsonBytesResponse(Response):
     def raw_headers(self) -> list[tuple[bytes, bytes]]:
         """The headers as ASGI has them; made when first asked for, and then what is sent."""
         if self._raw is None:
-            raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self._fields.items()]
-            names = {name for name, _ in raw}
-            if b"content-length" not in names:
-                raw.append((b"content-length", str(self._length).encode("latin-1")))
-            if b"content-type" not in names:
-                raw.append(CONTENT_TYPE)
+            names = {k.lower() for k in self._fields}
+            fields = [*self._fields.items(), *self._defaults(names).items()]
+            raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in fields]
             raw += self._added
             self._raw = raw
         return self._raw
@@ -96,15 +91,22 @@ class JsonBytesResponse(Response):
         fields = self._fields
         if not _NAMES.fullmatch("".join(fields)) or _UNSAFE_VALUE.search("".join(fields.values())):
             return None
-        lines = "".join([f"{name}: {value}\r\n" for name, value in fields.items()])
-        if "content-length" not in fields:
-            lines += f"content-length: {self._length}\r\n"
-        if "content-type" not in fields:
-            lines += "content-type: application/json\r\n"
-        head = lines.encode("latin-1")
+        lines = [f"{name}: {value}\r\n" for name, value in fields.items()]
+        lines += [f"{name}: {value}\r\n" for name, value in self._defaults(fields).items()]
+        head = "".join(lines).encode("latin-1")
         if self._added:
             head += b"".join([name + b": " + value + b"\r\n" for name, value in self._added])
         return head
+
+    def _defaults(self, names: Container[str]) -> dict[str, str]:
+        """content-length and content-type, each unless the answer's own headers (`names`, lower
+        case) set it."""
+        defaults = {}
+        if "content-length" not in names:
+            defaults["content-length"] = str(self._length)
+        if "content-type" not in names:
+            defaults["content-type"] = self.media_type
+        return defaults
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         send_head = scope.get("extensions", {}).get(SEND_HEAD) if self.may_send_head and self._raw is None else None
