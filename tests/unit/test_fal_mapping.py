@@ -252,6 +252,7 @@ def test_data_uris_decode_to_bytes_with_the_real_type_and_size() -> None:
     result = mapping.result_from_output(body(out), upstream_request_id="abc")
     (image,) = result.images
     assert image.data == data and image.url is None
+    assert image.b64 == uri.split(",", 1)[1]  # fal's base64 is kept for a b64_json answer
     assert (image.content_type, image.width, image.height) == ("image/png", 40, 30)
     assert (result.seed, result.revised_prompt, result.upstream_request_id) == (2**60, "a fox, refined", "abc")
 
