@@ -27,6 +27,7 @@ from gateway.api.shedding import AcceptQueue, LoadShedder
 from gateway.api.state import AppState
 from gateway.api.throttle import SecretThrottle
 from gateway.catalog import load_catalog
+from gateway.collector import PauseWatch, freeze_startup_objects
 from gateway.heap import HeapTrimmer, keep_freed_memory
 from gateway.images.copy import UpstreamImageCopier
 from gateway.images.decoding import UploadDecoder
@@ -92,9 +93,12 @@ def create_app(
     registry: Mapping[str, ProviderFactory] | None = None,
     *,
     reload_on_sighup: bool = False,
+    freeze_startup: bool = False,
 ) -> FastAPI:
-    """`reload_on_sighup`: SIGHUP makes this process look at pricing.yaml now (`gateway serve`;
-    off for apps that share a process with others, as tests do)."""
+    """`reload_on_sighup`: SIGHUP makes this process look at pricing.yaml now; `freeze_startup`:
+    the objects built at startup are set aside from the cycle collector (gateway/collector.py).
+    Both for a process the app owns (`gateway serve`); off for apps that share a process with
+    others, as tests do."""
     settings = settings or Settings()
     registry = registry or default_registry()
 
@@ -201,9 +205,14 @@ def create_app(
             loop = asyncio.get_running_loop()
             if reload_on_sighup:
                 loop.add_signal_handler(signal.SIGHUP, partial(_reload_on_signal, catalogs, background))
+            if freeze_startup:
+                log.info("%d objects set aside from the cycle collector", freeze_startup_objects())
+            pauses = PauseWatch(metrics.gc_pause)
+            pauses.start()
             try:
                 yield
             finally:
+                pauses.stop()
                 if reload_on_sighup:
                     loop.remove_signal_handler(signal.SIGHUP)
                 for task in background:
@@ -262,4 +271,4 @@ def app_from_env() -> FastAPI:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # httpx logs every upstream call (probes every few seconds) at INFO; keep that for debugging.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
-    return create_app(settings, reload_on_sighup=True)
+    return create_app(settings, reload_on_sighup=True, freeze_startup=settings.gc_freeze_startup)

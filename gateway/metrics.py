@@ -152,6 +152,14 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
             registry=r,
         )
+        self.gc_pause = Histogram(
+            "gateway_gc_pause_seconds",
+            "Pauses of Python's cycle collector by generation (2: a full collection); the process's event loop "
+            "stops meanwhile",
+            ["generation"],
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+            registry=r,
+        )
         self.in_flight = Gauge(
             "gateway_in_flight_requests",
             "Admitted requests not yet settled",

@@ -117,6 +117,9 @@ class Settings(BaseSettings):
     # How often each process hands the C heap's free pages back to the system (glibc malloc_trim,
     # gateway/heap.py; 0: never): without it RSS crept up under steady load, with no object leaking.
     heap_trim_s: float = Field(default=60.0, ge=0)
+    # `gateway serve`'s workers set aside the objects built at startup from Python's cycle collector
+    # (gateway/collector.py): without it a full collection stopped the event loop ~80 ms under load.
+    gc_freeze_startup: bool = True
 
     # Load shedding per worker process (gateway/api/shedding.py): image requests in flight at most, and
     # the event-loop lag past which new image requests get 503 + retry-after (0 turns that off).
