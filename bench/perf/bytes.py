@@ -17,7 +17,9 @@ also as a multiple of the image's size (how many copies of the payload a request
 `--baseline DIR` runs a second gateway beside ours from another checkout of the code (e.g.
 `git -C /work/main archive HEAD | tar -x -C /tmp/base`), measured in the same run against the same
 upstream, so a change is compared with the code before it without the machine's load moving
-between the two: each ratio is printed for both.
+between the two: each ratio is printed for both. `--baseline-env NAME=VALUE` gives that gateway
+settings of its own; without `--baseline` it runs this checkout, so that a setting is compared
+with its default in the same run (e.g. `--baseline-env GATEWAY_MALLOC_KEEP_FREE_BYTES=0`).
 """
 
 from __future__ import annotations
@@ -82,6 +84,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="where the JSON goes")
     parser.add_argument("--workdir", type=Path, default=None, help=f"default: a new folder under {WORKROOT}")
     parser.add_argument("--baseline", type=Path, default=None, help="another checkout whose gateway runs beside ours")
+    parser.add_argument("--baseline-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for the baseline gateway (repeatable); without --baseline, it runs this "
+                             "checkout")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -92,27 +97,29 @@ def run(args: argparse.Namespace) -> int:
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         raise SystemExit(f"unknown cases: {', '.join(unknown)} (known: {', '.join(CASES)})")
+    base_env = dict(pair.partition("=")[::2] for pair in args.baseline_env)
     runs: list[Run] = []
     for case in cases:
         label, providers, image_bytes, make = CASES[case]
         options = StackOptions(workdir=workdir / case, image_bytes=image_bytes, providers=providers)
         with perf_stack(options) as stack:
-            runs += _case(stack, label, make, args.duration, (low, high), args.baseline)
+            runs += _case(stack, label, make, args.duration, (low, high), args.baseline, base_env)
     _report(runs, args, workdir, low, high)
     return 0 if all(r.errors == 0 for r in runs) else 1
 
 
 def _case(
     stack: PerfStack, case: str, make: Callable[[PerfStack, str, str], tuple[Call, Call]], duration_s: float,
-    concurrencies: tuple[int, int], baseline: Path | None = None,
+    concurrencies: tuple[int, int], baseline: Path | None = None, base_env: dict[str, str] | None = None,
 ) -> list[Run]:  # fmt: skip
     gateway = stack.start_gateway(1)
     print(f"== {case}: {gateway.name} on {gateway.url}, upstream {stack.upstream.url}", flush=True)
     direct_call, ours_call = make(stack, gateway.url, gateway.key)
     targets = [("direct", direct_call, stack.upstream.url, stack.upstream.pgid)]
-    if baseline is not None:
-        base = stack.start_gateway(1, name="base-w1", checkout=baseline)
-        print(f"   baseline {base.name} on {base.url}, from {baseline}", flush=True)
+    if baseline is not None or base_env:
+        base = stack.start_gateway(1, name="base-w1", env=base_env, checkout=baseline)
+        settings = " ".join(f"{k}={v}" for k, v in (base_env or {}).items())
+        print(f"   baseline {base.name} on {base.url}, from {baseline or 'this checkout'} {settings}", flush=True)
         targets.append(("base", make(stack, base.url, base.key)[1], base.url, base.pgid))
     targets.append(("ours", ours_call, gateway.url, gateway.pgid))
     runs = []
