@@ -2,7 +2,7 @@
 (gc.freeze), so that a full collection no longer walks it, and every collection's pause is timed
 into /metrics (gateway_gc_pause_seconds, by generation).
 
-A worker process holds about 105,000 objects the collector tracks once the app is built (FastAPI,
+A worker process holds about 108,000 objects the collector tracks once the app is built (FastAPI,
 pydantic, the catalog, the metrics), nearly all of them for its whole life. Under load, objects of
 the requests in flight live through two younger collections and are moved into the oldest
 generation, and once those moves reach a quarter of it the collector runs a full collection: in
