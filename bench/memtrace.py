@@ -40,6 +40,8 @@ import tracemalloc
 from collections import Counter
 from pathlib import Path
 
+from tests.processes import child_pids
+
 ENV_DIR = "BENCH_MEMTRACE_DIR"
 
 
@@ -176,9 +178,10 @@ def smaps_kib(pid: int | str = "self") -> dict[str, int]:
 def _light_sample(out: Path, seq: int, t0: float) -> None:
     """RSS by kind of mapping and glibc's arenas, without tracemalloc (cheap: a few ms)."""
     arenas = malloc_arenas()
+    status = _status_kib()
     line = {
-        "pid": os.getpid(), "seq": seq, "t_s": round(time.monotonic() - t0, 1), "rss_kib": _status_kib()["VmRSS"],
-        "kib": _status_kib() | _malloc_kib() | smaps_kib(), "threads": threading.active_count(),
+        "pid": os.getpid(), "seq": seq, "t_s": round(time.monotonic() - t0, 1), "rss_kib": status["VmRSS"],
+        "kib": status | _malloc_kib() | smaps_kib(), "threads": threading.active_count(),
         "thread_names": sorted(t.name for t in threading.enumerate()),
         "arenas": [{k: v // 1024 if k != "nr" else v for k, v in a.items()} for a in arenas],
     }  # fmt: skip
@@ -219,14 +222,6 @@ def _sampler(out: Path, every_s: float, start_s: float, frames: int) -> None:
         seq += 1
 
 
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with open(task / "children", encoding="ascii") as f:
-            out += [int(c) for c in f.read().split()]
-    return out
-
-
 def _light(out: Path, every_s: float, supervisor: bool) -> None:
     """The light mode: each worker process samples itself on SIGUSR2, in its main thread (a
     sampling thread of its own would get a glibc arena of its own and change what is measured);
@@ -255,7 +250,7 @@ def _light(out: Path, every_s: float, supervisor: bool) -> None:
         while True:
             time.sleep(every_s)
             on_signal(0, None)  # uvicorn's supervisor takes SIGUSR2 for itself; it serves nothing anyway
-            for pid in _children(me):
+            for pid in child_pids(me):
                 if (out / f"{pid}.jsonl").exists():
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGUSR2)

@@ -63,3 +63,11 @@ class Process:
 
 def python(*module_args: str) -> list[str]:
     return [sys.executable, "-m", *module_args]
+
+
+def child_pids(pid: int) -> set[int]:
+    """The running processes `pid` started (each of its threads' /proc children)."""
+    out: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out |= {int(c) for c in (task / "children").read_text().split()}
+    return out

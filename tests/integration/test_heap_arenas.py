@@ -15,23 +15,16 @@ import pytest
 
 from bench.memtrace import smaps_kib
 from tests.fakes.server import free_port
-from tests.processes import Process, python
+from tests.processes import Process, child_pids, python
 
 ADMIN = "adm-arena-test"
-
-
-def _children(pid: int) -> set[int]:
-    out: set[int] = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        out |= {int(c) for c in (task / "children").read_text().split()}
-    return out
 
 
 def _serving(proc: Process, workers: int) -> list[int]:
     """The processes that serve: the workers under uvicorn's supervisor, or the one process."""
     if workers == 1:
         return [proc.proc.pid]
-    return sorted(c for c in _children(proc.proc.pid) if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes())
+    return sorted(c for c in child_pids(proc.proc.pid) if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes())
 
 
 def _start(tmp_path: Path, redis_url: str, pricing_file: Path, workers: int, arena_max: str) -> Iterator[Process]:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.fakes.server import free_port
-from tests.processes import Process, python
+from tests.processes import Process, child_pids, python
 
 ADMIN = "adm-sighup-test"
 METRICS = "met-sighup-test"
@@ -45,10 +45,7 @@ class Served:
 
     def workers(self) -> set[int]:
         """The PIDs of the supervisor's worker processes (none with one process)."""
-        pid = self.proc.proc.pid
-        children: set[int] = set()
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            children |= {int(c) for c in (task / "children").read_text().split()}
+        children = child_pids(self.proc.proc.pid)
         return {c for c in children if "gateway" in _cmdline(c) or "multiprocessing" in _cmdline(c)}
 
 
