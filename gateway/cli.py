@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from gateway.catalog import CatalogError, load_catalog
-from gateway.heap import limit_arenas
+from gateway.heap import arenas_to_limit, limit_arenas
 from gateway.redis.embedded import EmbeddedRedis, EmbeddedRedisError
 from gateway.settings import Settings
 
@@ -103,9 +103,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.api.supervisor import serve
 
     settings = Settings()
-    one_arena = settings.malloc_keep_free_bytes > 0 and settings.malloc_arena_max > 0
-    if one_arena:  # before this process starts a thread (with one worker, it is the server)
-        limit_arenas(settings.malloc_arena_max)
+    arenas = arenas_to_limit(settings.malloc_keep_free_bytes, settings.malloc_arena_max)
+    if arenas:  # before this process starts a thread (with one worker, it is the server)
+        limit_arenas(arenas)
     try:
         load_catalog(settings.pricing_file)
     except CatalogError as exc:
@@ -158,10 +158,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # kill this process before the finally below stops the tiny worker and the embedded Redis.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         http = http_protocol(HttpLimits.from_settings(settings))
-        if one_arena:
+        if arenas:
             # Read by glibc as each worker process starts, so that uvicorn's thread in it, which
             # allocates before the app is built (and calls limit_arenas), takes no arena either.
-            os.environ["MALLOC_ARENA_MAX"] = str(settings.malloc_arena_max)
+            os.environ["MALLOC_ARENA_MAX"] = str(arenas)
         serve(
             "gateway.app:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
             log_level=settings.log_level, access_log=False, loop="uvloop", http=http,

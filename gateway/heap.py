@@ -55,21 +55,34 @@ MMAP_THRESHOLD = 32 * 1024 * 1024
 def keep_freed_memory(keep_bytes: int, arena_max: int = 0) -> bool:
     """Whether glibc took the settings (False: another C library, or keep_bytes 0: left as it was).
     arena_max > 0: see limit_arenas."""
-    if keep_bytes <= 0 or platform.libc_ver()[0] != "glibc":
+    libc = _glibc() if keep_bytes > 0 else None
+    if libc is None:
         return False
-    if arena_max > 0 and not limit_arenas(arena_max):
+    arenas = arenas_to_limit(keep_bytes, arena_max)
+    if arenas and not limit_arenas(arenas):
         return False
-    libc = ctypes.CDLL(None)  # the process's own C library
     return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(M_TRIM_THRESHOLD, keep_bytes))
+
+
+def arenas_to_limit(keep_bytes: int, arena_max: int) -> int:
+    """The arenas a process is held to: arena_max while freed memory is kept (keep_bytes > 0), else
+    0, glibc's default (only a thread arena's kept top is out of the trim's reach)."""
+    return arena_max if keep_bytes > 0 and arena_max > 0 else 0
 
 
 def limit_arenas(arena_max: int) -> bool:
     """At most arena_max glibc arenas in this process (1: every thread allocates from the main
     one). It binds threads that allocate for the first time after it: call it before any other
     thread has (an arena made before stays, and is shared with later threads)."""
-    if arena_max <= 0 or platform.libc_ver()[0] != "glibc":
+    libc = _glibc() if arena_max > 0 else None
+    if libc is None:
         return False
-    return bool(ctypes.CDLL(None).mallopt(M_ARENA_MAX, arena_max))
+    return bool(libc.mallopt(M_ARENA_MAX, arena_max))
+
+
+def _glibc() -> ctypes.CDLL | None:
+    """The process's own C library when it is glibc (whose mallopt parameters these are)."""
+    return ctypes.CDLL(None) if platform.libc_ver()[0] == "glibc" else None
 
 
 def _glibc_trim() -> Callable[[int], int] | None:
