@@ -104,7 +104,7 @@ class JobRunner:
 
     async def _take(self) -> None:
         while len(self._running) < self._c.concurrency:
-            job_id = await self._jobs.lease(self._c.owner, self._c.lease_s)
+            job_id = await self._jobs.lease(self._c.owner, self._c.lease_s, self._running)
             if job_id is None:
                 return
             if not job_id or job_id in self._running:

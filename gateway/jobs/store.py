@@ -10,6 +10,7 @@ All keys share the hash tag {jobs}, so each script touches one slot on Redis Clu
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,17 +43,26 @@ return now
 """
 )
 
-# KEYS: queue, leases   ARGV: owner, lease_ms, job key prefix
+# KEYS: queue, leases   ARGV: owner, lease_ms, job key prefix, ids the owner is running now...
 # A job whose lease ran out first (its process died), else the oldest queued one. Returns its id,
 # '' when the id led to no job (expired meanwhile; look again), nil when there is nothing to do.
+# A lapsed lease of a job its owner is still running (its renewal came late: a stalled process) is
+# renewed, not leased again: it is the same attempt, and `runs` counts attempts.
 _LEASE = (
     _NOW
     + """
+local running = {}
+for i = 4, #ARGV do running[ARGV[i]] = true end
 local id
-local late = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1)
-if #late > 0 then
-  id = late[1]
-else
+local late = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, #ARGV - 2)
+for _, l in ipairs(late) do
+  if running[l] and redis.call('HGET', ARGV[3] .. l, 'owner') == ARGV[1] then
+    redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), l)
+  elseif not id then
+    id = l
+  end
+end
+if not id then
   local q = redis.call('ZRANGE', KEYS[1], 0, 0)
   if #q == 0 then return false end
   id = q[1]
@@ -227,9 +237,10 @@ class JobStore:
         rank = await self._r.zrank(QUEUE, job_id)
         return None if rank is None else int(rank)  # type: ignore[arg-type]  # no WITHSCORE: an int
 
-    async def lease(self, owner: str, lease_s: float) -> str | None:
-        """The id of a job now leased to `owner`; '' to look again at once; None: nothing to do."""
-        got = await self._lease(keys=[QUEUE, LEASES], args=[owner, int(lease_s * 1000), JOB])
+    async def lease(self, owner: str, lease_s: float, running: Collection[str] = ()) -> str | None:
+        """The id of a job now leased to `owner`; '' to look again at once; None: nothing to do.
+        `running`: the jobs `owner` is running now, whose lapsed leases are renewed, not taken."""
+        got = await self._lease(keys=[QUEUE, LEASES], args=[owner, int(lease_s * 1000), JOB, *running])
         return None if got is None else as_str(got)
 
     async def renew(self, job_id: str, owner: str, lease_s: float) -> tuple[str, str]:
