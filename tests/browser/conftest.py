@@ -37,16 +37,26 @@ def browser() -> Iterator[Browser]:
         made.close()
 
 
-@pytest.fixture(scope="session")
-def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with running_stack(
-        redis_server,
-        tmp_path_factory.mktemp("web"),
-        tiny_worker=True,
-        team={"allow_provider_pinning": True},
-        gateway_env={"GATEWAY_STREAM_KEEPALIVE_S": "0.2"},
-    ) as made:
-        yield made
+# For the browser tests only, on a redis-server of their own. On the session's server, kept for the
+# session, its job runners went on leasing every later test's jobs: once one took the job of
+# tests/integration/test_job_attempts.py (whose lease had lapsed, as the test meant), it served it
+# and the test waited for a failure that never came (a fresh-clone CI run, session 9).
+@pytest.fixture(scope="package")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("web")
+    server = RedisServer(tmp / "redis")
+    server.start()
+    try:
+        with running_stack(
+            server,
+            tmp,
+            tiny_worker=True,
+            team={"allow_provider_pinning": True},
+            gateway_env={"GATEWAY_STREAM_KEEPALIVE_S": "0.2"},
+        ) as made:
+            yield made
+    finally:
+        server.stop()
 
 
 @pytest.fixture
