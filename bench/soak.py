@@ -361,10 +361,18 @@ def _report(
         "expected": {k: sorted(v) for k, v in EXPECTED.items()},
         "p50_s": round(percentile(latencies, 0.5), 3),
         "p99_s": round(percentile(latencies, 0.99), 3),
-        "rss_mib": {"first": rss[0], "last": rss[1], "growth": round(rss[2], 4),
-                    "max": max(s.rss_mib for s in samples)},  # fmt: skip
-        "open_files": {"first": files[0], "last": files[1], "growth": round(files[2], 4),
-                       "max": max(s.open_files for s in samples)},  # fmt: skip
+        "rss_mib": {
+            "first": rss[0],
+            "last": rss[1],
+            "growth": round(rss[2], 4),
+            "max": max(s.rss_mib for s in samples),
+        },  # fmt: skip
+        "open_files": {
+            "first": files[0],
+            "last": files[1],
+            "growth": round(files[2], 4),
+            "max": max(s.open_files for s in samples),
+        },  # fmt: skip
         "unexpected": dict(tally.unexpected.most_common()),
         "unexpected_at_s": [round(t - tally.t0, 1) for t in tally.unexpected_at],
         "unexpected_by_minute": {str(m): n for m, n in sorted(tally.unexpected_by_minute.items())},

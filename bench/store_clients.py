@@ -113,9 +113,7 @@ async def main(ops: int) -> None:
         if importlib.util.find_spec("aiobotocore"):
             from aiobotocore.session import get_session
 
-            async with get_session().create_client(
-                "s3", endpoint_url=url, region_name="us-east-1", **creds
-            ) as client:
+            async with get_session().create_client("s3", endpoint_url=url, region_name="us-east-1", **creds) as client:
 
                 async def abc_put(key: str) -> None:
                     await client.put_object(Bucket="bench", Key=key, Body=data)

@@ -22,6 +22,7 @@ from gateway.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+
 class LiveCatalog:
     def __init__(
         self,

@@ -124,9 +124,7 @@ class EventStream(Response):
             if delivery is not None:  # an answer not handed over (its sending failed) is not charged
                 await delivery(delivered)
 
-    async def _relay(
-        self, work: asyncio.Future[ImagesResponse], relay: _Relay, send: Send, admitted: Admitted
-    ) -> None:
+    async def _relay(self, work: asyncio.Future[ImagesResponse], relay: _Relay, send: Send, admitted: Admitted) -> None:
         """Until the request is served: what the service hears, as events, and keep-alive comments
         while nothing is said."""
         keepalive_s = self._state.settings.stream_keepalive_s

@@ -95,9 +95,7 @@ class S3ImageStore:
         key = _key(name)
         try:
             # One PUT, whole or not at all: no part of it is ever visible under its name.
-            await obstore.put_async(
-                self._s3, key, data, attributes={"Content-Type": content_type}, use_multipart=False
-            )
+            await obstore.put_async(self._s3, key, data, attributes={"Content-Type": content_type}, use_multipart=False)
         except FAILED as exc:
             raise self._unavailable("put", exc) from exc
         return StoredImage(name, key)

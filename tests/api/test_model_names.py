@@ -44,9 +44,10 @@ def test_a_request_without_model_uses_the_default_model(bare_client: TestClient)
 
 def test_the_openai_v1_prefix_serves_the_same_api(bare_client: TestClient) -> None:
     headers = _key(bare_client)
-    assert bare_client.get("/openai/v1/models", headers=headers).json() == bare_client.get(
-        "/v1/models", headers=headers
-    ).json()
+    assert (
+        bare_client.get("/openai/v1/models", headers=headers).json()
+        == bare_client.get("/v1/models", headers=headers).json()
+    )
     r = bare_client.post("/openai/v1/images/generations", json={"prompt": "x", "n": 0}, headers=headers)
     assert r.status_code == 400 and r.json()["error"]["param"] == "n"
 

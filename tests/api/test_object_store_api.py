@@ -101,9 +101,7 @@ def test_the_admin_may_pass_fals_urls_through_uncopied(on_s3: Routed, s3_server:
     assert "/cdn/files/" in r.json()["data"][0]["url"] and s3_server.keys(bucket) == []
 
 
-def test_a_fal_image_that_cannot_be_downloaded_fails_uncharged(
-    on_s3: Routed, s3_server: S3Server, bucket: str
-) -> None:
+def test_a_fal_image_that_cannot_be_downloaded_fails_uncharged(on_s3: Routed, s3_server: S3Server, bucket: str) -> None:
     on_s3.fal.cdn_gone = True
     r = on_s3.generate(headers=FAL, response_format="url")
     assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_error"

@@ -26,6 +26,7 @@ from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.slow
 
+
 @pytest.fixture(scope="module")
 def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with running_stack(redis_server, tmp_path_factory.mktemp("e2e")) as made:

@@ -233,11 +233,20 @@ def test_image_over_our_pixel_limit_is_refused_before_decoding() -> None:
 
 
 def test_openai_parameters_hidream_cannot_honour_are_accepted_and_named(catalog: Catalog) -> None:
-    body = {"prompt": "x", "quality": "hd", "style": "natural", "background": "transparent", "moderation": "low",
-            "user": "u-1", "stream": False, "partial_images": 2, "output_format": "png", "output_compression": 50}
+    body = {
+        "prompt": "x",
+        "quality": "hd",
+        "style": "natural",
+        "background": "transparent",
+        "moderation": "low",
+        "user": "u-1",
+        "stream": False,
+        "partial_images": 2,
+        "output_format": "png",
+        "output_compression": 50,
+    }
     v = validate_generation(catalog, Params(body, form=False))
-    assert v.ignored == ("background", "moderation", "output_compression", "partial_images", "quality", "style",
-                         "user")
+    assert v.ignored == ("background", "moderation", "output_compression", "partial_images", "quality", "style", "user")
     assert v.extra == {} and v.output_compression is None
     nulls = validate_generation(catalog, Params({"prompt": "x", "quality": None, "style": None}, form=False))
     assert nulls.ignored == ()
