@@ -13,7 +13,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
 from tests.integration.gateway_stack import Stack, running_stack
-from tests.redis_server import RedisServer
+from tests.redis_server import running_redis
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -44,19 +44,17 @@ def browser() -> Iterator[Browser]:
 @pytest.fixture(scope="package")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("web")
-    server = RedisServer(tmp / "redis")
-    server.start()
-    try:
-        with running_stack(
+    with (
+        running_redis(tmp / "redis") as server,
+        running_stack(
             server,
             tmp,
             tiny_worker=True,
             team={"allow_provider_pinning": True},
             gateway_env={"GATEWAY_STREAM_KEEPALIVE_S": "0.2"},
-        ) as made:
-            yield made
-    finally:
-        server.stop()
+        ) as made,
+    ):
+        yield made
 
 
 @pytest.fixture

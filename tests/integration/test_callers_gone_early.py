@@ -18,7 +18,7 @@ import redis
 
 from gateway.accounting.keys import team_prefix
 from tests.integration.gateway_stack import Stack, running_stack
-from tests.redis_server import RedisServer
+from tests.redis_server import running_redis
 
 pytestmark = pytest.mark.slow
 
@@ -29,13 +29,8 @@ LIMITS = {"requests_per_minute": 10_000, "images_per_minute": 10_000, "max_in_fl
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    try:
-        with running_stack(server, tmp_path, team={"limits": LIMITS}) as made:
-            yield made
-    finally:
-        server.stop()
+    with running_redis(tmp_path / "redis") as server, running_stack(server, tmp_path, team={"limits": LIMITS}) as made:
+        yield made
 
 
 async def _gone_early(stack: Stack, i: int, rng: random.Random) -> None:

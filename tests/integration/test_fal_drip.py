@@ -17,7 +17,7 @@ import redis
 
 from gateway.accounting.keys import team_prefix
 from tests.integration.gateway_stack import Stack, running_stack
-from tests.redis_server import RedisServer
+from tests.redis_server import running_redis
 
 pytestmark = pytest.mark.slow
 
@@ -29,14 +29,12 @@ LIMITS = {"requests_per_minute": 10_000, "images_per_minute": 10_000, "max_in_fl
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
     env = {"GATEWAY_REQUEST_DEADLINE_S": str(DEADLINE_S), "GATEWAY_BREAKER_COOLDOWN_S": "1"}
-    try:
-        with running_stack(server, tmp_path, team={"limits": LIMITS}, gateway_env=env) as made:
-            yield made
-    finally:
-        server.stop()
+    with (
+        running_redis(tmp_path / "redis") as server,
+        running_stack(server, tmp_path, team={"limits": LIMITS}, gateway_env=env) as made,
+    ):
+        yield made
 
 
 async def _requests(stack: Stack, count: int) -> list[tuple[int, str, dict[str, object]]]:

@@ -31,7 +31,7 @@ import pytest
 from tests.api.conftest import wait_for
 from tests.integration.gateway_stack import Stack, running_stack
 from tests.processes import ROOT, python
-from tests.redis_server import RedisServer
+from tests.redis_server import running_redis
 
 pytestmark = pytest.mark.slow
 
@@ -52,13 +52,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     }
     settings = {"GATEWAY_AUTH_FAILURE_LIMIT": "1000000"}
     tmp = tmp_path_factory.mktemp("fuzz")
-    server = RedisServer(tmp / "redis")
-    server.start()
-    try:
-        with running_stack(server, tmp, team=team, gateway_env=settings) as made:
-            yield made
-    finally:
-        server.stop()
+    with running_redis(tmp / "redis") as server, running_stack(server, tmp, team=team, gateway_env=settings) as made:
+        yield made
 
 
 def _fuzz(stack: Stack, report: Path, *args: str) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ from standardwebhooks.webhooks import Webhook
 from gateway.accounting.keys import team_prefix
 from tests.fakes.webhook_receiver import Receiver, running_receiver
 from tests.integration.gateway_stack import Stack, running_stack
-from tests.redis_server import RedisServer
+from tests.redis_server import running_redis
 
 pytestmark = pytest.mark.slow
 
@@ -38,13 +38,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # A redis-server of its own: job queues are global in a Redis, and a job another test's
     # gateway left queued there must not be served by this stack, nor this stack's by another.
     tmp = tmp_path_factory.mktemp("jobs")
-    server = RedisServer(tmp / "redis")
-    server.start()
-    try:
-        with running_stack(server, tmp, gateway_env=JOBS_ENV) as made:
-            yield made
-    finally:
-        server.stop()
+    with running_redis(tmp / "redis") as server, running_stack(server, tmp, gateway_env=JOBS_ENV) as made:
+        yield made
 
 
 @pytest.fixture(scope="module")
