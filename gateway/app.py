@@ -209,6 +209,7 @@ def create_app(
                 log.info("%d objects set aside from the cycle collector", freeze_startup_objects())
             pauses = PauseWatch(metrics.gc_pause)
             pauses.start()
+            background.append(asyncio.create_task(repeat(pauses.drain, 1.0, "collector pauses")))
             try:
                 yield
             finally:

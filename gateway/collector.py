@@ -15,6 +15,12 @@ startup does).
 
 Only for a process the app owns (`gateway serve`'s workers): in a test process, apps come and go,
 and freezing each one's objects would keep their cycles for the rest of the run.
+
+A pause is noted by the collector's callback and put in the histogram later, by `drain`: the
+callback runs wherever an allocation starts a collection, and that can be inside prometheus_client
+writing a value, with the value's lock held (one lock for the whole process when workers share
+metrics files). Observing there took the same lock again: the worker deadlocked, and stayed so
+(found in session 10, a test gateway's worker stuck in `MmapedValue.inc` under `MmapedValue.__init__`).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import time
+from collections import deque
 from typing import Any
 
 from prometheus_client import Histogram
@@ -36,12 +43,15 @@ def freeze_startup_objects() -> int:
 
 
 class PauseWatch:
-    """Times each collection (gc.callbacks), into one histogram child per generation, between
-    start() and stop(): the app's life, so that apps sharing a process leave no callback behind.
-    A collection can run on any thread, never two at once."""
+    """Times each collection (gc.callbacks) between start() and stop(): the app's life, so that apps
+    sharing a process leave no callback behind. A collection can run on any thread, never two at
+    once. The callback only appends to a deque (C code, no lock of Python's or prometheus_client's);
+    `drain`, which the app runs every second, observes what was noted into one histogram child per
+    generation. At most `keep` pauses wait for it; older ones beyond that are dropped."""
 
-    def __init__(self, pauses: Histogram) -> None:
+    def __init__(self, pauses: Histogram, keep: int = 10_000) -> None:
         self._children = [pauses.labels(str(generation)) for generation in range(3)]
+        self._noted: deque[tuple[int, float]] = deque(maxlen=keep)
         self._started = 0.0
         self._callback = self._on_collection
 
@@ -51,9 +61,19 @@ class PauseWatch:
     def stop(self) -> None:
         with contextlib.suppress(ValueError):
             gc.callbacks.remove(self._callback)
+        self._observe()
+
+    async def drain(self) -> None:
+        self._observe()
+
+    def _observe(self) -> None:
+        noted = self._noted
+        while noted:
+            generation, seconds = noted.popleft()
+            self._children[generation].observe(seconds)
 
     def _on_collection(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             self._started = time.perf_counter()
         else:
-            self._children[info["generation"]].observe(time.perf_counter() - self._started)
+            self._noted.append((info["generation"], time.perf_counter() - self._started))

@@ -5,12 +5,16 @@ Every app times the collector's pauses into /metrics while it runs."""
 from __future__ import annotations
 
 import gc
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry, Histogram
 
 from gateway.app import create_app
+from gateway.collector import PauseWatch
 from gateway.settings import Settings
 from tests.api.conftest import metrics_headers
 
@@ -62,8 +66,37 @@ def test_the_collectors_pauses_are_timed_while_the_app_runs(settings: Settings) 
         before = [_pauses(client, g) for g in range(3)]
         gc.collect()  # a full collection
         gc.collect(0)
-        after = [_pauses(client, g) for g in range(3)]
-        assert after[2] >= before[2] + 1 and after[0] >= before[0] + 1
+        deadline = time.monotonic() + 10  # the app puts noted pauses in the histogram every second
+        while (after := [_pauses(client, g) for g in range(3)])[2] < before[2] + 1 or after[0] < before[0] + 1:
+            assert time.monotonic() < deadline, (before, after)
+            time.sleep(0.1)
         text = client.get("/metrics", headers=metrics_headers()).text
         assert 'gateway_gc_pause_seconds_sum{generation="2"}' in text
     assert gc.callbacks == callbacks  # stopped with the app: none left behind in a shared process
+
+
+def test_a_collection_inside_a_metrics_write_does_not_deadlock() -> None:
+    """A collection can start inside prometheus_client while it holds a value's lock (one lock for the
+    process in multiprocess mode). Observing the pause from the callback took that lock again, and
+    the thread waited on itself for ever (a served worker hung so). Here the lock is held as
+    prometheus_client holds it, and a collection starts under it, on a thread of its own so that a
+    deadlock fails the test instead of hanging it."""
+    registry = CollectorRegistry()
+    pauses = Histogram("pauses", "test", ["generation"], registry=registry)
+    watch = PauseWatch(pauses)
+    held = pauses.labels("0")._sum._lock  # type: ignore[attr-defined]  # what observe() takes
+    done = threading.Event()
+
+    def collect_under_the_lock() -> None:
+        with held:
+            gc.collect(0)  # the callback runs here, on this thread, the lock held
+        done.set()
+
+    watch.start()
+    try:
+        thread = threading.Thread(target=collect_under_the_lock, daemon=True)
+        thread.start()
+        assert done.wait(10), "the collector's callback deadlocked on the metric's lock"
+    finally:
+        watch.stop()  # observes what was noted, the lock free again
+    assert (registry.get_sample_value("pauses_count", {"generation": "0"}) or 0) >= 1

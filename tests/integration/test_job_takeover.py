@@ -25,10 +25,12 @@ PRICE = 50_000  # hidream-i1-full, micro-USD per image
 
 @pytest.fixture
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    # fal takes 3 s an image, so the job is still at fal when its replica dies. A lease of 3 s (renewed
-    # every 1 s): with 1.5 s, runs was 3 once in a fresh-clone CI run (session 9), most likely a
-    # survivor's worker starved of CPU past its lease on a busy machine. Its own lapsed lease is now
-    # renewed when it looks for jobs (store._LEASE); taken by its sibling, it is a takeover.
+    # fal takes 3 s an image, so the job is still at fal when its replica dies. With a lease of 1.5 s,
+    # runs was 3 once in a fresh-clone CI run (session 9): a survivor's worker stopped renewing, and
+    # the job was leased a third time. Likely cause: the worker had deadlocked in the collector's
+    # callback (gateway/collector.py, mended in session 10); a worker starved of CPU past its lease
+    # does the same. Its own lapsed lease is now renewed when it looks for jobs (store._LEASE); taken
+    # by its sibling, it is a takeover. A lease of 3 s (renewed every 1 s) leaves more room.
     env = {"GATEWAY_JOB_LEASE_S": "3", "GATEWAY_JOB_POLL_S": "0.1"}
     with running_cluster(tmp_path_factory.mktemp("takeover"), fal_inference_s=3.0, gateway_env=env) as made:
         yield made
