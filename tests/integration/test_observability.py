@@ -360,6 +360,13 @@ def test_prometheus_scrapes_the_gateway_with_the_token_and_fails_without_it(obse
     assert "401" in refused["lastError"], refused
 
 
+def test_the_collectors_pauses_reach_prometheus_from_the_served_workers(observed: Observed) -> None:
+    # Noted by the collector's callback and observed by each worker every second (gateway/collector.py),
+    # into the metrics files the workers share: none would show if that second step never ran.
+    assert (observed.prom.scalar('sum(gateway_gc_pause_seconds_count{job="gateway"})') or 0) > 0
+    assert (observed.prom.scalar('sum(gateway_gc_pause_seconds_sum{job="gateway"})') or 0) > 0
+
+
 def test_the_staged_traffic_got_the_answers_it_was_staged_for(observed: Observed) -> None:
     s = observed.statuses
     assert s["setup"] == [200, 200, 200]
