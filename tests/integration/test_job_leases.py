@@ -11,7 +11,8 @@ from redis.asyncio import Redis
 
 from gateway.jobs.store import JOB, LEASES, JobStore
 
-LEASE_S = 0.2
+LEASE_S = 0.2  # a lease meant to lapse
+HELD_S = 60.0  # a lease meant to hold while the test looks, however slow the machine
 
 
 @pytest.fixture
@@ -37,7 +38,7 @@ async def _lapsed(jobs: JobStore, owner: str) -> str:
 async def test_a_lapsed_lease_is_leased_again_as_another_attempt(jobs: JobStore) -> None:
     job_id = await _lapsed(jobs, "p1")
     # By another process, or by its owner once it no longer runs the job (its run failed).
-    assert await jobs.lease("p2", LEASE_S, ["job_other"]) == job_id
+    assert await jobs.lease("p2", HELD_S, ["job_other"]) == job_id
     assert await _runs(jobs, job_id) == 2
     job = await jobs.get(job_id)
     assert job is not None and job.status == "running"
@@ -47,7 +48,7 @@ async def test_its_owner_still_running_the_job_renews_the_lapsed_lease_and_count
     jobs: JobStore, redis_url: str
 ) -> None:
     job_id = await _lapsed(jobs, "p1")
-    assert await jobs.lease("p1", LEASE_S, [job_id]) is None  # nothing else to do
+    assert await jobs.lease("p1", HELD_S, [job_id]) is None  # nothing else to do
     assert await _runs(jobs, job_id) == 1
     r = Redis.from_url(redis_url)
     try:
@@ -61,19 +62,19 @@ async def test_its_owner_still_running_the_job_renews_the_lapsed_lease_and_count
     assert await jobs.lease("p2", LEASE_S) is None
 
 
-async def test_a_job_running_elsewhere_under_the_same_id_is_not_renewed_for_another_owner(jobs: JobStore) -> None:
+async def test_an_owner_whose_job_was_taken_over_takes_it_back_as_a_new_attempt(jobs: JobStore) -> None:
     # p2 took the job over from p1; p2's lease lapses too: p1, still running its old attempt,
     # does not renew p2's lease but takes the job as a new attempt (it is p1's now).
     job_id = await _lapsed(jobs, "p1")
     assert await jobs.lease("p2", LEASE_S) == job_id
     await asyncio.sleep(LEASE_S + 0.1)
-    assert await jobs.lease("p1", LEASE_S, [job_id]) == job_id
+    assert await jobs.lease("p1", HELD_S, [job_id]) == job_id
     assert await _runs(jobs, job_id) == 3
 
 
 async def test_a_queued_job_is_leased_behind_the_lapsed_leases_its_owner_renews(jobs: JobStore) -> None:
     job_id = await _lapsed(jobs, "p1")
     await jobs.create("job_b", {"team_id": "t"}, live_s=60, inputs={})
-    assert await jobs.lease("p1", LEASE_S, [job_id]) == "job_b"
+    assert await jobs.lease("p1", HELD_S, [job_id]) == "job_b"
     assert await _runs(jobs, job_id) == 1
     assert await _runs(jobs, "job_b") == 1
