@@ -11,7 +11,6 @@ import resource
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import httpx
 
 from gateway.catalog import CatalogError, load_catalog
 from gateway.heap import arenas_to_limit, limit_arenas
+from gateway.ports import LoopbackPorts
 from gateway.redis.embedded import EmbeddedRedis, EmbeddedRedisError
 from gateway.settings import Settings
 
@@ -38,14 +38,8 @@ def _private_file(path: Path, make: str | None = None) -> str | None:
     return make
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _start_tiny_worker(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
+    port = LoopbackPorts().take()
     log = open(data_dir / "tiny-worker.log", "ab")  # noqa: SIM115 - handed to the child process
     proc = subprocess.Popen(
         [sys.executable, "-m", "worker.cli", "--tiny", "--variant", "full", "--port", str(port)],
