@@ -28,6 +28,8 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
+from gateway.ports import LoopbackPorts
+
 Op = Callable[[str], Awaitable[None]]
 
 
@@ -41,11 +43,7 @@ def png_2mib() -> bytes:
 
 
 def start_moto() -> tuple[subprocess.Popen[bytes], str]:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = LoopbackPorts().take()
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

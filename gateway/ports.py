@@ -25,7 +25,7 @@ class LoopbackPorts:
         for _ in range(self._end - FIRST if self._next else 0):
             port = self._next
             self._next = port + 1 if port + 1 < self._end else FIRST
-            if _bindable(port):
+            if bindable(port):
                 return port
         with socket.socket() as s:  # no room below the ephemeral range on this machine
             s.bind(("127.0.0.1", 0))
@@ -39,7 +39,8 @@ def _ephemeral_start() -> int:
         return 32_768
 
 
-def _bindable(port: int) -> bool:
+def bindable(port: int) -> bool:
+    """Whether a server could bind this loopback port now."""
     with socket.socket() as s:
         try:
             s.bind(("127.0.0.1", port))

