@@ -36,7 +36,7 @@ from gateway.images.stores import open_archive_blobs, open_image_store
 from gateway.jobs.setup import job_runner, job_service
 from gateway.live_catalog import LiveCatalog
 from gateway.metrics import Metrics
-from gateway.periodic import repeat
+from gateway.periodic import start_repeating
 from gateway.redis.client import RedisClient, connect
 from gateway.redis.embedded import EmbeddedRedis
 from gateway.redis.scripts import script_client_for
@@ -180,28 +180,25 @@ def create_app(
             runner = job_runner(settings, job_parts, service, meter, lambda: catalogs.current, store)
             billing = BillingMetrics(redis, metrics, interval_s=settings.billing_metrics_interval_s)
             background = [
-                asyncio.create_task(repeat(partial(_sweep_images, store), 300.0, "image sweep")),
-                asyncio.create_task(spool.drain_forever(meter.settle_spooled)),
-                asyncio.create_task(board.run_forever()),
-                asyncio.create_task(billing.run_forever()),
-                asyncio.create_task(keys.follow_revocations()),
-                asyncio.create_task(last_use.flush_forever()),
-                asyncio.create_task(route_health.flush_forever()),
-                asyncio.create_task(shedder.watch_loop()),
-                asyncio.create_task(runner.run_forever()),
+                start_repeating(partial(_sweep_images, store), 300.0, "image sweep"),
+                asyncio.create_task(spool.drain_forever(meter.settle_spooled), name="settlement spool"),
+                asyncio.create_task(board.run_forever(), name="route probes"),
+                asyncio.create_task(billing.run_forever(), name="budget metrics"),
+                asyncio.create_task(keys.follow_revocations(), name="key revocation feed"),
+                asyncio.create_task(last_use.flush_forever(), name="keys' last use"),
+                asyncio.create_task(route_health.flush_forever(), name="route health flush"),
+                asyncio.create_task(shedder.watch_loop(), name="loop lag watch"),
+                asyncio.create_task(runner.run_forever(), name="job runner"),
             ]
             if settings.ledger_archive_interval_s > 0:
                 archiver = LedgerArchiver(redis, archive, metrics, grace_s=settings.ledger_archive_grace_s)
-                background.append(
-                    asyncio.create_task(repeat(archiver.run_once, settings.ledger_archive_interval_s, "ledger archive"))
-                )
+                every_s = settings.ledger_archive_interval_s
+                background.append(start_repeating(archiver.run_once, every_s, "ledger archive"))
             trimmer = HeapTrimmer()
             if settings.heap_trim_s > 0 and trimmer.available:
-                background.append(asyncio.create_task(repeat(trimmer.trim, settings.heap_trim_s, "heap trim")))
+                background.append(start_repeating(trimmer.trim, settings.heap_trim_s, "heap trim"))
             if settings.pricing_reload_s > 0:
-                background.append(
-                    asyncio.create_task(repeat(catalogs.check, settings.pricing_reload_s, "pricing file check"))
-                )
+                background.append(start_repeating(catalogs.check, settings.pricing_reload_s, "pricing file check"))
             loop = asyncio.get_running_loop()
             if reload_on_sighup:
                 loop.add_signal_handler(signal.SIGHUP, partial(_reload_on_signal, catalogs, background))
@@ -209,7 +206,7 @@ def create_app(
                 log.info("%d objects set aside from the cycle collector", freeze_startup_objects())
             pauses = PauseWatch(metrics.gc_pause)
             pauses.start()
-            background.append(asyncio.create_task(repeat(pauses.drain, 1.0, "collector pauses")))
+            background.append(start_repeating(pauses.drain, 1.0, "collector pauses"))
             try:
                 yield
             finally:
@@ -219,8 +216,11 @@ def create_app(
                 for task in background:
                     task.cancel()
                 # Let them finish (the last flush of route health, closing the revocation feed)
-                # while Redis is still open, but never hold up shutdown for long.
-                await asyncio.wait(background, timeout=5)
+                # while Redis is still open, but never hold up shutdown for long. One still running
+                # then is a bug (asyncio.run would wait for it for ever): named in the log.
+                _, running = await asyncio.wait(background, timeout=5)
+                for task in running:
+                    log.error("background task %r did not stop within 5 s of shutdown", task.get_name())
                 await job_parts.sender.aclose()
                 accept_queue.close()
                 decoder.close()

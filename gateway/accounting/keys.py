@@ -20,6 +20,7 @@ from redis.typing import EncodableT, FieldT
 
 from gateway.accounting.last_used import LastUse, key_record
 from gateway.catalog import micros_to_usd, usd_to_micros
+from gateway.periodic import raise_if_cancelling
 from gateway.redis.client import REDIS_ERRORS, RedisClient, as_str
 
 log = logging.getLogger(__name__)
@@ -232,19 +233,26 @@ class KeyStore:
         self.last_use.saw(principal.key_id)
         return principal
 
-    async def follow_revocations(self, *, retry_s: float = 1.0) -> None:
+    async def follow_revocations(self, *, retry_s: float = 1.0, wake_s: float = 1.0) -> None:
         """Run for the life of the process: drop revoked keys from this process's cache as other
         processes announce them. Whenever the subscription is (re)established the whole cache is
-        dropped, since messages sent while it was down are lost."""
+        dropped, since messages sent while it was down are lost.
+
+        It waits for messages `wake_s` at a time, and ends once its task is cancelled even if the
+        cancel was lost inside redis-py (gateway/periodic.py): listening without end, a feed whose
+        subscribe had swallowed the cancel kept the app's shutdown waiting for ever."""
         while True:
             pubsub = self._r.pubsub()
             try:
                 await pubsub.subscribe(REVOKED_CHANNEL)
                 self._cache.clear()
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
+                while True:
+                    raise_if_cancelling()
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=wake_s)
+                    if message is not None and message.get("type") == "message":
                         self._cache.pop(as_str(message["data"]), None)
             except REDIS_ERRORS:
+                raise_if_cancelling()
                 log.warning("key revocation feed lost; retrying (cached keys expire within %ss)", self._cache_ttl_s)
             finally:
                 with contextlib.suppress(*REDIS_ERRORS):

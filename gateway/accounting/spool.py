@@ -15,6 +15,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from gateway.periodic import raise_if_cancelling
+
 log = logging.getLogger(__name__)
 
 
@@ -61,7 +63,9 @@ class SettlementSpool:
                 if settled:
                     log.info("settled %d spooled requests", settled)
             except Exception:  # keep draining whatever one record did
+                raise_if_cancelling()
                 log.exception("draining the settlement spool failed")
+            raise_if_cancelling()  # a cancel lost in the Redis client still ends it (gateway/periodic.py)
             await asyncio.sleep(every_s)
 
 

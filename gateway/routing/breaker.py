@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Literal
 
+from gateway.periodic import raise_if_cancelling
 from gateway.redis.client import REDIS_ERRORS, RedisClient, as_str
 from gateway.redis.scripts import ScriptClient, register
 
@@ -199,6 +200,7 @@ class RouteHealth:
             while True:
                 await asyncio.sleep(interval_s)
                 await self.flush()
+                raise_if_cancelling()  # a cancel lost in the Redis client still ends it (gateway/periodic.py)
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.flush())

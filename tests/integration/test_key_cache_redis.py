@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 
 from gateway.accounting.keys import KeyStore, TeamLimits, hash_key
 
@@ -21,9 +23,10 @@ async def clients(redis_url: str) -> AsyncIterator[tuple[Redis, Redis]]:
 
 
 async def _wait_subscribed(redis: Redis, n: int) -> None:
+    """Until the feed has n subscribers (at least n; exactly 0 for n == 0)."""
     for _ in range(200):
         counts = dict(await redis.pubsub_numsub("gw:keys:revoked"))
-        if counts.get(b"gw:keys:revoked", 0) >= n:
+        if counts.get(b"gw:keys:revoked", 0) >= n if n else counts.get(b"gw:keys:revoked", 0) == 0:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("the revocation feed never subscribed")
@@ -73,3 +76,48 @@ async def test_unknown_keys_are_not_cached_so_a_new_key_works_at_once(clients: t
     assert await replica.authenticate("sk-gw-" + "x" * 40) is None
     _, plain = await admin.create_key(team.id)
     assert await replica.authenticate(plain) is not None
+
+
+class _SubscribeLosesTheCancel(Redis):
+    """A real client whose pubsub's subscribe gets its task's cancel just as the server's reply
+    is in hand, through asyncio.wait_for as redis-py sends commands: on Python 3.11 the cancel is
+    lost there (gateway/periodic.py). A shutdown hung so in CI: the feed went on listening."""
+
+    cancel: asyncio.Task[None] | None = None
+
+    def pubsub(self, **kwargs: Any) -> PubSub:
+        pubsub = super().pubsub(**kwargs)
+        subscribe = pubsub.subscribe
+
+        async def subscribe_then_cancelled(*channels: Any) -> None:
+            async def the_call() -> None:
+                await subscribe(*channels)
+                if self.cancel is not None:
+                    self.cancel.cancel()
+
+            await asyncio.wait_for(the_call(), 5)
+
+        pubsub.subscribe = subscribe_then_cancelled  # type: ignore[method-assign]
+        return pubsub
+
+
+async def test_the_revocation_feed_ends_when_its_cancel_is_lost_in_the_client(
+    redis_url: str, clients: tuple[Redis, Redis], caplog: pytest.LogCaptureFixture
+) -> None:
+    watcher, _ = clients
+    client = _SubscribeLosesTheCancel.from_url(redis_url)
+    try:
+        feed = asyncio.create_task(KeyStore(client).follow_revocations(wake_s=0.05))
+        client.cancel = feed
+        try:
+            done, _ = await asyncio.wait({feed}, timeout=10)  # the bound only keeps a regression from hanging
+            assert feed in done and feed.cancelled()
+        finally:
+            client.cancel = None
+            while not feed.done():
+                feed.cancel()
+                await asyncio.wait({feed}, timeout=0.1)
+        assert "feed lost" not in caplog.text  # ended, not retried
+        await _wait_subscribed(watcher, 0)  # and its subscription closed
+    finally:
+        await client.aclose()
