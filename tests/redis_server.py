@@ -26,12 +26,12 @@ class RedisServer:
 
     def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
+        self.proc = start_server(
             [
                 find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
                 "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--logfile", str(self.dir / "log"),
             ],
-            stdin=subprocess.DEVNULL,
+            self.dir,
         )  # fmt: skip
         client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
         try:
@@ -63,6 +63,13 @@ class RedisServer:
             client.flushall()
         finally:
             client.close()
+
+
+def start_server(args: list[str], workdir: Path) -> subprocess.Popen[bytes]:
+    """A server process whose output goes to workdir/output, never to the test run's: one left
+    behind (a run that pytest-timeout ended at once) keeps no pipe of CI's open."""
+    with open(workdir / "output", "ab") as out:
+        return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
 
 
 @contextmanager
