@@ -6,8 +6,8 @@ never reached it as an exception: on Python 3.11, asyncio.wait_for returns its r
 raising when the cancel comes as the awaited call finishes, and redis-py sends each command through
 it. A loop that then went on waited for ever, and so did the app's shutdown (asyncio.run cancels
 what is left, once, and waits for it): a test gateway hung so in CI (session 11), its key
-revocation feed subscribed again and listening. So each round ends with raise_if_cancelling, whatever
-the step did."""
+revocation feed still listening. So each round ends with raise_if_cancelling, whatever the step
+did."""
 
 from __future__ import annotations
 
