@@ -16,6 +16,7 @@ import openai
 import redis
 
 from gateway.accounting.keys import team_prefix
+from tests.api.conftest import wait_for
 from tests.fakes.server import free_port
 from tests.processes import Process, python
 from tests.redis_server import RedisServer
@@ -40,6 +41,13 @@ class Stack:
         )
         self.clients.append(made)  # closed at teardown: an unclosed one leaks its sockets
         return made
+
+    def settled(self, timeout_s: float = 10.0) -> None:
+        """Returns once none of the team's requests is in flight (no reservation is left): a served
+        request is settled just after its answer is handed over, so an earlier test's last request
+        may still be settling when the next test reads what the team was charged."""
+        with redis.Redis.from_url(self.redis_url) as r:
+            wait_for(lambda: not r.hlen(team_prefix(self.team_id) + "res"), "the team's requests to settle", timeout_s)
 
     def ledger(self) -> list[tuple[str, int]]:
         """The team's settled requests, oldest first: (status, charged micro-dollars)."""

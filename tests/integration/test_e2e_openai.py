@@ -40,6 +40,8 @@ def png_bytes(w: int = 96, h: int = 64) -> bytes:
 
 
 def _spent(stack: Stack) -> int:
+    """What the team was charged, once none of its requests is in flight."""
+    stack.settled()
     r = redis.Redis.from_url(stack.redis_url)
     try:
         keys = list(r.scan_iter(match=team_prefix(stack.team_id) + "usage:*"))

@@ -42,7 +42,8 @@ OPENAI_SIZES = {
 
 
 def _spent(stack: Stack) -> tuple[object, object]:
-    """What the team has been charged, and for how many images."""
+    """What the team has been charged, and for how many images, once none of its requests is in flight."""
+    stack.settled()
     usage = stack.client().get("/usage", cast_to=dict)
     return usage["spent_usd"], usage["images"]
 
