@@ -164,7 +164,7 @@ def test_a_prompt_with_markup_is_shown_as_text_and_never_runs(page: Page, stack:
 
 
 def test_cancel_closes_the_stream_and_charges_nothing(page: Page, stack: Stack) -> None:
-    before = len(stack.ledger())
+    before = len(stack.settled_ledger())
     cancels = httpx.get(stack.fal + "/_fake/stats").json()["cancels"]
     httpx.post(stack.fal + "/_fake/faults", json={"fault": "hang"}).raise_for_status()
     sign_in(page, stack)

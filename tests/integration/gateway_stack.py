@@ -49,6 +49,11 @@ class Stack:
         with redis.Redis.from_url(self.redis_url) as r:
             wait_for(lambda: not r.hlen(team_prefix(self.team_id) + "res"), "the team's requests to settle", timeout_s)
 
+    def settled_ledger(self) -> list[tuple[str, int]]:
+        """The ledger once none of the team's requests is in flight: all an earlier test sent is in it."""
+        self.settled()
+        return self.ledger()
+
     def ledger(self) -> list[tuple[str, int]]:
         """The team's settled requests, oldest first: (status, charged micro-dollars)."""
         r = redis.Redis.from_url(self.redis_url)

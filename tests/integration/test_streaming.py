@@ -62,7 +62,7 @@ def _fal(stack: Stack, path: str, body: dict[str, object]) -> dict[str, object]:
 
 
 def test_python_sdk_iterates_a_streamed_generation_of_two_images(stack: Stack) -> None:
-    before = len(stack.ledger())
+    before = len(stack.settled_ledger())
     stream = stack.client(strict=True).images.generate(
         model="hidream-i1-full", prompt="two foxes", n=2, size="512x512", stream=True
     )
@@ -79,7 +79,7 @@ def test_python_sdk_iterates_a_streamed_generation_of_two_images(stack: Stack) -
 
 
 def test_python_sdk_iterates_a_streamed_edit(stack: Stack) -> None:
-    before = len(stack.ledger())
+    before = len(stack.settled_ledger())
     stream = stack.client(strict=True).images.edit(
         model="hidream-i1-full", image=("in.png", _png(), "image/png"), prompt="make it blue", stream=True,
         output_format="jpeg",
@@ -91,7 +91,7 @@ def test_python_sdk_iterates_a_streamed_edit(stack: Stack) -> None:
 
 
 def test_an_upstream_failure_after_the_stream_began_is_raised_by_the_sdk_and_costs_nothing(stack: Stack) -> None:
-    before = len(stack.ledger())
+    before = len(stack.settled_ledger())
     _fal(stack, "/_fake/faults", {"fault": "hang"})
     # generate() returns once the answer's headers came, which a stream sends with its first
     # keep-alive: from here on a failure can only be said in the stream.
@@ -106,7 +106,7 @@ def test_an_upstream_failure_after_the_stream_began_is_raised_by_the_sdk_and_cos
 
 
 def test_a_caller_that_leaves_mid_stream_cancels_the_fal_job_and_is_charged_nothing(stack: Stack) -> None:
-    before = len(stack.ledger())
+    before = len(stack.settled_ledger())
     cancels = httpx.get(stack.fal + "/_fake/stats").json()["cancels"]
     _fal(stack, "/_fake/faults", {"fault": "hang"})
     body = json.dumps({"model": "hidream-i1-full", "prompt": "left early", "stream": True}).encode()
@@ -126,7 +126,7 @@ def test_a_caller_that_leaves_mid_stream_cancels_the_fal_job_and_is_charged_noth
 
 
 def test_keep_alive_comments_arrive_while_the_upstream_is_slow(stack: Stack) -> None:
-    before = len(stack.ledger())
+    before = len(stack.settled_ledger())
     _fal(stack, "/_fake/faults", {"fault": "hang"})
     body = {"model": "hidream-i1-full", "prompt": "slow", "stream": True}
     lines: list[str] = []
@@ -153,7 +153,7 @@ def test_javascript_sdk_iterates_streams_and_raises_a_failure_after_the_stream_b
     node = shutil.which("node")
     assert node is not None, "Node.js is needed for the JS SDK test (./dev test installs it)"
     assert (JS / "node_modules" / "openai").is_dir(), "run ./dev test: it installs tests/js from its lock"
-    before = len(stack.ledger())
+    before = len(stack.settled_ledger())
     png = base64.b64encode(_png()).decode()
     done = subprocess.run(
         [node, "streaming.mjs", stack.base + "/v1", stack.key, stack.fal, png],
