@@ -6,16 +6,16 @@ a crash between settling and deleting) still charges once.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from gateway.periodic import raise_if_cancelling
+from gateway.periodic import repeat
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +57,14 @@ class SettlementSpool:
         return done
 
     async def drain_forever(self, settle: Callable[[dict[str, Any]], Awaitable[bool]], every_s: float = 2.0) -> None:
-        while True:
-            try:
-                settled = await self.drain(settle)
-                if settled:
-                    log.info("settled %d spooled requests", settled)
-            except Exception:  # keep draining whatever one record did
-                raise_if_cancelling()
-                log.exception("draining the settlement spool failed")
-            raise_if_cancelling()  # a cancel lost in the Redis client still ends it (gateway/periodic.py)
-            await asyncio.sleep(every_s)
+        """Drain every `every_s` for the life of the app (gateway/periodic.py's loop: a failed round
+        is logged, a cancel ends it even when the Redis client lost it)."""
+        await repeat(partial(self._drain_and_tell, settle), every_s, "draining the settlement spool")
+
+    async def _drain_and_tell(self, settle: Callable[[dict[str, Any]], Awaitable[bool]]) -> None:
+        settled = await self.drain(settle)
+        if settled:
+            log.info("settled %d spooled requests", settled)
 
 
 def to_record(**parts: Any) -> dict[str, Any]:
