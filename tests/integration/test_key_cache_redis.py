@@ -25,8 +25,8 @@ async def clients(redis_url: str) -> AsyncIterator[tuple[Redis, Redis]]:
 async def _wait_subscribed(redis: Redis, n: int) -> None:
     """Until the feed has n subscribers (at least n; exactly 0 for n == 0)."""
     for _ in range(200):
-        counts = dict(await redis.pubsub_numsub("gw:keys:revoked"))
-        if counts.get(b"gw:keys:revoked", 0) >= n if n else counts.get(b"gw:keys:revoked", 0) == 0:
+        count = dict(await redis.pubsub_numsub("gw:keys:revoked")).get(b"gw:keys:revoked", 0)
+        if (count >= n) if n else count == 0:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("the revocation feed never subscribed")
